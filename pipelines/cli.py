@@ -1,0 +1,52 @@
+"""The `lakeloop` command: a thin router onto the step modules (each also runs as python -m).
+
+Only the chosen step's module is imported, so `lakeloop data validate` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipelines.steps import add_common_arguments, execute
+
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("data", "generate"): ("pipelines.generate", "append synthetic (optionally drifted) demo data to a Delta table"),
+    ("data", "validate"): ("pipelines.validate", "check a Delta table against the dataset config"),
+    ("data", "preprocess"): ("pipelines.preprocess", "split and preprocess a pinned table version on Ray Data"),
+    ("demo",): ("pipelines.demo", "run the loop end to end on embedded defaults"),
+}
+
+
+def _usage() -> str:
+    width = max(len(" ".join(path)) for path in COMMANDS)
+    lines = ["usage: lakeloop COMMAND [options]   (lakeloop COMMAND --help for a command's options)", "", "commands:"]
+    lines += [f"  {' '.join(path):<{width}}  {about}" for path, (_, about) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _match(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
+    for path in sorted(COMMANDS, key=len, reverse=True):
+        if tuple(argv[: len(path)]) == path:
+            return path, argv[len(path) :]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    found = _match(argv)
+    if found is None:
+        print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+    path, rest = found
+    module_name, about = COMMANDS[path]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog="lakeloop " + " ".join(path), description=about)
+    module.add_arguments(parser)
+    add_common_arguments(parser)
+    sys.exit(execute(module.run, parser.parse_args(rest)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Typed configuration loaded from YAML; unknown keys and bad values are errors naming file and key.
+
+The ecosystem's own environment variables win over the file where they exist
+(RAY_ADDRESS, MLFLOW_TRACKING_URI), so the same conf/ works on a laptop and on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("conf/lakeloop.yaml")
+CONFIG_ENV = "LAKELOOP_CONFIG"
+STORAGE_ROOT_ENV = "LAKELOOP_STORAGE_ROOT"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(StrictModel):
+    root: str = "./lakeloop-data"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    def table_uri(self, name: str) -> str:
+        """A table name relative to the root, or a full path/URI used as is."""
+        if "://" in name or name.startswith("/"):
+            return name
+        if "://" in self.root:
+            return f"{self.root.rstrip('/')}/{name}"
+        return str(Path(self.root).resolve() / name)
+
+
+class FeatureSpec(StrictModel):
+    name: str = Field(min_length=1)
+    kind: Literal["numeric", "categorical"]
+
+
+class SplitConfig(StrictModel):
+    strategy: Literal["time", "hash"] = "time"
+    key: str | None = None
+    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.strategy == "hash" and not self.key:
+            raise ValueError("split.key is required when split.strategy is 'hash'")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+    @property
+    def train_fraction(self) -> float:
+        return 1.0 - self.validation_fraction - self.test_fraction
+
+
+class DatasetConfig(StrictModel):
+    table: str = "events"
+    features: list[FeatureSpec] = Field(min_length=1)
+    label: str = Field(min_length=1)
+    task: Literal["classification", "regression"]
+    classes: list[str | int] | None = None
+    event_time: str = Field(min_length=1)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)}")
+        for reserved in (self.label, self.event_time):
+            if reserved in names:
+                raise ValueError(f"column '{reserved}' cannot be both a feature and the label/event time")
+        if self.task == "classification":
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError("classes must list at least two label values for classification")
+            if len(set(map(str, self.classes))) != len(self.classes):
+                raise ValueError("classes must be unique")
+        elif self.classes is not None:
+            raise ValueError("classes is only valid for task 'classification'")
+        return self
+
+    @property
+    def numeric(self) -> list[str]:
+        return [f.name for f in self.features if f.kind == "numeric"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [f.name for f in self.features if f.kind == "categorical"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def required_columns(self) -> list[str]:
+        cols = [*self.feature_names, self.label, self.event_time]
+        if self.split.strategy == "hash" and self.split.key not in cols:
+            cols.append(self.split.key)  # type: ignore[arg-type]
+        return cols
+
+
+class RayConfig(StrictModel):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_memory_mb: int | None = Field(None, ge=64)
+
+
+class MLflowConfig(StrictModel):
+    tracking_uri: str = "http://127.0.0.1:5000"
+    experiment: str = "lakeloop"
+    registered_model: str = "lakeloop-churn"
+
+
+class HyperParams(StrictModel):
+    """The knobs Tune may search over; the defaults are what a plain train uses."""
+
+    lr: float = Field(3e-3, gt=0)
+    hidden: int = Field(64, ge=1)
+    depth: int = Field(2, ge=1, le=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(256, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    max_epochs: int = Field(15, ge=1)
+    patience: int = Field(3, ge=1)
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+    storage_path: str | None = None  # default: <storage.root>/ray_results
+    hyperparams: HyperParams = Field(default_factory=HyperParams)
+
+
+SearchKind = Literal["loguniform", "uniform", "choice", "randint"]
+
+
+class SearchDomain(StrictModel):
+    kind: SearchKind
+    values: list[float | int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchDomain:
+        if self.kind != "choice" and len(self.values) != 2:
+            raise ValueError(f"'{self.kind}' takes exactly two values [low, high]")
+        return self
+
+
+class TuneConfig(StrictModel):
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    search_space: dict[Literal["lr", "hidden", "depth", "dropout", "batch_size", "weight_decay"], SearchDomain] = Field(
+        default_factory=dict
+    )
+
+
+class GateConfig(StrictModel):
+    metric: str = "roc_auc"
+    min_improvement: float = 0.0
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class LakeloopConfig(StrictModel):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    dataset: DatasetConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @property
+    def table_uri(self) -> str:
+        return self.storage.table_uri(self.dataset.table)
+
+    @property
+    def train_storage_path(self) -> str:
+        return self.train.storage_path or self.storage.table_uri("ray_results")
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {loc}: {message}")
+    return "\n".join(lines)
+
+
+def _apply_environment(raw: dict[str, Any]) -> dict[str, Any]:
+    overrides = {
+        ("ray", "address"): os.environ.get("RAY_ADDRESS"),
+        ("mlflow", "tracking_uri"): os.environ.get("MLFLOW_TRACKING_URI"),
+        ("storage", "root"): os.environ.get(STORAGE_ROOT_ENV),
+    }
+    for (section, key), value in overrides.items():
+        if value:
+            current = raw.get(section) or {}
+            if isinstance(current, dict):
+                raw[section] = {**current, key: value}
+    return raw
+
+
+def parse_config(raw: Any, source: str = "<config>") -> LakeloopConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return LakeloopConfig.model_validate(_apply_environment(dict(raw)))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LakeloopConfig:
+    source = resolve_config_path(path)
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: configuration file not found (pass --config or set {CONFIG_ENV})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(source))

@@ -1,0 +1,37 @@
+"""Connecting to Ray: one place decides whether to join a cluster or start a local one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from pipelines.config import LakeloopConfig
+
+
+def init_kwargs(config: LakeloopConfig) -> dict:
+    address = config.ray.address or "local"
+    kwargs: dict = {"address": address, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address == "local":
+        # A fresh local cluster: without an explicit address Ray would silently join any running one.
+        kwargs["include_dashboard"] = False
+        if config.ray.num_cpus:
+            kwargs["num_cpus"] = config.ray.num_cpus
+        if config.ray.object_store_memory_mb:
+            kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+    return kwargs
+
+
+@contextmanager
+def ray_session(config: LakeloopConfig) -> Iterator[None]:
+    """Use the Ray connection the caller already has, else open one and close it afterwards."""
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(**init_kwargs(config))
+    try:
+        yield
+    finally:
+        ray.shutdown()
