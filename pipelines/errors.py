@@ -6,11 +6,13 @@ from __future__ import annotations
 class LakeloopError(Exception):
     """An error the user can act on; the CLI prints its message, not a traceback."""
 
-    exit_code = 2
+    exit_code = 1
 
 
 class ConfigError(LakeloopError):
     """The configuration file is missing, malformed, or has a bad key or value."""
+
+    exit_code = 2
 
 
 class TableError(LakeloopError):

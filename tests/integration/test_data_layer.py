@@ -1,0 +1,131 @@
+"""Delta tables on disk, read and preprocessed by a real local Ray cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import ray
+from deltalake import write_deltalake
+
+from pipelines import delta_tables, synthetic
+from pipelines.config import LakeloopConfig, parse_config
+from pipelines.errors import ValidationFailed
+from pipelines.features import FEATURES_COLUMN, TARGET_COLUMN
+from pipelines.preprocess import prepare
+from pipelines.validate import validate_table
+from tests.helpers import ROOT, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def lakeloop(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_generate_then_validate_cli(raw_config: dict, tmp_path: Path) -> None:
+    conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
+    for seed in ("1", "2"):
+        done = lakeloop("data", "generate", "--rows", "400", "--seed", seed, "--config", str(conf), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert "as version 1" in done.stdout
+    checked = lakeloop("data", "validate", "--config", str(conf), "--json", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert '"rows": 800' in checked.stdout
+
+
+def test_validate_cli_names_a_missing_feature(raw_config: dict, tmp_path: Path) -> None:
+    raw_config["dataset"]["features"].append({"name": "lifetime_value", "kind": "numeric"})
+    conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
+    assert lakeloop("data", "generate", "--rows", "200", "--config", str(conf), cwd=tmp_path).returncode == 0
+    done = lakeloop("data", "validate", "--config", str(conf), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "column 'lifetime_value': missing from the table" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreadable_delta_features_are_named(config: LakeloopConfig) -> None:
+    frame = synthetic.generate(100, 1).to_pandas()
+    write_deltalake(config.table_uri, frame, configuration={"delta.enableDeletionVectors": "true"})
+    with pytest.raises(ValidationFailed, match="deletion vectors"):
+        validate_table(config)
+
+
+def test_validation_runs_before_any_ray_work(config: LakeloopConfig) -> None:
+    delta_tables.append(config.table_uri, synthetic.generate(200, 1).drop_columns(["plan"]))
+    assert not ray.is_initialized()
+    with pytest.raises(ValidationFailed, match="column 'plan': missing"):
+        prepare(config)
+    assert not ray.is_initialized()
+
+
+def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> None:
+    delta_tables.append(config.table_uri, synthetic.generate(500, 1))
+    delta_tables.append(config.table_uri, synthetic.generate(700, 2))
+    old = prepare(config, version=0)
+    assert old.lineage.version == 0
+    assert sum(old.lineage.rows.values()) == 500
+    assert prepare(config).lineage.version == 1
+    assert sum(prepare(config).lineage.rows.values()) == 1200
+
+
+def reference_features(train: pd.DataFrame, rows: pd.DataFrame, config: LakeloopConfig) -> np.ndarray:
+    """Single-process pandas reference: mean-impute, standardize, mode-impute, one-hot (sorted)."""
+    parts = []
+    for name in config.dataset.numeric:
+        mean = train[name].mean()
+        filled_train = train[name].fillna(mean)
+        parts.append(((rows[name].fillna(mean) - mean) / filled_train.std(ddof=0)).to_numpy()[:, None])
+    for name in config.dataset.categorical:
+        mode = train[name].mode().iloc[0]
+        values = rows[name].fillna(mode)
+        parts.append(np.stack([(values == c).to_numpy(float) for c in sorted(train[name].dropna().unique())], axis=1))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def sort_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix[np.lexsort(matrix.T[::-1])]
+
+
+def test_ray_preprocessing_matches_single_process_reference(config: LakeloopConfig, ray_local: None) -> None:
+    delta_tables.append(config.table_uri, synthetic.generate(3000, 5))
+    prepared = prepare(config)
+    train_raw = prepared.raw["train"].to_pandas()
+    for split in ("train", "test"):
+        raw = prepared.raw[split].to_pandas()
+        produced = prepared.splits[split].to_pandas()
+        got = np.stack(produced[FEATURES_COLUMN].to_numpy())
+        expected = reference_features(train_raw, raw, config)
+        np.testing.assert_allclose(sort_rows(got), sort_rows(expected), rtol=1e-4, atol=1e-4)
+        assert sorted(produced[TARGET_COLUMN]) == sorted(raw["churned"])
+    # The in-process path used by serving gives the same numbers as Ray Data.
+    test_raw = prepared.raw["test"].to_pandas()
+    np.testing.assert_allclose(
+        prepared.pipeline.transform_frame(test_raw), reference_features(train_raw, test_raw, config), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_a_differently_named_table_works_by_changing_only_conf(raw_config: dict, ray_local: None) -> None:
+    renames = {"tenure_months": "months_active", "plan": "tier", "churned": "left", "event_time": "ts",
+               "customer_id": "account"}
+    table = synthetic.generate(2000, 9).rename_columns([renames.get(n, n) for n in synthetic.SCHEMA.names])
+    table = table.set_column(table.schema.get_field_index("left"), "left",
+                             pa.array(np.where(table.column("left").to_numpy(), "yes", "no")))
+    dataset = raw_config["dataset"]
+    dataset.update(label="left", classes=["no", "yes"], event_time="ts",
+                   split={"strategy": "hash", "key": "account", "validation_fraction": 0.2, "test_fraction": 0.2})
+    for feature in dataset["features"]:
+        feature["name"] = renames.get(feature["name"], feature["name"])
+    config = parse_config(raw_config)
+    delta_tables.append(config.table_uri, table)
+    prepared = prepare(config)
+    assert sum(prepared.lineage.rows.values()) == 2000
+    assert prepared.lineage.rows["test"] == pytest.approx(400, abs=60)
+    targets = prepared.splits["train"].to_pandas()[TARGET_COLUMN]
+    assert set(targets) == {0, 1}

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import load_config, parse_config
+from pipelines.errors import ConfigError
+from tests.helpers import DEMO_CONFIG, write_config
+
+
+def test_shipped_config_loads() -> None:
+    config = load_config(DEMO_CONFIG)
+    assert config.dataset.label == "churned"
+    assert "plan" in config.dataset.categorical
+    assert config.dataset.split.train_fraction == pytest.approx(0.7)
+
+
+def test_unknown_key_names_file_and_key(raw_config: dict, tmp_path: Path) -> None:
+    raw_config["dataset"]["lable"] = "x"
+    path = write_config(raw_config, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert "dataset.lable: unknown key" in str(err.value)
+
+
+def test_bad_feature_kind_names_the_position(raw_config: dict) -> None:
+    raw_config["dataset"]["features"][2]["kind"] = "text"
+    with pytest.raises(ConfigError, match=r"dataset\.features\.2\.kind"):
+        parse_config(raw_config, "f.yaml")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["split"].update(strategy="hash"), "split.key is required"),
+        (lambda d: d.pop("classes"), "classes must list at least two"),
+        (lambda d: d.update(task="regression"), "classes is only valid"),
+        (lambda d: d["features"].append({"name": "plan", "kind": "numeric"}), "repeated: plan"),
+        (lambda d: d["features"].append({"name": "churned", "kind": "numeric"}), "both a feature and the label"),
+        (lambda d: d["split"].update(validation_fraction=0.5, test_fraction=0.45), "at least 10%"),
+    ],
+)
+def test_dataset_rules(raw_config: dict, mutate, message: str) -> None:
+    mutate(raw_config["dataset"])
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw_config, "f.yaml")
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("dataset: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_ecosystem_variables_win(raw_config: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("LAKELOOP_STORAGE_ROOT", str(tmp_path / "elsewhere"))
+    config = parse_config(raw_config)
+    assert config.ray.address == "ray://head:10001"
+    assert config.mlflow.tracking_uri == "http://mlflow:5000"
+    assert config.table_uri == str(tmp_path / "elsewhere" / "events")
+
+
+def test_table_uri_keeps_object_store_uris(raw_config: dict) -> None:
+    raw_config["storage"]["root"] = "s3://bucket/lake"
+    assert parse_config(raw_config).table_uri == "s3://bucket/lake/events"
+    raw_config["dataset"]["table"] = "gs://other/events"
+    assert parse_config(raw_config).table_uri == "gs://other/events"
+
+
+def test_search_space_domain_shape(raw_config: dict) -> None:
+    raw_config["tune"]["search_space"]["lr"] = {"kind": "loguniform", "values": [0.1]}
+    with pytest.raises(ConfigError, match=r"tune\.search_space\.lr"):
+        parse_config(raw_config)
+    raw_config["tune"]["search_space"] = {"momentum": {"kind": "choice", "values": [1]}}
+    with pytest.raises(ConfigError, match="momentum"):
+        parse_config(raw_config)
