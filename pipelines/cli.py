@@ -11,18 +11,24 @@ import sys
 
 from pipelines.steps import add_common_arguments, execute
 
-COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("data", "generate"): ("pipelines.generate", "append synthetic (optionally drifted) demo data to a Delta table"),
-    ("data", "validate"): ("pipelines.validate", "check a Delta table against the dataset config"),
-    ("data", "preprocess"): ("pipelines.preprocess", "split and preprocess a pinned table version on Ray Data"),
-    ("demo",): ("pipelines.demo", "run the loop end to end on embedded defaults"),
+# command words -> (module, help, arguments the words stand for)
+COMMANDS: dict[tuple[str, ...], tuple[str, str, list[str]]] = {
+    ("data", "generate"): ("pipelines.generate", "append synthetic (optionally drifted) demo data to a Delta table", []),
+    ("data", "validate"): ("pipelines.validate", "check a Delta table against the dataset config", []),
+    ("data", "preprocess"): ("pipelines.preprocess", "split and preprocess a pinned table version on Ray Data", []),
+    ("train",): ("pipelines.train", "train (--tune to tune), evaluate, register, gate against the champion", []),
+    ("model", "list"): ("pipelines.registry", "registered versions with aliases, gate verdicts and test metrics", []),
+    ("model", "rollback"): ("pipelines.registry", "move the champion alias back to the previous version", ["--rollback"]),
+    ("stack", "up"): ("pipelines.stack", "start the embedded Ray head and MLflow server on loopback", []),
+    ("stack", "down"): ("pipelines.stack", "stop what `stack up` started", ["--down"]),
+    ("demo",): ("pipelines.demo", "run the loop end to end on embedded defaults", []),
 }
 
 
 def _usage() -> str:
     width = max(len(" ".join(path)) for path in COMMANDS)
     lines = ["usage: lakeloop COMMAND [options]   (lakeloop COMMAND --help for a command's options)", "", "commands:"]
-    lines += [f"  {' '.join(path):<{width}}  {about}" for path, (_, about) in COMMANDS.items()]
+    lines += [f"  {' '.join(path):<{width}}  {about}" for path, (_, about, _) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -40,12 +46,12 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
     path, rest = found
-    module_name, about = COMMANDS[path]
+    module_name, about, preset = COMMANDS[path]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog="lakeloop " + " ".join(path), description=about)
     module.add_arguments(parser)
     add_common_arguments(parser)
-    sys.exit(execute(module.run, parser.parse_args(rest)))
+    sys.exit(execute(module.run, parser.parse_args([*preset, *rest])))
 
 
 if __name__ == "__main__":

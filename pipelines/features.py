@@ -72,7 +72,17 @@ class FeaturePipeline:
         encoded = ds.map_batches(self._select_and_encode, batch_format="pandas")
         return self.chain.transform(encoded)
 
+    def coerce(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Numeric features as floats (None -> NaN, imputed later); non-numbers are an error naming the column."""
+        out = frame[self.feature_names].copy()
+        for name in self.dataset.numeric:
+            try:
+                out[name] = pd.to_numeric(out[name], errors="raise").astype("float64")
+            except (ValueError, TypeError):
+                raise ValueError(f"feature '{name}' must be numeric") from None
+        return out
+
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw feature records -> a float32 matrix, in-process (serving, pyfunc, tests)."""
-        out = self.chain.transform_batch(frame[self.feature_names].copy())
+        out = self.chain.transform_batch(self.coerce(frame))
         return np.stack(out[FEATURES_COLUMN].to_numpy()).astype(np.float32, copy=False)

@@ -19,7 +19,7 @@ from pipelines.features import FeaturePipeline
 from pipelines.splits import SPLIT_COLUMN, SPLITS, by_hash, by_time, time_cutoffs
 from pipelines.steps import StepResult, step_main
 from pipelines.table_checks import schema_fingerprint
-from pipelines.validate import validate_table
+from pipelines.validate import ValidationReport, validate_table
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,12 @@ def read_splits(config: LakeloopConfig, uri: str, version: int) -> dict[str, ray
     return {name: tagged.map_batches(partial(_keep, name=name), batch_format="pandas") for name in SPLITS}
 
 
-def prepare(config: LakeloopConfig, uri: str | None = None, version: int | None = None) -> PreparedData:
-    """Validate, then read, split, fit on train only, and transform every split in parallel."""
+def prepare(
+    config: LakeloopConfig, uri: str | None = None, version: int | None = None, report: ValidationReport | None = None
+) -> PreparedData:
+    """Validate (unless the caller already did), then read, split, fit on train only, and transform."""
     uri = uri or config.table_uri
-    report = validate_table(config, uri, version)
+    report = report or validate_table(config, uri, version)
     raw = {name: ds.materialize() for name, ds in read_splits(config, uri, report.version).items()}
     rows = {name: ds.count() for name, ds in raw.items()}
     empty = [name for name, count in rows.items() if count == 0]
@@ -81,6 +83,14 @@ def prepare(config: LakeloopConfig, uri: str | None = None, version: int | None 
     splits = {name: pipeline.transform(ds) for name, ds in raw.items()}
     lineage = Lineage(uri, report.version, rows, report.fingerprint)
     return PreparedData(splits=splits, raw=raw, pipeline=pipeline, lineage=lineage)
+
+
+def to_frame(ds: ray.data.Dataset) -> pd.DataFrame:
+    """Rows as a numpy-backed DataFrame (Ray's to_pandas keeps Arrow dtypes some consumers reject)."""
+    import pyarrow as pa
+
+    tables = ray.get(ds.to_arrow_refs())
+    return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

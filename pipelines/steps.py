@@ -7,6 +7,7 @@ backs `python -m pipelines.<step>` and the `lakeloop` CLI, so there is one way t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -34,8 +35,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def execute(run: Run, args: argparse.Namespace) -> int:
     """Run a step; user errors become one clear message per line and a non-zero exit."""
+    # With --json, stdout carries only the JSON document; library chatter goes to stderr.
+    chatter = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        result = run(args, load_config(args.config))
+        with chatter:
+            result = run(args, load_config(args.config))
     except LakeloopError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "errors": str(exc).splitlines()}))

@@ -1,0 +1,44 @@
+"""The tabular network: an MLP over preprocessed features, with a head chosen by the task."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    input_dim: int
+    output_dim: int  # number of classes, or 1 for regression
+    hidden: int
+    depth: int
+    dropout: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TabularMLP(nn.Module):
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = spec.input_dim
+        for _ in range(spec.depth):
+            layers += [nn.Linear(width, spec.hidden), nn.ReLU(), nn.Dropout(spec.dropout)]
+            width = spec.hidden
+        layers.append(nn.Linear(width, spec.output_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def loss_function(task: str) -> nn.Module:
+    """Cross-entropy covers binary and multiclass (two logits for binary); MSE for regression."""
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
+def output_dim(task: str, classes: list | None) -> int:
+    return len(classes or []) if task == "classification" else 1

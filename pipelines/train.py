@@ -1,0 +1,213 @@
+"""Step: validate, preprocess, train (or tune), evaluate against the champion, register, gate.
+
+    ray job submit --working-dir . -- python -m pipelines.train [--tune] [--json]
+    lakeloop train [--tune] [--table PATH] [--version N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, Schema
+
+import pipelines
+from pipelines import plots, runtime, training
+from pipelines.config import LakeloopConfig
+from pipelines.errors import LakeloopError
+from pipelines.gate import decide
+from pipelines.preprocess import Lineage, PreparedData, prepare, to_frame
+from pipelines.registry import Registry
+from pipelines.scoring import LakeloopModel, LakeloopPyfunc, evaluate_predictions
+from pipelines.steps import StepResult, step_main
+from pipelines.validate import validate_table
+
+MODEL_ARTIFACT = "model"
+PIP_REQUIREMENTS = [
+    "torch==2.13.0", "ray[data]==2.60.0", "mlflow==3.17.2", "pandas", "pyarrow", "pydantic>=2.7", "scikit-learn",
+]  # fmt: skip
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_version: str
+    metrics: dict[str, float]
+    champion_version: str | None
+    champion_metrics: dict[str, float] | None
+    promoted: bool
+    reason: str
+    lineage: dict
+    hyperparams: dict
+    resumed_from_epoch: int
+
+
+def require_tracking_server(uri: str) -> None:
+    """Fail before any Ray work when the tracking server is down, naming the URI."""
+    if not uri.startswith("http"):
+        return
+    try:
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=5.0).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise LakeloopError(
+            f"MLflow tracking server {uri} is not reachable ({exc.__class__.__name__}); "
+            "start one with `lakeloop stack up` or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(pipelines.__file__).resolve().parent.parent
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _log_lineage(lineage: Lineage, config: LakeloopConfig) -> None:
+    source = DeltaDatasetSource(path=lineage.table_uri, delta_table_version=lineage.version)
+    dataset = MetaDataset(source=source, name=f"{config.dataset.table}@v{lineage.version}", digest=lineage.schema_fingerprint)
+    mlflow.log_input(dataset, context="training")
+    mlflow.log_params({"table_uri": lineage.table_uri, "table_version": lineage.version, "schema_fingerprint": lineage.schema_fingerprint})
+    mlflow.log_params({f"rows_{k}": v for k, v in lineage.rows.items()})
+    mlflow.set_tags({"lakeloop.git_commit": _git_commit(), "lakeloop.table_uri": lineage.table_uri})
+
+
+def _champion_metrics(registry: Registry, test: pd.DataFrame, config: LakeloopConfig) -> tuple[str | None, dict | None]:
+    """Score the champion on the candidate's held-out rows. A champion that cannot score them
+    (e.g. the table gained a feature) is no baseline: the candidate then faces the thresholds only."""
+    champion = registry.champion()
+    if champion is None:
+        return None, None
+    dataset = config.dataset
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{champion.version}")
+        predictions = model.predict(test[dataset.feature_names])
+    except (MlflowException, ValueError, KeyError) as exc:
+        mlflow.set_tag("lakeloop.champion_error", str(exc)[:500])
+        print(f"warning: champion version {champion.version} could not score the held-out data: {str(exc)[:300]}")
+        return champion.version, None
+    return champion.version, evaluate_predictions(predictions, test[dataset.label], dataset.task, dataset.classes)
+
+
+def model_signature(example: pd.DataFrame, output: pd.DataFrame, config: LakeloopConfig) -> ModelSignature:
+    """Numeric features accept ints, floats and nulls (MLflow refuses int64 -> double as unsafe);
+    the feature pipeline coerces them and names any column that is not numeric."""
+    columns = [
+        ColSpec("string", name) if example[name].dtype == object and name in config.dataset.categorical
+        else ColSpec(AnyType(), name)
+        for name in config.dataset.feature_names
+    ]  # fmt: skip
+    return ModelSignature(inputs=Schema(columns), outputs=infer_signature(example, output).outputs)
+
+
+def log_model(model: LakeloopModel, test: pd.DataFrame, config: LakeloopConfig) -> str:
+    """Log the pyfunc (preprocessor + network + package code), register it, return the version."""
+    example = test[config.dataset.feature_names].head(5).reset_index(drop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = model.save(Path(tmp) / "model")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=LakeloopPyfunc(),
+            artifacts={"model": str(directory)},
+            code_paths=[str(Path(pipelines.__file__).parent)],
+            signature=model_signature(example, model.predict_frame(example), config),
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=config.mlflow.registered_model,
+        )
+        mlflow.log_artifact(str(directory / "pipeline.pkl"), artifact_path="preprocessor")
+    return str(info.registered_model_version)
+
+
+def _fit(config: LakeloopConfig, prepared: PreparedData, run_id: str, tune: bool) -> tuple[training.TrainedNetwork, dict]:
+    datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
+    dim = int(prepared.pipeline.output_dim or 0)
+    if tune:
+        from pipelines.tune import search
+
+        return search(config, datasets, dim, run_id)
+    hp = config.train.hyperparams
+    return training.fit(config, hp, datasets, dim, run_id, name=f"train-{run_id[:8]}"), hp.model_dump()
+
+
+def train_and_register(
+    config: LakeloopConfig, tune: bool = False, table: str | None = None, version: int | None = None
+) -> TrainOutcome:
+    report = validate_table(config, table, version)  # before any Ray or MLflow work
+    require_tracking_server(config.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    mlflow.set_experiment(config.mlflow.experiment)
+    registry = Registry.from_config(config)
+    dataset = config.dataset
+    with runtime.ray_session(config):
+        prepared = prepare(config, table, report.version, report=report)
+        with mlflow.start_run(run_name=f"{'tune' if tune else 'train'}-{dataset.table}-v{report.version}") as run:
+            mlflow.set_tag("lakeloop.job", "tune" if tune else "train")
+            _log_lineage(prepared.lineage, config)
+            trained, hyperparams = _fit(config, prepared, run.info.run_id, tune)
+            mlflow.log_params({f"hp_{k}": v for k, v in hyperparams.items()})
+            mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
+            model = LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
+            test = to_frame(prepared.raw["test"])
+            predictions = model.predict_frame(test[dataset.feature_names])
+            scores = evaluate_predictions(predictions, test[dataset.label], dataset.task, dataset.classes)
+            mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+            plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
+            champion_version, champion_scores = _champion_metrics(registry, test, config)
+            if champion_scores:
+                mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
+            model_version = log_model(model, test, config)
+            decision = registry.promote(model_version, champion_version, decide(scores, champion_scores, config.gate, champion_version))
+            mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
+    return TrainOutcome(
+        run_id=run.info.run_id,
+        model_version=model_version,
+        metrics=scores,
+        champion_version=champion_version,
+        champion_metrics=champion_scores,
+        promoted=decision.promote,
+        reason=decision.reason,
+        lineage=asdict(prepared.lineage),
+        hyperparams=hyperparams,
+        resumed_from_epoch=trained.resumed_from_epoch,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tune", action="store_true", help="search hyperparameters with Ray Tune (ASHA) first")
+    parser.add_argument("--table", help="Delta table path or URI (default: dataset.table under storage.root)")
+    parser.add_argument("--version", type=int, help="table version to train on (default: latest, pinned once)")
+
+
+def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
+    try:
+        outcome = train_and_register(config, tune=args.tune, table=args.table, version=args.version)
+    except MlflowException as exc:
+        raise LakeloopError(f"MLflow at {config.mlflow.tracking_uri}: {exc.message}") from None
+    metric = config.gate.metric
+    verdict = "promoted to champion" if outcome.promoted else "not promoted (challenger)"
+    summary = (
+        f"model {config.mlflow.registered_model} version {outcome.model_version}: test {metric} "
+        f"{outcome.metrics.get(metric, float('nan')):.4f}; {verdict}: {outcome.reason}\n"
+        f"run {outcome.run_id} on {outcome.lineage['table_uri']} version {outcome.lineage['version']}"
+    )
+    return StepResult(summary, asdict(outcome))
+
+
+def main(argv: list[str] | None = None) -> None:
+    step_main("python -m pipelines.train", add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Distributed training with Ray Train: DDP workers fed by Ray Data shards, checkpoints per epoch.
+
+Metrics go to MLflow from rank 0 (Ray Train V2 has no MLflow callback); the driver keeps no state
+that a restarted worker group needs: everything to resume lives in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+
+from pipelines import metrics
+from pipelines.config import HyperParams, LakeloopConfig
+from pipelines.features import FEATURES_COLUMN, TARGET_COLUMN
+from pipelines.model import NetworkSpec, TabularMLP, loss_function, output_dim
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainedNetwork:
+    spec: NetworkSpec
+    state_dict: dict
+    history: list[dict[str, float]]
+    resumed_from_epoch: int
+    checkpoint_path: str | None = None
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def monitor_metric(config: LakeloopConfig) -> tuple[str, str]:
+    """The validation metric that drives early stopping and Tune: the gate's metric."""
+    return f"val_{config.gate.metric}", "max" if metrics.greater_is_better(config.gate.metric) else "min"
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _validate(model: torch.nn.Module, shard, task: str, batch_size: int, loss_fn) -> dict[str, float]:
+    model.eval()
+    outputs, targets, total_loss, rows = [], [], 0.0, 0
+    with torch.inference_mode():
+        for batch in shard.iter_torch_batches(batch_size=max(batch_size, 1024)):
+            logits = model(batch[FEATURES_COLUMN])
+            target = batch[TARGET_COLUMN] if task == "classification" else batch[TARGET_COLUMN].float()
+            prediction = logits if task == "classification" else logits[:, 0]
+            total_loss += float(loss_fn(prediction, target)) * len(target)
+            rows += len(target)
+            outputs.append(logits.numpy())
+            targets.append(target.numpy())
+    logits_all, target_all = np.concatenate(outputs), np.concatenate(targets)
+    if task == "classification":
+        probabilities = torch.softmax(torch.from_numpy(logits_all), dim=1).numpy()
+        scores = metrics.classification(target_all, probabilities)
+    else:
+        scores = metrics.regression(target_all, logits_all[:, 0])
+    return {"val_loss": total_loss / max(rows, 1), **{f"val_{k}": v for k, v in scores.items()}}
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best + 1e-6 if mode == "max" else value < best - 1e-6)
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Runs on every Ray Train worker; resumes from the latest checkpoint after a failure."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    hp = HyperParams(**cfg["hyperparams"])
+    spec = NetworkSpec(**cfg["network"])
+    task, monitor, mode = cfg["task"], cfg["monitor"], cfg["mode"]
+    torch.manual_seed(cfg["seed"] + rank)
+
+    model = ray.train.torch.prepare_model(TabularMLP(spec))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    state = {"epoch": 0, "best": None, "stale": 0, "history": [], "best_state": None, "resumed_from_epoch": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+        _unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = {**saved["progress"], "resumed_from_epoch": saved["progress"]["epoch"]}
+
+    logger = _EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id")) if rank == 0 else None
+    loss_fn = loss_function(task)
+    train_shard = ray.train.get_dataset_shard("train")
+    validation = ray.train.get_dataset_shard("validation")
+    for epoch in range(state["epoch"], cfg["max_epochs"]):
+        model.train()
+        running, seen = 0.0, 0
+        for batch in train_shard.iter_torch_batches(batch_size=hp.batch_size):
+            target = batch[TARGET_COLUMN] if task == "classification" else batch[TARGET_COLUMN].float()
+            logits = model(batch[FEATURES_COLUMN])
+            loss = loss_fn(logits if task == "classification" else logits[:, 0], target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running += float(loss) * len(target)
+            seen += len(target)
+        report = {"epoch": epoch, "train_loss": running / max(seen, 1), **_validate(model, validation, task, hp.batch_size, loss_fn)}
+        if _improved(report[monitor], state["best"], mode):
+            state.update(best=report[monitor], stale=0, best_state={k: v.clone() for k, v in _unwrap(model).state_dict().items()})
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append(report)
+        stop = state["stale"] >= cfg["patience"] or state["epoch"] >= cfg["max_epochs"]
+        report.update(resumed_from_epoch=state["resumed_from_epoch"], done=stop)
+        _report(report, rank, model, optimizer, state)
+        if logger:
+            logger.log(report, epoch)
+        if stop:
+            break
+
+
+def _report(report: dict, rank: int, model, optimizer, state: dict) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            progress = {k: v for k, v in state.items() if k != "resumed_from_epoch"}
+            saved = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "progress": progress}
+            torch.save(saved, Path(directory) / STATE_FILE)
+            checkpoint = Checkpoint.from_directory(directory)
+        ray.train.report(report, checkpoint=checkpoint)
+
+
+class _EpochLogger:
+    """Per-epoch metrics to an MLflow run, from rank 0; failures never stop training."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
+        self.run_id = run_id
+        if run_id:
+            self.client = MlflowClient(tracking_uri)
+
+    def log(self, report: dict, epoch: int) -> None:
+        if not self.run_id:
+            return
+        now = int(time.time() * 1000)
+        values = [Metric(k, float(v), now, epoch) for k, v in report.items() if isinstance(v, (int, float)) and k != "done"]
+        try:
+            self.client.log_batch(self.run_id, metrics=[m for m in values if math.isfinite(m.value)])
+        except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
+            print(f"warning: could not log epoch {epoch} to MLflow: {exc}")
+
+
+def loop_config(
+    config: LakeloopConfig, hp: HyperParams, input_dim: int, run_id: str | None, max_epochs: int | None = None
+) -> dict:
+    monitor, mode = monitor_metric(config)
+    spec = NetworkSpec(
+        input_dim=input_dim,
+        output_dim=output_dim(config.dataset.task, config.dataset.classes),
+        hidden=hp.hidden,
+        depth=hp.depth,
+        dropout=hp.dropout,
+    )
+    return {
+        "hyperparams": hp.model_dump(),
+        "network": spec.to_dict(),
+        "task": config.dataset.task,
+        "monitor": monitor,
+        "mode": mode,
+        "seed": config.train.seed,
+        "patience": config.train.patience,
+        "max_epochs": max_epochs or config.train.max_epochs,
+        "tracking_uri": config.mlflow.tracking_uri,
+        "mlflow_run_id": run_id,
+    }
+
+
+def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, callbacks: list | None = None):
+    monitor, mode = cfg["monitor"], cfg["mode"]
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=ScalingConfig(
+            num_workers=config.train.num_workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=config.train_storage_path,
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+        datasets={"train": datasets["train"], "validation": datasets["validation"]},
+        # Every worker sees the whole (small) validation split, so validation metrics agree across ranks.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def network_from_checkpoint(checkpoint: Checkpoint, spec: NetworkSpec) -> TrainedNetwork:
+    with checkpoint.as_directory() as directory:
+        saved = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+    progress = saved["progress"]
+    best = progress["best_state"] or saved["model"]
+    return TrainedNetwork(
+        spec=spec,
+        state_dict=best,
+        history=progress["history"],
+        resumed_from_epoch=0,
+        checkpoint_path=checkpoint.path,
+    )
+
+
+def fit(config: LakeloopConfig, hp: HyperParams, datasets: dict, input_dim: int, run_id: str | None, name: str) -> TrainedNetwork:
+    cfg = loop_config(config, hp, input_dim, run_id)
+    result = build_trainer(config, cfg, datasets, name).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} finished without a checkpoint")
+    trained = network_from_checkpoint(result.checkpoint, NetworkSpec(**cfg["network"]))
+    trained.resumed_from_epoch = int(result.metrics.get("resumed_from_epoch", 0))
+    trained.final_metrics = dict(result.metrics)
+    return trained
