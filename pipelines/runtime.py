@@ -16,7 +16,9 @@ def init_kwargs(config: LakeloopConfig) -> dict:
     kwargs: dict = {"address": address, "logging_level": logging.WARNING, "log_to_driver": True}
     if address == "local":
         # A fresh local cluster: without an explicit address Ray would silently join any running one.
-        kwargs["include_dashboard"] = False
+        # The dashboard hosts the State API, which Ray Train's placement-group cleaner needs to free
+        # the resources of Tune trials that ASHA stops; keep it on loopback.
+        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
         if config.ray.num_cpus:
             kwargs["num_cpus"] = config.ray.num_cpus
         if config.ray.object_store_memory_mb:

@@ -3,7 +3,7 @@
     python -m pipelines.tune [--json]      (same as `lakeloop train --tune`)
 
 Trials log to MLflow child runs of the job's parent run. Ray Train V2 reports to Tune through
-`TuneReportCallback`; the trial function itself asks for no CPU so its workers can have them.
+`TuneReportCallback`; the trial function asks for almost no CPU so its workers can have them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from pipelines.config import HyperParams, LakeloopConfig, SearchDomain
 from pipelines.errors import LakeloopError
 from pipelines.model import NetworkSpec
 from pipelines.steps import StepResult, step_main
+
+# The trial function only waits on its TorchTrainer; Tune refuses a zero request, so ask for a sliver.
+TRIAL_DRIVER_CPU = 0.01
 
 
 def _domain(domain: SearchDomain):
@@ -69,7 +72,7 @@ def search(config: LakeloopConfig, datasets: dict, input_dim: int, parent_run_id
         _trial, config_json=config.model_dump_json(), datasets=datasets, input_dim=input_dim, parent_run_id=parent_run_id
     )
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": 0}),
+        tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPU}),
         param_space=param_space(config),
         tune_config=tune.TuneConfig(
             metric=monitor,

@@ -1,0 +1,176 @@
+"""Training, tuning, the registry and the gate against a real mlflow server and local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from ray.util.state import list_actors
+
+from pipelines import delta_tables, synthetic, training
+from pipelines.config import HyperParams, LakeloopConfig, parse_config
+from pipelines.gate import GateDecision
+from pipelines.preprocess import prepare
+from pipelines.registry import Registry
+from pipelines.train import train_and_register
+from tests.helpers import ROOT, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def small_config(raw: dict, tracking_uri: str, **train: object) -> LakeloopConfig:
+    raw["mlflow"].update(tracking_uri=tracking_uri, registered_model=f"churn-{uuid.uuid4().hex[:8]}")
+    raw["train"].update(max_epochs=3, patience=2, **train)
+    return parse_config(raw)
+
+
+def records() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"tenure_months": 2, "monthly_charges": 110.0, "support_calls": 5, "age": 30, "plan": "basic",
+             "contract": "month-to-month", "region": "north"},
+            {"tenure_months": 70, "monthly_charges": None, "support_calls": 0, "age": 50, "plan": "premium",
+             "contract": "two-year", "region": "east"},
+        ]
+    )  # fmt: skip
+
+
+def test_train_registers_promotes_and_gate_refuses_a_worse_model(raw_config: dict, mlflow_server: str, ray_local: None) -> None:
+    config = small_config(raw_config, mlflow_server)
+    delta_tables.append(config.table_uri, synthetic.generate(3000, 1))
+    first = train_and_register(config)
+    assert first.promoted and first.model_version == "1"
+    assert "first model" in first.reason
+    assert first.metrics["roc_auc"] > 0.8
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}@champion")
+    predicted = model.predict(records())
+    assert list(predicted["prediction"]) == [1, 0]
+    np.testing.assert_allclose(predicted[["probability_0", "probability_1"]].sum(axis=1), 1.0, rtol=1e-6)
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(first.run_id)
+    assert run.data.params["table_version"] == "0"
+    assert run.inputs.dataset_inputs[0].dataset.source_type == "delta_table"
+    assert len(client.get_metric_history(first.run_id, "val_roc_auc")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
+    assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    assert client.list_artifacts(first.run_id, "preprocessor")[0].path == "preprocessor/pipeline.pkl"
+
+    worse = config.model_copy(update={"train": config.train.model_copy(
+        update={"max_epochs": 1, "hyperparams": HyperParams(lr=1e-5, hidden=2, depth=1)})})
+    second = train_and_register(worse)
+    assert not second.promoted
+    assert second.champion_version == "1"
+    assert "champion" in second.reason or "below the floor" in second.reason
+    registry = Registry.from_config(config)
+    assert registry.champion().version == "1"
+    assert registry.version_by_alias("challenger").version == "2"
+    assert client.get_model_version(config.mlflow.registered_model, "2").tags["lakeloop.gate_reason"] == second.reason
+
+
+def _register_dummy_versions(client: MlflowClient, name: str, count: int) -> list[str]:
+    mlflow.set_tracking_uri(client.tracking_uri)
+    versions = []
+    with mlflow.start_run() as run:
+        mlflow.log_text("placeholder", "model/MLmodel")
+    for _ in range(count):
+        versions.append(mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version)
+    return [str(v) for v in versions]
+
+
+def test_two_trainings_finishing_at_once_cannot_both_win(mlflow_server: str) -> None:
+    client = MlflowClient(mlflow_server)
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    champion, left, right = _register_dummy_versions(client, name, 3)
+    registry = Registry(client, name)
+    client.set_registered_model_alias(name, "champion", champion)
+    decisions: dict[str, GateDecision] = {}
+    barrier = threading.Barrier(2)
+
+    def promote(version: str) -> None:
+        barrier.wait()
+        decisions[version] = registry.promote(version, champion, GateDecision(True, "better"))
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (left, right)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [v for v, d in decisions.items() if d.promote]
+    assert len(winners) == 1
+    loser = right if winners == [left] else left
+    assert "already replaced champion" in decisions[loser].reason or "champion moved" in decisions[loser].reason
+    assert registry.champion().version == winners[0]
+    assert registry.version_by_alias("previous").version == champion
+    # Rollback restores the champion it replaced.
+    assert registry.rollback() == (winners[0], champion)
+    assert registry.champion().version == champion
+
+
+def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow_server: str, ray_local: None) -> None:
+    raw_config["tune"].update(num_samples=3, grace_period=1)
+    config = small_config(raw_config, mlflow_server, num_workers=1, cpus_per_worker=1)
+    delta_tables.append(config.table_uri, synthetic.generate(2000, 4))
+    outcome = train_and_register(config, tune=True)
+    client = MlflowClient(mlflow_server)
+    children = client.search_runs(
+        [client.get_run(outcome.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'"
+    )
+    assert len(children) == 3
+    tried = {(c.data.params["hp_hidden"], c.data.params["hp_depth"], c.data.params["hp_lr"]) for c in children}
+    assert len(tried) == 3  # three different points of the search space
+    assert outcome.promoted
+    assert str(outcome.hyperparams["hidden"]) in {c.data.params["hp_hidden"] for c in children}
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(config: LakeloopConfig, ray_local: None, tmp_path: Path) -> None:
+    config = config.model_copy(update={"train": config.train.model_copy(update={"max_epochs": 8, "patience": 8})})
+    delta_tables.append(config.table_uri, synthetic.generate(20000, 2))
+    prepared = prepare(config)
+    datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["trained"] = training.fit(config, config.train.hyperparams, datasets, prepared.pipeline.output_dim,
+                                          None, name="kill-test")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    storage = Path(config.train_storage_path) / "kill-test"
+    deadline = time.monotonic() + 240
+    while not list(storage.glob("checkpoint_*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(storage.glob("checkpoint_*")), "no checkpoint was written"
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert workers
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=400)
+    trained = outcome["trained"]
+    assert trained.resumed_from_epoch >= 1, "training started over instead of resuming"
+    assert [h["epoch"] for h in trained.history] == list(range(8))
+
+
+def test_training_a_bad_table_fails_validation_before_ray_or_mlflow(raw_config: dict, tmp_path: Path) -> None:
+    config = parse_config(raw_config)
+    delta_tables.append(config.table_uri, synthetic.generate(300, 1).drop_columns(["contract"]))
+    conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
+    # Unreachable Ray and MLflow addresses: reaching either would fail differently than validation.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.train", "--config", str(conf)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "column 'contract': missing from the table" in done.stderr
+    assert "Traceback" not in done.stderr
