@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
 
@@ -27,6 +27,13 @@ class StrictModel(BaseModel):
 class StorageConfig(StrictModel):
     root: str = "./lakeloop-data"
     storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str) -> str:
+        """A local relative root is fixed against the working directory at load time, so Serve
+        replicas and Ray workers (whose working directories differ) see the same tables."""
+        return root if "://" in root else str(Path(root).expanduser().resolve())
 
     def table_uri(self, name: str) -> str:
         """A table name relative to the root, or a full path/URI used as is."""
@@ -173,6 +180,35 @@ class GateConfig(StrictModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
 
 
+class PredictionLogConfig(StrictModel):
+    predictions_table: str = "predictions"
+    feedback_table: str = "feedback"
+    flush_rows: int = Field(500, ge=1)
+    flush_interval_s: float = Field(2.0, gt=0)
+
+
+class ServingConfig(StrictModel):
+    alias: str = "champion"
+    poll_interval_s: float = Field(5.0, gt=0)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_rows_per_request: int = Field(1000, ge=1)
+    prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
+
+
+class BatchInferenceConfig(StrictModel):
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    batch_size: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchInferenceConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be at least min_actors")
+        return self
+
+
 class LakeloopConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     dataset: DatasetConfig
@@ -181,6 +217,8 @@ class LakeloopConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    batch_inference: BatchInferenceConfig = Field(default_factory=BatchInferenceConfig)
 
     @property
     def table_uri(self) -> str:

@@ -151,9 +151,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint(config: LakeloopConfig, ray
     thread.start()
     storage = Path(config.train_storage_path) / "kill-test"
     deadline = time.monotonic() + 240
-    while not list(storage.glob("checkpoint_*")) and time.monotonic() < deadline:
+    # Two checkpoint folders mean the first one has been fully reported and registered.
+    while len(list(storage.glob("checkpoint_*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert list(storage.glob("checkpoint_*")), "no checkpoint was written"
+    assert len(list(storage.glob("checkpoint_*"))) >= 2, "no checkpoint was written"
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert workers
     os.kill(workers[0].pid, signal.SIGKILL)

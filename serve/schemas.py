@@ -1,0 +1,123 @@
+"""Request and response schemas built from the dataset config, and MLflow payload parsing.
+
+Every request path ends in the same record validation, so an error always names the field:
+`records[3].age: Input should be a valid number`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pandas as pd
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+
+from pipelines.config import DatasetConfig
+
+MLFLOW_FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
+
+
+class RequestError(Exception):
+    """A client mistake: an HTTP status in the 4xx range and a message naming the problem."""
+
+    def __init__(self, status: int, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+
+def record_model(dataset: DatasetConfig) -> type[BaseModel]:
+    """One row of raw features: every configured feature, nothing else. null means missing
+    (imputed like in training); NaN, infinities and values of the wrong type are refused."""
+    fields: dict[str, Any] = {}
+    for feature in dataset.features:
+        if feature.kind == "numeric":
+            fields[feature.name] = (Annotated[float | None, Field(strict=True)], ...)
+        else:
+            fields[feature.name] = (StrictStr | StrictInt | StrictBool | None, ...)
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    return create_model("FeatureRecord", __config__=config, **fields)
+
+
+def predict_request_model(dataset: DatasetConfig, max_rows: int) -> type[BaseModel]:
+    record = record_model(dataset)
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        records=(list[record], Field(min_length=1, max_length=max_rows, description="raw feature rows")),
+    )
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1)
+    row: int = Field(0, ge=0, description="row of the original request")
+    label: str | int | float | bool
+
+
+class RecordValidator:
+    def __init__(self, dataset: DatasetConfig, max_rows: int) -> None:
+        self.dataset = dataset
+        self.max_rows = max_rows
+        self._records = TypeAdapter(list[record_model(dataset)])
+
+    def frame(self, records: Any) -> pd.DataFrame:
+        """Validated records -> a DataFrame of the feature columns, in config order."""
+        if not isinstance(records, list):
+            raise RequestError(422, "records must be a list of objects")
+        if not records:
+            raise RequestError(422, "empty batch: send at least one record")
+        if len(records) > self.max_rows:
+            raise RequestError(413, f"batch of {len(records)} records exceeds the limit of {self.max_rows}")
+        try:
+            rows = self._records.validate_python(records)
+        except ValidationError as exc:
+            details = [_describe(error) for error in exc.errors()]
+            raise RequestError(422, details[0], details) from None
+        return pd.DataFrame([row.model_dump() for row in rows], columns=self.dataset.feature_names)
+
+
+def _describe(error: dict) -> str:
+    loc = list(error["loc"])
+    path = f"records[{loc[0]}]" + "".join(f".{p}" for p in loc[1:]) if loc and isinstance(loc[0], int) else ".".join(map(str, loc))
+    message = "unknown field (not a configured feature)" if error["type"] == "extra_forbidden" else error["msg"]
+    return f"{path}: {message}"
+
+
+def _split_records(payload: Any) -> list:
+    if not isinstance(payload, dict) or not isinstance(payload.get("columns"), list) or not isinstance(payload.get("data"), list):
+        raise RequestError(422, "dataframe_split needs 'columns' (list) and 'data' (list of rows)")
+    columns = payload["columns"]
+    bad = [i for i, row in enumerate(payload["data"]) if not isinstance(row, list) or len(row) != len(columns)]
+    if bad:
+        raise RequestError(422, f"dataframe_split.data[{bad[0]}]: expected a list of {len(columns)} values")
+    return [dict(zip(columns, row)) for row in payload["data"]]
+
+
+def mlflow_records(body: Any) -> list:
+    """The MLflow scoring-server JSON formats -> a list of record dicts."""
+    if not isinstance(body, dict):
+        raise RequestError(422, f"expected a JSON object with one of: {', '.join(MLFLOW_FORMATS)}")
+    present = [key for key in MLFLOW_FORMATS if key in body]
+    if len(present) != 1:
+        raise RequestError(422, f"expected exactly one of: {', '.join(MLFLOW_FORMATS)}; got {sorted(body) or 'none'}")
+    key = present[0]
+    payload = body[key]
+    if key == "dataframe_split":
+        return _split_records(payload)
+    if key in ("instances", "inputs") and isinstance(payload, dict):
+        lengths = {len(v) if isinstance(v, list) else -1 for v in payload.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise RequestError(422, f"{key}: columnar input needs lists of equal length")
+        return [dict(zip(payload, values)) for values in zip(*payload.values())]
+    return payload

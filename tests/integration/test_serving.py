@@ -1,0 +1,228 @@
+"""Ray Serve on a local cluster with a model registered in a real mlflow server; logs in Delta."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import ray.data
+from deltalake import DeltaTable
+from mlflow import MlflowClient
+from ray import serve
+
+from pipelines import delta_tables, synthetic
+from pipelines.batch_inference import predict
+from pipelines.config import LakeloopConfig, parse_config
+from pipelines.stack import free_port
+from pipelines.train import train_and_register
+from serve.app import build_deployment
+from tests.helpers import demo_raw_config
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["tenure_months", "monthly_charges", "support_calls", "age", "plan", "contract", "region"]
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray_local: None) -> LakeloopConfig:
+    """A trained champion (version 1) and a second registered version of it (no alias yet)."""
+    raw = demo_raw_config(tmp_path_factory.mktemp("serving") / "data")
+    raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"serve-{uuid.uuid4().hex[:8]}")
+    raw["train"].update(max_epochs=2)
+    raw["serving"].update(poll_interval_s=0.5)
+    raw["serving"]["prediction_log"].update(flush_rows=50, flush_interval_s=0.5)
+    config = parse_config(raw)
+    delta_tables.append(config.table_uri, synthetic.generate(2000, 3))
+    outcome = train_and_register(config)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.register_model(f"runs:/{outcome.run_id}/model", config.mlflow.registered_model)
+    return config
+
+
+@pytest.fixture(scope="module")
+def endpoint(registered: LakeloopConfig) -> Iterator[str]:
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_deployment(registered).bind(registered.model_dump_json()), name="lakeloop", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    yield url
+    serve.shutdown()
+
+
+def rows(n: int, seed: int = 5) -> pd.DataFrame:
+    frame = synthetic.generate(n, seed).to_pandas()[FEATURES]
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def logged_rows(config: LakeloopConfig) -> int:
+    uri = config.storage.table_uri("predictions")
+    return DeltaTable(uri).count() if DeltaTable.is_deltatable(uri) else 0
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return predicate()
+
+
+def test_every_mlflow_format_gives_the_same_predictions(endpoint: str, registered: LakeloopConfig) -> None:
+    frame = rows(5)
+    records = frame.to_dict(orient="records")
+    bodies = {
+        "dataframe_records": {"dataframe_records": records},
+        "dataframe_split": {"dataframe_split": {"columns": FEATURES, "data": frame.values.tolist()}},
+        "instances": {"instances": records},
+        "inputs (columnar)": {"inputs": {c: frame[c].tolist() for c in FEATURES}},
+    }
+    answers = {}
+    for name, body in bodies.items():
+        response = httpx.post(f"{endpoint}/invocations", json=body)
+        assert response.status_code == 200, (name, response.text)
+        answers[name] = response.json()["predictions"]
+    assert all(a == answers["dataframe_records"] for a in answers.values())
+    model = mlflow.pyfunc.load_model(f"models:/{registered.mlflow.registered_model}/1")
+    expected = model.predict(pd.DataFrame(records))
+    got = pd.DataFrame(answers["dataframe_records"])
+    np.testing.assert_allclose(got["probability_1"], expected["probability_1"], rtol=1e-5)
+
+
+def test_health_model_and_docs(endpoint: str) -> None:
+    assert httpx.get(f"{endpoint}/health").json()["status"] == "ready"
+    model = httpx.get(f"{endpoint}/model").json()
+    assert model["version"] == "1" and model["alias"] == "champion" and model["run_id"]
+    assert httpx.get(f"{endpoint}/docs").status_code == 200
+    schema = httpx.get(f"{endpoint}/openapi.json").json()["components"]["schemas"]["FeatureRecord"]
+    assert set(schema["properties"]) == set(FEATURES)
+
+
+GOOD = {"tenure_months": 3, "monthly_charges": 80.0, "support_calls": 1, "age": 40, "plan": "basic",
+        "contract": "one-year", "region": "north"}  # fmt: skip
+
+
+def _post(endpoint: str, path: str, body: object, content_type: str = "application/json") -> httpx.Response:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return httpx.post(f"{endpoint}{path}", content=text, headers={"content-type": content_type})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "status", "message"),
+    [
+        ("/predict", {"records": [{k: v for k, v in GOOD.items() if k != "age"}]}, "application/json", 422, "records.0.age: Field required"),
+        ("/predict", {"records": [{**GOOD, "colour": "red"}]}, "application/json", 422, "colour"),
+        ("/predict", {"records": [{**GOOD, "age": "forty"}]}, "application/json", 422, "age"),
+        ("/predict", {"records": []}, "application/json", 422, "records"),
+        ("/invocations", {"dataframe_records": [{k: v for k, v in GOOD.items() if k != "age"}]}, "application/json", 422, "records[0].age: Field required"),
+        ("/invocations", {"dataframe_records": [{**GOOD, "colour": "red"}]}, "application/json", 422, "records[0].colour: unknown field"),
+        ("/invocations", {"dataframe_records": [{**GOOD, "support_calls": "many"}]}, "application/json", 422, "records[0].support_calls: Input should be a valid number"),
+        ("/invocations", '{"dataframe_records": [' + json.dumps(GOOD).replace('80.0', 'NaN') + "]}", "application/json", 422, "records[0].monthly_charges: Input should be a finite number"),
+        ("/invocations", {"dataframe_records": []}, "application/json", 422, "empty batch"),
+        ("/invocations", {"dataframe_records": [GOOD] * 1001}, "application/json", 413, "exceeds the limit of 1000"),
+        ("/invocations", '{"dataframe_records": [', "application/json", 400, "malformed JSON"),
+        ("/invocations", {"dataframe_records": [GOOD]}, "text/csv", 415, "application/json"),
+        ("/invocations", {"rows": [GOOD]}, "application/json", 422, "expected exactly one of"),
+        ("/feedback", {"request_id": "x", "label": 7}, "application/json", 422, "label"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_problem_and_logs_nothing(
+    endpoint: str, registered: LakeloopConfig, path: str, body: object, content_type: str, status: int, message: str
+) -> None:
+    before = logged_rows(registered)
+    response = _post(endpoint, path, body, content_type)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    time.sleep(0.6)  # one flush interval: a wrongly logged row would have landed by now
+    assert logged_rows(registered) == before
+
+
+def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> None:
+    answer = httpx.post(f"{endpoint}/predict", json={"records": [GOOD]}).json()
+    response = httpx.post(f"{endpoint}/feedback", json={"request_id": answer["request_id"], "label": 1})
+    assert response.status_code == 202
+    uri = registered.storage.table_uri("feedback")
+    assert wait_for(lambda: DeltaTable.is_deltatable(uri) and answer["request_id"] in
+                    DeltaTable(uri).to_pandas()["request_id"].tolist())
+
+
+def test_batch_api_matches_http_for_path_dataset_and_frame(endpoint: str, registered: LakeloopConfig, tmp_path: Path) -> None:
+    source = registered.table_uri
+    table = DeltaTable(source).to_pandas().head(40)
+    http = httpx.post(f"{endpoint}/invocations", json={"dataframe_records": rows_of(table)}).json()["predictions"]
+    expected = dict(zip(table["customer_id"], (p["probability_1"] for p in http)))
+    output = str(tmp_path / "scored")
+    for scored in (
+        predict(source, output=output, config=registered),
+        predict(ray.data.from_pandas(table), config=registered),
+        predict(table, config=registered),
+    ):
+        frame = scored.to_pandas()
+        frame = frame[frame["customer_id"].isin(expected)]
+        assert len(frame) == 40
+        np.testing.assert_allclose(frame["probability_1"], frame["customer_id"].map(expected), rtol=1e-5)
+        assert set(frame["model_version"]) == {"1"}
+    written = DeltaTable(output).to_pandas()
+    assert len(written) == 2000 and set(written["model_name"]) == {registered.mlflow.registered_model}
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict]:
+    features = frame[FEATURES]
+    return features.astype(object).where(features.notna(), None).to_dict(orient="records")
+
+
+def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(endpoint: str, registered: LakeloopConfig) -> None:
+    """Last in the module: it ends by shutting Serve down to prove the drain flushes the log."""
+    served_before = logged_rows(registered)
+    assert wait_for(lambda: logged_rows(registered) == served_before, 5)
+    statuses: Counter = Counter()
+    versions: Counter = Counter()
+    served = [0]
+    stop = threading.Event()
+    lock = threading.Lock()
+    body = {"records": rows(3).to_dict(orient="records")}
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                response = http.post(f"{endpoint}/predict", json=body)
+                with lock:
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        versions[response.json()["model"]["version"]] += 1
+                        served[0] += 3
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    MlflowClient(registered.mlflow.tracking_uri).set_registered_model_alias(
+        registered.mlflow.registered_model, "champion", "2")
+    assert wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "2", 15)
+    time.sleep(2)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert set(statuses) == {200}, statuses
+    assert versions["1"] > 0 and versions["2"] > 0
+    serve.delete("lakeloop")  # drains the replica, whose shutdown flushes its buffer
+    assert wait_for(lambda: logged_rows(registered) - served_before == served[0], 30), (
+        logged_rows(registered) - served_before, served[0])

@@ -1,0 +1,75 @@
+"""Request parsing and validation for the Serve app, without Serve."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import LakeloopConfig
+from serve.schemas import RecordValidator, RequestError, mlflow_records, predict_request_model
+
+GOOD = {"tenure_months": 3, "monthly_charges": 80.5, "support_calls": 1, "age": 40, "plan": "basic",
+        "contract": "one-year", "region": "north"}  # fmt: skip
+
+
+@pytest.fixture
+def validator(config: LakeloopConfig) -> RecordValidator:
+    return RecordValidator(config.dataset, max_rows=3)
+
+
+def test_all_mlflow_formats_give_the_same_records() -> None:
+    columns = list(GOOD)
+    forms = [
+        {"dataframe_records": [GOOD]},
+        {"dataframe_split": {"columns": columns, "data": [[GOOD[c] for c in columns]]}},
+        {"instances": [GOOD]},
+        {"inputs": {c: [v] for c, v in GOOD.items()}},
+    ]
+    assert all(mlflow_records(form) == [GOOD] for form in forms)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([GOOD], "expected a JSON object"),
+        ({"rows": [GOOD]}, "expected exactly one of"),
+        ({"dataframe_records": [GOOD], "instances": [GOOD]}, "expected exactly one of"),
+        ({"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}, "dataframe_split.data[0]"),
+        ({"inputs": {"a": [1], "b": [1, 2]}}, "lists of equal length"),
+    ],
+)
+def test_malformed_payloads(body: object, message: str) -> None:
+    with pytest.raises(RequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        mlflow_records(body)
+
+
+def test_valid_records_become_a_frame_in_config_order(validator: RecordValidator, config: LakeloopConfig) -> None:
+    frame = validator.frame([GOOD, {**GOOD, "monthly_charges": None}])
+    assert list(frame.columns) == config.dataset.feature_names
+    assert frame["monthly_charges"].isna().tolist() == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("records", "status", "message"),
+    [
+        ([], 422, "empty batch"),
+        ([GOOD] * 4, 413, "exceeds the limit of 3"),
+        ([{k: v for k, v in GOOD.items() if k != "age"}], 422, "records[0].age: Field required"),
+        ([GOOD, {**GOOD, "colour": "red"}], 422, "records[1].colour: unknown field"),
+        ([{**GOOD, "age": "40"}], 422, "records[0].age: Input should be a valid number"),
+        ([{**GOOD, "age": float("nan")}], 422, "records[0].age: Input should be a finite number"),
+        ([{**GOOD, "plan": 1.5}], 422, "records[0].plan"),
+        ("not a list", 422, "must be a list"),
+    ],
+)
+def test_bad_records_name_the_field(validator: RecordValidator, records: object, status: int, message: str) -> None:
+    with pytest.raises(RequestError) as err:
+        validator.frame(records)
+    assert err.value.status == status
+    assert message in err.value.message
+
+
+def test_typed_request_model_documents_every_feature(config: LakeloopConfig) -> None:
+    schema = predict_request_model(config.dataset, 10).model_json_schema()
+    record = schema["$defs"]["FeatureRecord"]
+    assert set(record["required"]) == set(config.dataset.feature_names)
+    assert record["additionalProperties"] is False
