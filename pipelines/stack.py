@@ -96,6 +96,29 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90
     return process, Service("mlflow", process.pid, url, str(log))
 
 
+def start_ray_head(root: Path, dashboard_port: int = 8265, num_cpus: int | None = None,
+                   timeout: float = 120.0) -> tuple[subprocess.Popen, Service, dict]:
+    """A Ray cluster owned by one background process (pipelines.ray_head), Jobs API on loopback."""
+    root.mkdir(parents=True, exist_ok=True)
+    if port_open(dashboard_port):
+        raise StackError(f"port {dashboard_port} on {LOOPBACK} is already in use (another Ray dashboard?)")
+    address_file = root / "ray-head.json"
+    address_file.unlink(missing_ok=True)
+    log = root / "ray-head.log"
+    command = [sys.executable, "-m", "pipelines.ray_head", "--address-file", str(address_file),
+               "--dashboard-port", str(dashboard_port)] + (["--num-cpus", str(num_cpus)] if num_cpus else [])
+    process = _spawn("ray", command, log)
+    deadline = time.monotonic() + timeout
+    while not address_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_pid(process.pid)
+            raise StackError(f"Ray head did not start; see {log}")
+        time.sleep(0.5)
+    info = json.loads(address_file.read_text())
+    _wait_healthy(process, f"{info['dashboard_url']}/api/version", "Ray dashboard", log, timeout)
+    return process, Service("ray", process.pid, info["dashboard_url"], str(log)), info
+
+
 def stop_pid(pid: int, timeout: float = 20.0) -> None:
     """SIGTERM the process group we started, then SIGKILL it if it lingers."""
     try:
@@ -133,6 +156,7 @@ def _state_path(config: LakeloopConfig) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--down", action="store_true", help="stop the services a previous `stack up` started")
     parser.add_argument("--mlflow-port", type=int, default=5000)
+    parser.add_argument("--dashboard-port", type=int, default=8265)
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
@@ -150,8 +174,23 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     root = state.parent
     _, mlflow_service = start_mlflow_server(root / "mlflow", args.mlflow_port)
     state.write_text(json.dumps([asdict(mlflow_service)]))
-    return StepResult(f"MLflow UI: {mlflow_service.url}  (pid {mlflow_service.pid}, log {mlflow_service.log})",
-                      {"services": [asdict(mlflow_service)]})
+    try:
+        _, ray_service, info = start_ray_head(root / "ray", args.dashboard_port, config.ray.num_cpus)
+    except StackError:
+        stop_pid(mlflow_service.pid)
+        state.unlink()
+        raise
+    services = [mlflow_service, ray_service]
+    state.write_text(json.dumps([asdict(s) for s in services]))
+    summary = "\n".join([
+        f"MLflow UI:      {mlflow_service.url}  (pid {mlflow_service.pid})",
+        f"Ray dashboard:  {ray_service.url}  (pid {ray_service.pid}; Jobs API for `ray job submit`)",
+        "use them from this shell with:",
+        f"  export RAY_ADDRESS={info['gcs_address']} MLFLOW_TRACKING_URI={mlflow_service.url}"
+        f" LAKELOOP_STORAGE_ROOT={config.storage.root}",
+        f"  ray job submit --address {ray_service.url} --working-dir . -- python -m pipelines.train",
+    ])  # fmt: skip
+    return StepResult(summary, {"services": [asdict(s) for s in services], "gcs_address": info["gcs_address"]})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,9 +5,11 @@
 
 Routes: POST /invocations (MLflow scoring formats), POST /predict (typed), POST /feedback,
 GET /health (200 only once a model is loaded), GET /model, GET /docs.
+
+No `from __future__ import annotations` here: FastAPI must see the real annotation objects of the
+endpoints, including the request model built from the dataset config inside build_deployment.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
