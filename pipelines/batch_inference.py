@@ -95,6 +95,8 @@ def predict(
     """Score every row; with `output`, also append the scored rows to that Delta table."""
     config = config or load_config()
     resolved = resolve_model(model, config)
+    source = delta_tables.absolute_uri(source) if isinstance(source, str) else source
+    output = delta_tables.absolute_uri(output) if output else None
     data = _as_dataset(source, version, config)
     missing = [c for c in config.dataset.feature_names if c not in data.schema().names]
     if missing:

@@ -39,6 +39,8 @@ class StorageConfig(StrictModel):
         """A table name relative to the root, or a full path/URI used as is."""
         if "://" in name or name.startswith("/"):
             return name
+        if name.startswith((".", "~")) or "/" in name:  # a path the user typed, relative to where they are
+            return str(Path(name).expanduser().resolve())
         if "://" in self.root:
             return f"{self.root.rstrip('/')}/{name}"
         return str(Path(self.root).resolve() / name)
@@ -223,6 +225,10 @@ class LakeloopConfig(StrictModel):
     @property
     def table_uri(self) -> str:
         return self.storage.table_uri(self.dataset.table)
+
+    def source_table(self, given: str | None) -> str:
+        """A --table argument (a name under storage.root, or a path/URI), else the dataset table."""
+        return self.storage.table_uri(given) if given else self.table_uri
 
     @property
     def train_storage_path(self) -> str:

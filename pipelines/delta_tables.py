@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -17,6 +18,11 @@ _UNSUPPORTED_READER_FEATURES = {
     "deletionVectors": "deletion vectors",
     "columnMapping": "column mapping",
 }
+
+
+def absolute_uri(uri: str) -> str:
+    """Local paths made absolute in the caller's working directory: Ray tasks run elsewhere."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
 
 
 def open_table(uri: str, storage_options: Mapping[str, str] | None = None, version: int | None = None) -> DeltaTable:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.rows < 1:
         raise LakeloopError(f"--rows must be at least 1, got {args.rows}")
-    uri = args.table or config.table_uri
+    uri = config.source_table(args.table)
     options = config.storage.storage_options
     data = synthetic.generate(args.rows, args.seed, args.drift, _next_start(uri, options))
     version = delta_tables.append(uri, data, options)

@@ -72,7 +72,7 @@ def prepare(
     config: LakeloopConfig, uri: str | None = None, version: int | None = None, report: ValidationReport | None = None
 ) -> PreparedData:
     """Validate (unless the caller already did), then read, split, fit on train only, and transform."""
-    uri = uri or config.table_uri
+    uri = config.source_table(uri)
     report = report or validate_table(config, uri, version)
     raw = {name: ds.materialize() for name, ds in read_splits(config, uri, report.version).items()}
     rows = {name: ds.count() for name, ds in raw.items()}

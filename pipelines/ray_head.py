@@ -24,9 +24,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-cpus", type=int)
     parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     context = ray.init(
         address="local",
         num_cpus=args.num_cpus,
@@ -37,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         namespace="lakeloop",
     )
     info = {"gcs_address": context.address_info["gcs_address"], "dashboard_url": f"http://{context.dashboard_url}"}
+    # After ray.init: Ray's core worker installs its own SIGTERM handler, which would replace ours.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     args.address_file.write_text(json.dumps(info))
     stop.wait()
     ray.shutdown()

@@ -53,22 +53,39 @@ class Service:
     log: str
 
 
-def _spawn(name: str, command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+def _service_environment() -> dict[str, str]:
+    """As if this interpreter's virtualenv were activated: job entrypoints that say `python`
+    (e.g. `ray job submit -- python -m pipelines.train`) must find the same packages."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return {**os.environ, "PATH": path if path.split(os.pathsep)[0] == bin_dir else bin_dir + os.pathsep + path}
+
+
+def _spawn(name: str, command: list[str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:
         return subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=_service_environment()
         )
 
 
-def _wait_healthy(process: subprocess.Popen, url: str, name: str, log: Path, timeout: float) -> None:
+def ray_auth_headers() -> dict[str, str]:
+    """Ray 2.59+ clusters started by ray.init require the token it writes to ~/.ray/auth_token."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    token = os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.exists() else "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _wait_healthy(
+    process: subprocess.Popen, url: str, name: str, log: Path, timeout: float, headers: dict | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StackError(f"{name} exited with code {process.returncode} while starting; see {log}\n{tail}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, headers=headers).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -115,7 +132,7 @@ def start_ray_head(root: Path, dashboard_port: int = 8265, num_cpus: int | None 
             raise StackError(f"Ray head did not start; see {log}")
         time.sleep(0.5)
     info = json.loads(address_file.read_text())
-    _wait_healthy(process, f"{info['dashboard_url']}/api/version", "Ray dashboard", log, timeout)
+    _wait_healthy(process, f"{info['dashboard_url']}/api/version", "Ray dashboard", log, timeout, ray_auth_headers())
     return process, Service("ray", process.pid, info["dashboard_url"], str(log)), info
 
 
@@ -186,9 +203,10 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         f"MLflow UI:      {mlflow_service.url}  (pid {mlflow_service.pid})",
         f"Ray dashboard:  {ray_service.url}  (pid {ray_service.pid}; Jobs API for `ray job submit`)",
         "use them from this shell with:",
-        f"  export RAY_ADDRESS={info['gcs_address']} MLFLOW_TRACKING_URI={mlflow_service.url}"
+        f"  export RAY_AUTH_MODE=token RAY_ADDRESS={info['gcs_address']} MLFLOW_TRACKING_URI={mlflow_service.url}"
         f" LAKELOOP_STORAGE_ROOT={config.storage.root}",
         f"  ray job submit --address {ray_service.url} --working-dir . -- python -m pipelines.train",
+        "(token auth is on: clients read ~/.ray/auth_token when RAY_AUTH_MODE=token)",
     ])  # fmt: skip
     return StepResult(summary, {"services": [asdict(s) for s in services], "gcs_address": info["gcs_address"]})
 

@@ -25,7 +25,7 @@ class ValidationReport:
 
 def validate_table(config: LakeloopConfig, uri: str | None = None, version: int | None = None) -> ValidationReport:
     """Raise ValidationFailed listing every problem (one line each, naming the column)."""
-    uri = uri or config.table_uri
+    uri = config.source_table(uri)
     table = delta_tables.open_table(uri, config.storage.storage_options, version)
     pinned = table.version()
     where = f"{uri} (version {pinned})"
