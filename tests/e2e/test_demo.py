@@ -1,0 +1,34 @@
+"""The README's main job, end to end, as a user runs it (slow; runs in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, demo_raw_config, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def test_demo_runs_the_loop_with_no_failed_request(tmp_path: Path) -> None:
+    raw = demo_raw_config(tmp_path / "data")
+    raw["tune"].update(num_samples=2)
+    raw["train"].update(max_epochs=4)
+    conf = write_config(raw, tmp_path / "lakeloop.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "demo", "--rows", "3000", "--requests", "60", "--json",
+         "--config", str(conf)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["promoted"] is True and summary["model_version"] == "1"
+    assert summary["failed_requests"] == 0
+    assert summary["served_rows"] == summary["logged_rows"] == 600
+    assert [s["stage"] for s in summary["stages"]][:3] == ["stack", "generate", "validate"]
