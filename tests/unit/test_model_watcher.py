@@ -1,0 +1,82 @@
+"""The Serve app's model watcher with an injected source: no registry, no Serve."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from pipelines.config import LakeloopConfig
+from serve.app import ModelWatcher
+from serve.model_source import ModelRef
+
+
+class FakePredictor:
+    def __init__(self, version: str, broken: bool = False) -> None:
+        self.version, self.broken = version, broken
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.broken:
+            raise RuntimeError("cannot score")
+        return pd.DataFrame({"prediction": [self.version] * len(frame)})
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.version: str | None = "1"
+        self.down = False
+        self.broken_versions: set[str] = set()
+        self.loads: list[str] = []
+
+    def resolve(self, alias: str) -> ModelRef | None:
+        if self.down:
+            raise ConnectionError("mlflow unreachable")
+        return ModelRef("m", self.version, alias, "run") if self.version else None
+
+    def load(self, ref: ModelRef) -> FakePredictor:
+        self.loads.append(ref.version)
+        return FakePredictor(ref.version, broken=ref.version in self.broken_versions)
+
+
+@pytest.fixture
+def watcher(config: LakeloopConfig):
+    slow = config.model_copy(update={"serving": config.serving.model_copy(update={"poll_interval_s": 3600})})
+    source = FakeSource()
+    watcher = ModelWatcher(source, slow)  # first check runs on its thread right away
+    for _ in range(100):
+        if watcher.current:
+            break
+        time.sleep(0.02)
+    yield watcher, source
+    watcher.stop()
+
+
+def test_loads_the_alias_then_swaps_when_it_moves(watcher) -> None:
+    watcher, source = watcher
+    assert watcher.current.ref.version == "1"
+    assert watcher.check() is False  # unchanged alias: nothing reloaded
+    source.version = "2"
+    assert watcher.check() is True
+    assert watcher.current.ref.version == "2"
+    assert source.loads == ["1", "2"]
+
+
+def test_registry_outage_keeps_the_current_model(watcher) -> None:
+    watcher, source = watcher
+    source.down = True
+    assert watcher.check() is False
+    assert watcher.current.ref.version == "1"
+    assert "mlflow unreachable" in watcher.last_error
+    source.down, source.version = False, "3"
+    assert watcher.check() is True  # retried on the next poll
+    assert watcher.last_error is None
+
+
+def test_a_version_that_fails_warmup_is_never_swapped_in(watcher) -> None:
+    watcher, source = watcher
+    source.version = "4"
+    source.broken_versions.add("4")
+    assert watcher.check() is False
+    assert watcher.current.ref.version == "1"
+    assert "cannot score" in watcher.last_error
