@@ -74,7 +74,8 @@ class FeaturePipeline:
 
     def coerce(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Numeric features as floats (None -> NaN, imputed later); non-numbers are an error naming the column."""
-        out = frame[self.feature_names].copy()
+        # The preprocessors align on the index: a filtered frame (gaps in its index) must not misalign.
+        out = frame[self.feature_names].reset_index(drop=True)
         for name in self.dataset.numeric:
             try:
                 out[name] = pd.to_numeric(out[name], errors="raise").astype("float64")
