@@ -21,6 +21,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, list[str]]] = {
     ("model", "rollback"): ("pipelines.registry", "move the champion alias back to the previous version", ["--rollback"]),
     ("serve",): ("pipelines.deploy", "deploy the Serve app (conf/serve.yaml) and print its URL", []),
     ("predict",): ("pipelines.batch_inference", "score a Delta table with the champion into a new Delta table", []),
+    ("monitor",): ("pipelines.monitor", "check served traffic for drift; retrain via the Jobs API (--once for cron)", []),
     ("stack", "up"): ("pipelines.stack", "start the embedded Ray head and MLflow server on loopback", []),
     ("stack", "down"): ("pipelines.stack", "stop what `stack up` started", ["--down"]),
     ("demo",): ("pipelines.demo", "run the loop end to end on embedded defaults", []),

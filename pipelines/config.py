@@ -211,6 +211,33 @@ class BatchInferenceConfig(StrictModel):
         return self
 
 
+class DebounceConfig(StrictModel):
+    k: int = Field(2, ge=1)
+    n: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DebounceConfig:
+        if self.k > self.n:
+            raise ValueError("debounce.k cannot exceed debounce.n")
+        return self
+
+
+class MonitorConfig(StrictModel):
+    window_rows: int = Field(500, ge=10)
+    window_seconds: float | None = Field(None, gt=0)
+    min_rows: int = Field(200, ge=10)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    reference_rows: int = Field(2000, ge=50)
+    mmd_rows: int = Field(300, ge=20)
+    mmd_permutations: int = Field(100, ge=10)
+    debounce: DebounceConfig = Field(default_factory=DebounceConfig)
+    interval_s: float = Field(60, gt=0)
+    drift_reports_table: str = "drift_reports"
+    jobs_api: str = "http://127.0.0.1:8265"
+    retrain_entrypoint: str = "python -m pipelines.train --json"
+    retries: int = Field(3, ge=1)
+
+
 class LakeloopConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     dataset: DatasetConfig
@@ -221,6 +248,7 @@ class LakeloopConfig(StrictModel):
     gate: GateConfig = Field(default_factory=GateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     batch_inference: BatchInferenceConfig = Field(default_factory=BatchInferenceConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @property
     def table_uri(self) -> str:

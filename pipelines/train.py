@@ -130,6 +130,19 @@ def log_model(model: LakeloopModel, test: pd.DataFrame, config: LakeloopConfig) 
     return str(info.registered_model_version)
 
 
+def log_drift_reference(model: LakeloopModel, prepared: PreparedData, config: LakeloopConfig) -> None:
+    """Fit the drift detectors on a sample of the training rows and store them with the run."""
+    from pipelines.drift import DriftSuite
+    from pipelines.monitor import DRIFT_ARTIFACT
+
+    train = prepared.raw["train"]
+    fraction = min(1.0, 2 * config.monitor.reference_rows / max(prepared.lineage.rows["train"], 1))
+    sample = to_frame(train.random_sample(fraction, seed=config.train.seed) if fraction < 1 else train)
+    suite = DriftSuite.fit(sample[config.dataset.feature_names], model, config.monitor, seed=config.train.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifacts(str(suite.save(Path(tmp) / DRIFT_ARTIFACT)), artifact_path=DRIFT_ARTIFACT)
+
+
 def _fit(config: LakeloopConfig, prepared: PreparedData, run_id: str, tune: bool) -> tuple[training.TrainedNetwork, dict]:
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
     dim = int(prepared.pipeline.output_dim or 0)
@@ -164,6 +177,7 @@ def train_and_register(
             scores = evaluate_predictions(predictions, test[dataset.label], dataset.task, dataset.classes)
             mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
             plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
+            log_drift_reference(model, prepared, config)
             champion_version, champion_scores = _champion_metrics(registry, test, config)
             if champion_scores:
                 mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})

@@ -15,20 +15,27 @@ from tests.helpers import ROOT, demo_raw_config, write_config
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_demo_runs_the_loop_with_no_failed_request(tmp_path: Path) -> None:
+def test_demo_closes_the_loop_with_no_failed_request(tmp_path: Path) -> None:
     raw = demo_raw_config(tmp_path / "data")
     raw["tune"].update(num_samples=2)
     raw["train"].update(max_epochs=4)
     conf = write_config(raw, tmp_path / "lakeloop.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "demo", "--rows", "3000", "--requests", "60", "--json",
+        [sys.executable, "-m", "pipelines.cli", "demo", "--rows", "4000", "--json",
          "--config", str(conf)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
-    assert summary["promoted"] is True and summary["model_version"] == "1"
+    assert summary["first_promoted"] is True and summary["first_version"] == "1"
+    assert summary["calm_drift"].count(True) <= 1  # alpha-level false alarms are possible, not a trigger
+    assert summary["shifted_drift"] == [True, True, True]
+    assert summary["submission_id"].startswith("lakeloop-retrain-")
+    retrained = summary["retrained"]
+    assert retrained["model_version"] == "2" and retrained["champion_version"] == "1"
+    if retrained["promoted"]:
+        assert summary["swapped"] and summary["serving_version"] == "2"
     assert summary["failed_requests"] == 0
-    assert summary["served_rows"] == summary["logged_rows"] == 600
-    assert [s["stage"] for s in summary["stages"]][:3] == ["stack", "generate", "validate"]
+    assert summary["served_rows"] >= 2 * 3 * 500  # two phases of three windows, plus traffic during the swap
+    assert summary["logged_rows"] == summary["served_rows"]

@@ -1,0 +1,66 @@
+"""Pure decisions of the monitor: windows over served rows, debouncing, submission ids."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+SERVED_AT = "served_at"
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime  # served_at of the first row
+    end: datetime  # served_at of the last row; the next window starts strictly after it
+    rows: pd.DataFrame
+    decidable: bool
+
+
+def row_windows(rows: pd.DataFrame, size: int) -> list[Window]:
+    """Full windows of at least `size` rows, cut only where served_at changes so a request's rows
+    (which share a timestamp) never straddle two windows. Leftover rows wait for the next call."""
+    ordered = rows.sort_values([SERVED_AT, "request_id", "row"], kind="stable").reset_index(drop=True)
+    windows, begin = [], 0
+    times = ordered[SERVED_AT].to_numpy()
+    while begin + size <= len(ordered):
+        stop = begin + size
+        while stop < len(ordered) and times[stop] == times[stop - 1]:
+            stop += 1
+        chunk = ordered.iloc[begin:stop]
+        windows.append(Window(chunk[SERVED_AT].iloc[0], chunk[SERVED_AT].iloc[-1], chunk, True))
+        begin = stop
+    return windows
+
+
+def time_windows(rows: pd.DataFrame, seconds: float, min_rows: int, after: datetime, now: datetime) -> list[Window]:
+    """Closed windows [after + i*seconds, after + (i+1)*seconds) that ended before `now`; one with
+    fewer than min_rows rows is returned undecidable rather than judged on too little data."""
+    windows, start = [], after
+    step = pd.Timedelta(seconds=seconds)
+    while start + step <= now:
+        end = start + step
+        chunk = rows[(rows[SERVED_AT] > start) & (rows[SERVED_AT] <= end)]
+        windows.append(Window(start, end, chunk, len(chunk) >= min_rows))
+        start = end
+    return windows
+
+
+def should_retrain(decisions: Sequence[bool | None], k: int, n: int) -> bool:
+    """Drift in at least k of the last n decided windows (undecided windows are skipped)."""
+    decided = [d for d in decisions if d is not None][-n:]
+    return sum(decided) >= k
+
+
+def submission_id(model_name: str, version: str, window_end: datetime) -> str:
+    """Deterministic per champion version and triggering window: two monitors that see the same
+    windows produce the same id, and the Jobs API refuses the second submission."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", model_name)
+    return f"{submission_prefix(safe, version)}{window_end.strftime('%Y%m%dT%H%M%S%f')}"
+
+
+def submission_prefix(model_name: str, version: str) -> str:
+    return f"lakeloop-retrain-{re.sub(r'[^A-Za-z0-9_-]', '-', model_name)}-v{version}-"
