@@ -149,15 +149,18 @@ def submit_retraining(config: LakeloopConfig, champion: Champion, window_end: da
     snapshot.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     env = {"LAKELOOP_STORAGE_ROOT": config.storage.root, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
            "LAKELOOP_CONFIG": str(snapshot)}
-    try:
-        client.submit_job(entrypoint=config.monitor.retrain_entrypoint, submission_id=submission,
-                          runtime_env={"env_vars": env}, metadata={"lakeloop.trigger": "drift",
-                                                                   "lakeloop.champion_version": champion.version})
-    except RuntimeError as exc:
-        if "already exists" in str(exc):  # another monitor submitted the same window first
-            return submission, False
-        raise MonitorError(f"submitting retraining to {config.monitor.jobs_api} failed: {exc}") from None
-    return submission, True
+    def submit() -> bool:
+        try:
+            client.submit_job(entrypoint=config.monitor.retrain_entrypoint, submission_id=submission,
+                              runtime_env={"env_vars": env},
+                              metadata={"lakeloop.trigger": "drift", "lakeloop.champion_version": champion.version})
+        except RuntimeError as exc:
+            if "already exists" in str(exc):  # another monitor submitted the same window first
+                return False
+            raise
+        return True
+
+    return submission, with_retries(f"submitting retraining to {config.monitor.jobs_api}", config.monitor.retries, submit)
 
 
 def _log_to_mlflow(config: LakeloopConfig, champion: Champion, reports: list[dict]) -> None:

@@ -30,14 +30,16 @@ def config(raw_config: dict) -> LakeloopConfig:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """A real local Ray cluster shared by the tests that need one, shut down at the end.
-    The dashboard (loopback) hosts the State API that Ray Train's cleanup and the tests use."""
+def ray_local() -> Iterator[str]:
+    """A real local Ray cluster shared by the tests that need one, shut down at the end; yields
+    its dashboard URL. The dashboard (loopback) hosts the State API (used by Ray Train's cleanup
+    and the tests) and the Jobs API. One cluster per machine: a second ray.init cluster could not
+    take jobs, because Ray's dashboard agent always listens on the same port."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             logging_level=logging.WARNING)
-    yield
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       logging_level=logging.WARNING)
+    yield f"http://{context.dashboard_url}"
     ray.shutdown()
 
 

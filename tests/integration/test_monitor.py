@@ -3,8 +3,8 @@ a real Ray Jobs API."""
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +17,6 @@ from pipelines import delta_tables, synthetic
 from pipelines.config import LakeloopConfig, parse_config
 from pipelines.drift import DriftSuite
 from pipelines.monitor import load_champion, run_once
-from pipelines.stack import free_port, start_ray_head, stop_pid
 from pipelines.train import train_and_register
 from serve.prediction_log import predictions_schema
 from tests.helpers import demo_raw_config
@@ -26,19 +25,17 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def jobs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, service, _ = start_ray_head(tmp_path_factory.mktemp("head"), dashboard_port=free_port(), num_cpus=1)
-    yield service.url
-    stop_pid(process.pid)
+def jobs_api(ray_local: str) -> str:
+    return ray_local  # the session cluster's Jobs API
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray_local: None, jobs_api: str) -> dict:
+def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, jobs_api: str) -> dict:
     raw = demo_raw_config(tmp_path_factory.mktemp("monitor") / "data")
     raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"monitor-{uuid.uuid4().hex[:8]}")
     raw["train"].update(max_epochs=3)
-    raw["monitor"].update(window_rows=500, jobs_api=jobs_api, retrain_entrypoint="python -c \"print('retrain')\"",
-                          retries=1)
+    raw["monitor"].update(window_rows=500, jobs_api=jobs_api, retrain_entrypoint=f"{sys.executable} -c \"print('retrain')\"",
+                          retries=4)
     config = parse_config(raw)
     delta_tables.append(config.table_uri, synthetic.generate(4000, 1))
     train_and_register(config)
