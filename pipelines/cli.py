@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipelines.steps import add_common_arguments, execute
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
     path, rest = found
+    # Ray 2.59+ clusters require token auth, and Ray reads the mode once, at import: set it before
+    # any step (and so Ray) is imported. The token itself comes from ~/.ray/auth_token.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     module_name, about, preset = COMMANDS[path]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog="lakeloop " + " ".join(path), description=about)

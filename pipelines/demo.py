@@ -169,7 +169,9 @@ def _wait_for_job(config: LakeloopConfig, submission_id: str, timeout: float = 9
             raise LakeloopError(f"retraining job {submission_id} still {status} after {timeout:.0f} s")
         time.sleep(2)
     logs = client.get_job_logs(submission_id)
-    documents = [line for line in logs.splitlines() if line.startswith("{") and '"model_version"' in line]
+    # Progress bars share the log: the JSON summary may follow control characters on its line.
+    documents = [line[line.find('{"ok": '):] for line in logs.replace("\r", "\n").splitlines()
+                 if '{"ok": ' in line and '"model_version"' in line]
     if status != JobStatus.SUCCEEDED or not documents:
         raise LakeloopError(f"retraining job {submission_id} {status}; last log lines:\n" + "\n".join(logs.splitlines()[-15:]))
     return json.loads(documents[-1])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,7 +133,6 @@ def submit_retraining(config: LakeloopConfig, champion: Champion, window_end: da
     """Submit once per (champion version, triggering window); returns (id, newly submitted)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     submission = drift_policy.submission_id(champion.name, champion.version, window_end)
     prefix = drift_policy.submission_prefix(champion.name, champion.version)
     client = with_retries("connecting to the Ray Jobs API", config.monitor.retries,

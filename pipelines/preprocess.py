@@ -89,8 +89,11 @@ def to_frame(ds: ray.data.Dataset) -> pd.DataFrame:
     """Rows as a numpy-backed DataFrame (Ray's to_pandas keeps Arrow dtypes some consumers reject)."""
     import pyarrow as pa
 
-    tables = ray.get(ds.to_arrow_refs())
-    return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_columns]
+    if not tables:
+        return pd.DataFrame()
+    names = tables[0].column_names  # blocks may order their columns differently
+    return pa.concat_tables([t.select(names) for t in tables], promote_options="permissive").to_pandas()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

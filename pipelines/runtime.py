@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,10 +13,6 @@ from pipelines.config import LakeloopConfig
 
 def init_kwargs(config: LakeloopConfig) -> dict:
     address = config.ray.address or "local"
-    if address != "local":
-        # Clusters started by Ray 2.59+ require token auth; the token comes from ~/.ray/auth_token
-        # (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH), never from lakeloop's config.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     kwargs: dict = {"address": address, "logging_level": logging.WARNING, "log_to_driver": True}
     if address == "local":
         # A fresh local cluster: without an explicit address Ray would silently join any running one.
