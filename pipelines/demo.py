@@ -225,13 +225,16 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         url = timeline.run("serve", lambda: _deploy(config), lambda u: f"{u}/docs")
         if not args.keep_running:
             cleanup.callback(serve.shutdown)
+        predictions = config.storage.table_uri(config.serving.prediction_log.predictions_table)
         normal = Traffic(url, _records(4000, 101, "none", features))
         timeline.run("traffic", lambda: normal.send(requests), lambda s: dict(s))
+        _logged_rows(predictions, normal.served_rows, timeout=30)  # the replicas flush every few seconds
         calm = timeline.run("monitor (calm)", lambda: monitor.run_once(config), monitor.describe)
         shifted = argparse.Namespace(table=None, rows=args.rows, seed=args.seed + 1, drift="covariate")
         timeline.run("drifted data lands", lambda: generate_run(shifted, config), lambda r: r.summary)
         drifted = Traffic(url, _records(4000, 102, "covariate", features))
         timeline.run("drifted traffic", lambda: drifted.send(requests), lambda s: dict(s))
+        _logged_rows(predictions, normal.served_rows + drifted.served_rows, timeout=30)
         alarm = timeline.run("monitor (drift)", lambda: monitor.run_once(config), monitor.describe)
         during_swap = drifted.start()
         retrained = None
@@ -245,7 +248,6 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
             lambda ok: "serving the new champion" if ok else "the endpoint did not swap in time")
         time.sleep(2)  # a little traffic on the new model
         drifted.stop(during_swap)
-        predictions = config.storage.table_uri(config.serving.prediction_log.predictions_table)
         serve.delete("lakeloop")  # drain: replicas flush their prediction buffers
         served = normal.served_rows + drifted.served_rows
         logged = _logged_rows(predictions, served, timeout=30)

@@ -58,7 +58,9 @@ def _service_environment() -> dict[str, str]:
     (e.g. `ray job submit -- python -m pipelines.train`) must find the same packages."""
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
-    return {**os.environ, "PATH": path if path.split(os.pathsep)[0] == bin_dir else bin_dir + os.pathsep + path}
+    env = {**os.environ, "PATH": path if path.split(os.pathsep)[0] == bin_dir else bin_dir + os.pathsep + path}
+    env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # measured default: see benchmarks/serve_load.py
+    return env
 
 
 def _spawn(name: str, command: list[str], log: Path) -> subprocess.Popen:

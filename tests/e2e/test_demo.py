@@ -29,8 +29,8 @@ def test_demo_closes_the_loop_with_no_failed_request(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["first_promoted"] is True and summary["first_version"] == "1"
-    assert summary["calm_drift"].count(True) <= 1  # alpha-level false alarms are possible, not a trigger
-    assert summary["shifted_drift"] == [True, True, True]
+    assert len(summary["calm_drift"]) == 3 and summary["calm_drift"].count(True) <= 1  # no trigger
+    assert len(summary["shifted_drift"]) == 3 and summary["shifted_drift"].count(True) >= 2
     assert summary["submission_id"].startswith("lakeloop-retrain-")
     retrained = summary["retrained"]
     assert retrained["model_version"] == "2" and retrained["champion_version"] == "1"
