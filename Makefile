@@ -27,7 +27,8 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow and not integration"
 
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.drift_stats
 
 clean:
 	rm -rf $(VENV) lakeloop-data bench-results
