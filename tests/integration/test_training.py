@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,55 +137,16 @@ def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow
     assert str(outcome.hyperparams["hidden"]) in {c.data.params["hp_hidden"] for c in children}
 
 
-def train_worker_pids() -> set[int]:
-    """Processes Ray titled as Train workers (children of this test session's cluster)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def test_a_killed_worker_resumes_from_its_checkpoint(config: LakeloopConfig, ray_local: None, tmp_path: Path) -> None:
-    # Small batches make each epoch take seconds, so the kill lands mid-run, not after the last epoch.
-    slow = HyperParams(batch_size=16)
-    config = config.model_copy(update={"train": config.train.model_copy(
-        update={"max_epochs": 6, "patience": 6, "hyperparams": slow})})
-    delta_tables.append(config.table_uri, synthetic.generate(20000, 2))
-    prepared = prepare(config)
-    datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
-    outcome: dict = {}
-
-    def run() -> None:
-        outcome["trained"] = training.fit(config, config.train.hyperparams, datasets, prepared.pipeline.output_dim,
-                                          None, name="kill-test")
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    storage = Path(config.train_storage_path) / "kill-test"
-    deadline = time.monotonic() + 240
-    # Two checkpoint folders mean the first one has been fully reported and registered.
-    while len(list(storage.glob("checkpoint_*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(list(storage.glob("checkpoint_*"))) >= 2, "no checkpoint was written"
-    # Every live train worker of this test's cluster: the State API's view (which can lag or list
-    # finished workers of earlier runs) plus the processes titled as train workers.
-    pids = {w.pid for w in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
-    pids |= train_worker_pids()
-    assert pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    thread.join(timeout=400)
-    trained = outcome["trained"]
-    assert trained.resumed_from_epoch >= 1, "training started over instead of resuming"
-    assert [h["epoch"] for h in trained.history] == list(range(6))
+def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """In a fresh process with its own local cluster, so no state from earlier tests interferes."""
+    done = subprocess.run([sys.executable, "-m", "tests.integration.kill_and_resume", str(tmp_path / "data")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["killed"], "no train worker was found to kill"
+    assert outcome["resumed_from_epoch"] >= 1, "training started over instead of resuming"
+    assert outcome["epochs"] == list(range(6))
 
 
 def test_training_a_bad_table_fails_validation_before_ray_or_mlflow(raw_config: dict, tmp_path: Path) -> None:

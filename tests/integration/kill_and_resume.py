@@ -1,0 +1,74 @@
+"""Run by test_training in a fresh process and Ray cluster: train, SIGKILL the Train workers after
+the first checkpoints, and print the run's outcome as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray.util.state import list_actors
+
+from pipelines import delta_tables, synthetic, training
+from pipelines.config import HyperParams, parse_config
+from pipelines.preprocess import prepare
+from pipelines.stack import free_port
+from tests.helpers import demo_raw_config
+
+
+def train_worker_pids() -> set[int]:
+    try:
+        pids = {w.pid for w in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
+    except Exception:  # noqa: BLE001 - the process titles below find them too
+        pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def main(root: str) -> None:
+    raw = demo_raw_config(Path(root))
+    # Small batches make each epoch take seconds, so the kill lands mid-run.
+    raw["train"].update(max_epochs=6, patience=6, hyperparams=HyperParams(batch_size=16).model_dump())
+    config = parse_config(raw)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=free_port(), logging_level=logging.WARNING)
+    delta_tables.append(config.table_uri, synthetic.generate(20000, 2))
+    prepared = prepare(config)
+    datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(trained=training.fit(
+        config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, name="kill-test")))
+    thread.start()
+    storage = Path(config.train_storage_path) / "kill-test"
+    deadline = time.monotonic() + 240
+    # Two checkpoint folders mean the first one has been fully reported and registered.
+    while len(list(storage.glob("checkpoint_*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # a folder appears when the upload starts; the controller registers it a moment later
+    killed = sorted(train_worker_pids())
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    thread.join(timeout=400)
+    trained = outcome["trained"]
+    print(json.dumps({"killed": killed, "resumed_from_epoch": trained.resumed_from_epoch,
+                      "epochs": [h["epoch"] for h in trained.history]}))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
