@@ -1,7 +1,7 @@
 """A Ray head owned by one process: `lakeloop stack up` runs this in the background.
 
 The cluster lives exactly as long as this process; SIGTERM shuts it down cleanly, so stopping the
-stack never needs `ray stop` (which would stop every Ray process on the machine).
+stack never has to stop Ray machine-wide (that would end every Ray process on the host).
 
     python -m pipelines.ray_head --address-file PATH [--num-cpus N] [--dashboard-port 8265]
 """

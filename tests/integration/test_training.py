@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -17,12 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from ray.util.state import list_actors
 
-from pipelines import delta_tables, synthetic, training
+from pipelines import delta_tables, synthetic
 from pipelines.config import HyperParams, LakeloopConfig, parse_config
 from pipelines.gate import GateDecision
-from pipelines.preprocess import prepare
 from pipelines.registry import Registry
 from pipelines.train import train_and_register
 from tests.helpers import ROOT, write_config
