@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipelines.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("conf/lakeloop.yaml")
+CONFIG_YAML_ENV = "LAKELOOP_CONFIG_YAML"
 CONFIG_ENV = "LAKELOOP_CONFIG"
 STORAGE_ROOT_ENV = "LAKELOOP_STORAGE_ROOT"
 
@@ -149,6 +150,8 @@ class TrainConfig(StrictModel):
     max_failures: int = Field(2, ge=0)
     seed: int = 0
     storage_path: str | None = None  # default: <storage.root>/ray_results
+    # what training reads: the dataset table, served rows labelled through /feedback, or both
+    source: Literal["events", "feedback", "both"] = "events"
     hyperparams: HyperParams = Field(default_factory=HyperParams)
 
 
@@ -185,6 +188,7 @@ class GateConfig(StrictModel):
 class PredictionLogConfig(StrictModel):
     predictions_table: str = "predictions"
     feedback_table: str = "feedback"
+    labelled_table: str = "labelled_feedback"  # served rows joined with their labels, for retraining
     flush_rows: int = Field(500, ge=1)
     flush_interval_s: float = Field(2.0, gt=0)
 
@@ -229,8 +233,11 @@ class MonitorConfig(StrictModel):
     alpha: float = Field(0.05, gt=0, lt=1)
     reference_rows: int = Field(2000, ge=50)
     mmd_rows: int = Field(300, ge=20)
+    mmd_reference_rows: int = Field(1000, ge=20)
     mmd_permutations: int = Field(100, ge=10)
     debounce: DebounceConfig = Field(default_factory=DebounceConfig)
+    feedback_window_rows: int = Field(200, ge=10)  # labelled rows per performance window
+    max_metric_drop: float = Field(0.05, ge=0)  # performance drift: gate metric this much worse than at test
     interval_s: float = Field(60, gt=0)
     drift_reports_table: str = "drift_reports"
     jobs_api: str = "http://127.0.0.1:8265"
@@ -302,13 +309,21 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> LakeloopConfig:
+    """From `path`, else the YAML text in $LAKELOOP_CONFIG_YAML (how the monitor hands its exact
+    configuration to a retraining job on any node), else the file $LAKELOOP_CONFIG or the default."""
+    if path is None and os.environ.get(CONFIG_YAML_ENV):
+        return _parse_text(os.environ[CONFIG_YAML_ENV], f"${CONFIG_YAML_ENV}")
     source = resolve_config_path(path)
     try:
         text = source.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{source}: configuration file not found (pass --config or set {CONFIG_ENV})") from None
+    return _parse_text(text, str(source))
+
+
+def _parse_text(text: str, source: str) -> LakeloopConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    return parse_config(raw, str(source))
+    return parse_config(raw, source)

@@ -3,7 +3,8 @@
 - feature-wise: alibi-detect TabularDrift (KS for numeric, chi-square for categorical features,
   Bonferroni-corrected) on raw features;
 - multivariate: MMDDrift (PyTorch backend) on the preprocessed features, subsampled;
-- prediction drift: KSDrift on the model's score (positive-class probability, or the prediction).
+- prediction drift: KSDrift on the model's score (positive-class probability, or the prediction);
+- performance drift: the gate metric on rows labelled through /feedback against the test score.
 
 alibi-detect is imported lazily: importing it takes seconds. It is licensed BSL 1.1.
 """
@@ -11,6 +12,7 @@ alibi-detect is imported lazily: importing it takes seconds. It is licensed BSL 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,19 +20,21 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import MonitorConfig
-from pipelines.scoring import PREDICTION_COLUMN, PROBABILITY_PREFIX, LakeloopModel
+from pipelines.metrics import greater_is_better
+from pipelines.scoring import PREDICTION_COLUMN, PROBABILITY_PREFIX, LakeloopModel, evaluate_predictions
 
-DETECTORS = ("features", "multivariate", "prediction")
+DETECTORS = ("features", "multivariate", "prediction")  # fitted at training time, stored with the model
 
 
 @dataclass
 class DetectorResult:
     detector: str
-    is_drift: bool
-    p_value: float  # the smallest p-value (feature-wise) or the test's p-value
+    is_drift: bool | None  # None: no decision possible on this window
+    p_value: float | None  # the smallest p-value (feature-wise) or the test's p-value; None: not a test
     threshold: float
     distance: float | None
     details: dict = field(default_factory=dict)  # per-feature p-values for the feature detector
+    seconds: float = 0.0  # time the check took
 
 
 def model_score(model: LakeloopModel, frame: pd.DataFrame) -> np.ndarray:
@@ -89,30 +93,37 @@ class DriftSuite:
         from alibi_detect.cd import KSDrift, MMDDrift, TabularDrift
 
         dataset = model.pipeline.dataset
+        alpha = monitor.alpha / len(DETECTORS)  # Bonferroni across detectors: a calm window alarms with prob <= alpha
         sample = reference.sample(min(len(reference), monitor.reference_rows), random_state=seed).reset_index(drop=True)
         encoder = FeatureEncoder.fit(sample, dataset.numeric, dataset.categorical)
         categorical = {encoder.columns.index(c): None for c in dataset.categorical}
-        features = TabularDrift(encoder.encode(sample), p_val=monitor.alpha, categories_per_feature=categorical,
+        features = TabularDrift(encoder.encode(sample), p_val=alpha, categories_per_feature=categorical,
                                 correction="bonferroni")
-        small = sample.sample(min(len(sample), monitor.mmd_rows), random_state=seed)
-        multivariate = MMDDrift(model.pipeline.transform_frame(small), backend="pytorch", p_val=monitor.alpha,
+        small = sample.sample(min(len(sample), monitor.mmd_reference_rows), random_state=seed)
+        multivariate = MMDDrift(model.pipeline.transform_frame(small), backend="pytorch", p_val=alpha,
                                 n_permutations=monitor.mmd_permutations)
-        prediction = KSDrift(model_score(model, sample), p_val=monitor.alpha)
+        prediction = KSDrift(model_score(model, sample), p_val=alpha)
         return cls(encoder, model, features, multivariate, prediction, monitor.mmd_rows, seed)
 
     def check(self, window: pd.DataFrame) -> list[DetectorResult]:
+        return [_timed(check, window) for check in (self._features, self._multivariate, self._prediction)]
+
+    def _features(self, window: pd.DataFrame) -> DetectorResult:
         tabular = self.features.predict(self.encoder.encode(window), drift_type="batch")["data"]
         p_values = {c: float(p) for c, p in zip(self.encoder.columns, tabular["p_val"])}
-        results = [DetectorResult("features", bool(tabular["is_drift"]), min(p_values.values()),
-                                  float(tabular["threshold"]), None, {"p_values": p_values})]
+        return DetectorResult("features", bool(tabular["is_drift"]), min(p_values.values()),
+                              float(tabular["threshold"]), None, {"p_values": p_values})
+
+    def _multivariate(self, window: pd.DataFrame) -> DetectorResult:
         small = window.sample(min(len(window), self.mmd_rows), random_state=self.seed)
         mmd = self.multivariate.predict(self.model.pipeline.transform_frame(small))["data"]
-        results.append(DetectorResult("multivariate", bool(mmd["is_drift"]), float(mmd["p_val"]),
-                                      float(mmd["threshold"]), float(mmd["distance"])))
+        return DetectorResult("multivariate", bool(mmd["is_drift"]), float(mmd["p_val"]), float(mmd["threshold"]),
+                              float(mmd["distance"]))
+
+    def _prediction(self, window: pd.DataFrame) -> DetectorResult:
         ks = self.prediction.predict(model_score(self.model, window))["data"]
-        results.append(DetectorResult("prediction", bool(ks["is_drift"]), float(np.min(ks["p_val"])),
-                                      float(ks["threshold"]), float(np.max(ks["distance"]))))
-        return results
+        return DetectorResult("prediction", bool(ks["is_drift"]), float(np.min(ks["p_val"])), float(ks["threshold"]),
+                              float(np.max(ks["distance"])))
 
     def save(self, directory: Path) -> Path:
         from alibi_detect.saving import save_detector
@@ -132,3 +143,27 @@ class DriftSuite:
         detectors = {name: load_detector(str(directory / name)) for name in DETECTORS}
         encoder = FeatureEncoder.from_json((directory / "encoder.json").read_text())
         return cls(encoder, model, **detectors, **settings)
+
+
+def _timed(check, window: pd.DataFrame) -> DetectorResult:
+    started = time.perf_counter()
+    result = check(window)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def performance_check(
+    model: LakeloopModel, labelled: pd.DataFrame, metric: str, reference: float | None, max_drop: float
+) -> DetectorResult:
+    """Performance drift: the gate metric on labelled live rows against the champion's test score.
+    No decision (is_drift None) when the metric is undefined on the window (e.g. AUC with one
+    class present) or the champion has no test score to compare with."""
+    dataset = model.pipeline.dataset
+    value = evaluate_predictions(model.predict_frame(labelled[dataset.feature_names]), labelled[dataset.label],
+                                 dataset.task, dataset.classes).get(metric, float("nan"))
+    drop = float("nan") if reference is None else (reference - value if greater_is_better(metric) else value - reference)
+    decided = bool(np.isfinite(drop))
+    return DetectorResult("performance", bool(drop > max_drop) if decided else None, None, max_drop,
+                          drop if decided else None,
+                          {"metric": metric, "value": value if np.isfinite(value) else None, "reference": reference,
+                           "labelled_rows": len(labelled)})

@@ -20,18 +20,18 @@ class Window:
     decidable: bool
 
 
-def row_windows(rows: pd.DataFrame, size: int) -> list[Window]:
-    """Full windows of at least `size` rows, cut only where served_at changes so a request's rows
+def row_windows(rows: pd.DataFrame, size: int, time_column: str = SERVED_AT) -> list[Window]:
+    """Full windows of at least `size` rows, cut only where the time changes so a request's rows
     (which share a timestamp) never straddle two windows. Leftover rows wait for the next call."""
-    ordered = rows.sort_values([SERVED_AT, "request_id", "row"], kind="stable").reset_index(drop=True)
+    ordered = rows.sort_values([time_column, "request_id", "row"], kind="stable").reset_index(drop=True)
     windows, begin = [], 0
-    times = ordered[SERVED_AT].to_numpy()
+    times = ordered[time_column].to_numpy()
     while begin + size <= len(ordered):
         stop = begin + size
         while stop < len(ordered) and times[stop] == times[stop - 1]:
             stop += 1
         chunk = ordered.iloc[begin:stop]
-        windows.append(Window(chunk[SERVED_AT].iloc[0], chunk[SERVED_AT].iloc[-1], chunk, True))
+        windows.append(Window(chunk[time_column].iloc[0], chunk[time_column].iloc[-1], chunk, True))
         begin = stop
     return windows
 

@@ -30,13 +30,15 @@ import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from pipelines import drift_policy
-from pipelines.config import LakeloopConfig
-from pipelines.drift import DriftSuite
+from pipelines.config import CONFIG_YAML_ENV, LakeloopConfig
+from pipelines.drift import DriftSuite, performance_check
+from pipelines.labelled_feedback import RECEIVED_AT, labelled_rows
 from pipelines.errors import LakeloopError
 from pipelines.steps import StepResult, step_main
 
 T = TypeVar("T")
 DRIFT_ARTIFACT = "drift"
+PERFORMANCE = "performance"  # the detector name of performance-drift reports
 
 REPORT_SCHEMA = pa.schema(
     [
@@ -72,11 +74,15 @@ def with_retries(what: str, attempts: int, fn: Callable[[], T], wait_s: float = 
     raise AssertionError("unreachable")
 
 
-def last_position(reports_uri: str) -> datetime | None:
+def last_position(reports_uri: str, performance: bool = False) -> datetime | None:
+    """End of the newest checked window: of served traffic (by served_at), or with `performance`,
+    of labelled feedback (by received_at). Each advances independently."""
     if not DeltaTable.is_deltatable(reports_uri):
         return None
-    newest = pc.max(DeltaTable(reports_uri).to_pyarrow_dataset().to_table(columns=["window_end"]).column(0)).as_py()
-    return newest
+    kind = pc.field("detector") == PERFORMANCE
+    condition = kind if performance else ~kind
+    ends = DeltaTable(reports_uri).to_pyarrow_dataset().to_table(columns=["window_end"], filter=condition).column(0)
+    return pc.max(ends).as_py()
 
 
 def unchecked_rows(predictions_uri: str, after: datetime | None, columns: list[str]) -> pd.DataFrame:
@@ -93,6 +99,7 @@ class Champion:
     version: str
     run_id: str
     suite: DriftSuite
+    test_metrics: dict[str, float]  # logged by the training run: the performance-drift reference
 
 
 def load_champion(config: LakeloopConfig) -> Champion:
@@ -108,7 +115,10 @@ def load_champion(config: LakeloopConfig) -> Champion:
     model = MlflowModelSource(config.mlflow.tracking_uri, champion.name).load(ref)
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     directory = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=DRIFT_ARTIFACT)
-    return Champion(champion.name, str(champion.version), champion.run_id, DriftSuite.load(Path(directory), model))
+    logged = mlflow.MlflowClient().get_run(champion.run_id).data.metrics
+    test_metrics = {k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")}
+    return Champion(champion.name, str(champion.version), champion.run_id, DriftSuite.load(Path(directory), model),
+                    test_metrics)
 
 
 def report_rows(window: drift_policy.Window, champion: Champion, results, now: datetime) -> list[dict]:
@@ -141,12 +151,10 @@ def submit_retraining(config: LakeloopConfig, champion: Champion, window_end: da
             if (j.submission_id or "").startswith(prefix) and j.status not in (JobStatus.FAILED, JobStatus.STOPPED)]
     if live:
         return live[0].submission_id, False
-    # The job trains with exactly the monitor's configuration: a child job inherits no environment.
-    snapshot = Path(config.storage.table_uri(f"retrain-{submission}.yaml"))
-    snapshot.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    # The job trains with exactly the monitor's configuration: a child job inherits no environment,
+    # and on a cluster it may run on a node that cannot see the monitor's files.
     env = {"LAKELOOP_STORAGE_ROOT": config.storage.root, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
-           "LAKELOOP_CONFIG": str(snapshot)}
+           CONFIG_YAML_ENV: yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)}
     def submit() -> bool:
         try:
             client.submit_job(entrypoint=config.monitor.retrain_entrypoint, submission_id=submission,
@@ -176,6 +184,9 @@ def _log_to_mlflow(config: LakeloopConfig, champion: Champion, reports: list[dic
             step = int(report["window_end"].timestamp())
             if report["p_value"] is not None:
                 mlflow.log_metric(f"{report['detector']}_p_value", report["p_value"], step=step)
+            if report["distance"] is not None:
+                mlflow.log_metric(f"{report['detector']}_distance", report["distance"], step=step)
+            if report["is_drift"] is not None:
                 mlflow.log_metric(f"{report['detector']}_drift", float(report["is_drift"]), step=step)
             p_values = json.loads(report["details"]).get("p_values")
             if p_values:
@@ -211,6 +222,13 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
     for window in windows:
         results = champion.suite.check(window.rows[config.dataset.feature_names]) if window.decidable else []
         reports += report_rows(window, champion, results, now)
+    labelled = drift_policy.row_windows(labelled_rows(config, last_position(reports_uri, performance=True)),
+                                        monitor.feedback_window_rows, time_column=RECEIVED_AT)
+    metric = config.gate.metric
+    for window in labelled:
+        result = performance_check(champion.suite.model, window.rows, metric, champion.test_metrics.get(metric),
+                                   monitor.max_metric_drop)
+        reports += report_rows(window, champion, [result], now)
     if reports:  # reports and the new position land in one commit
         write_deltalake(reports_uri, pa.Table.from_pylist(reports, schema=REPORT_SCHEMA), mode="append",
                         storage_options=storage.storage_options or None)
@@ -220,12 +238,20 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
     submission, submitted = None, False
     if triggered and submit:  # no new window this run: retry the trigger of the newest one
         submission, submitted = submit_retraining(config, champion, windows[-1].end if windows else after)
-    summary_windows = [{"start": str(w.start), "end": str(w.end), "rows": len(w.rows),
-                        "drift": None if not w.decidable else any(r["is_drift"] for r in reports
-                                                                  if r["window_end"] == w.end)} for w in windows]
-    return {"model_version": champion.version, "windows": summary_windows, "pending_rows": len(rows) - sum(
-        len(w.rows) for w in windows), "triggered": triggered, "submission_id": submission, "submitted": submitted,
-        "reports": [{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in reports]}
+    return {"model_version": champion.version, "windows": _summaries(windows, reports, traffic=True),
+            "performance_windows": _summaries(labelled, reports, traffic=False),
+            "pending_rows": len(rows) - sum(len(w.rows) for w in windows), "triggered": triggered,
+            "submission_id": submission, "submitted": submitted,
+            "reports": [{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in reports]}
+
+
+def _summaries(windows: list[drift_policy.Window], reports: list[dict], traffic: bool) -> list[dict]:
+    def drifted(window: drift_policy.Window) -> bool | None:
+        decided = [r["is_drift"] for r in reports if r["window_end"] == window.end
+                   and (r["detector"] != PERFORMANCE) == traffic and r["is_drift"] is not None]
+        return any(decided) if decided else None
+
+    return [{"start": str(w.start), "end": str(w.end), "rows": len(w.rows), "drift": drifted(w)} for w in windows]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,6 +263,10 @@ def describe(outcome: dict) -> str:
     flags = ", ".join("drift" if w["drift"] else "no decision" if w["drift"] is None else "ok" for w in outcome["windows"])
     line = f"champion v{outcome['model_version']}: {len(outcome['windows'])} new windows ({flags or 'none'}), " \
            f"{outcome['pending_rows']} rows waiting for a full window"
+    performance = [w for w in outcome.get("performance_windows", []) if w["drift"] is not None]
+    if performance:
+        worse = sum(w["drift"] for w in performance)
+        line += f"; performance: {worse} of {len(performance)} labelled windows below the test score"
     if outcome["triggered"]:
         verb = "submitted" if outcome["submitted"] else "already submitted"
         line += f"; retraining {verb}: {outcome['submission_id']}"

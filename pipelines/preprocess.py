@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from pipelines import delta_tables, runtime
@@ -18,16 +20,23 @@ from pipelines.errors import ValidationFailed
 from pipelines.features import FeaturePipeline
 from pipelines.splits import SPLIT_COLUMN, SPLITS, by_hash, by_time, time_cutoffs
 from pipelines.steps import StepResult, step_main
-from pipelines.table_checks import schema_fingerprint
 from pipelines.validate import ValidationReport, validate_table
 
 
 @dataclass(frozen=True)
-class Lineage:
-    table_uri: str
+class TableVersion:
+    uri: str
     version: int
-    rows: dict[str, int]
     schema_fingerprint: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    tables: list[TableVersion]  # every table read, each pinned at the version read
+    rows: dict[str, int]  # per split
+
+    def describe(self) -> str:
+        return " + ".join(f"{t.uri} version {t.version}" for t in self.tables)
 
 
 @dataclass
@@ -51,17 +60,24 @@ def _keep(batch: pd.DataFrame, name: str) -> pd.DataFrame:
     return batch[batch[SPLIT_COLUMN] == name].drop(columns=[SPLIT_COLUMN])
 
 
-def read_splits(config: LakeloopConfig, uri: str, version: int) -> dict[str, ray.data.Dataset]:
-    """The raw rows of each split, read lazily from one pinned version."""
-    dataset = config.dataset
+def _event_times(config: LakeloopConfig, uri: str, version: int) -> pa.ChunkedArray:
     table = delta_tables.open_table(uri, config.storage.storage_options, version)
+    times = delta_tables.arrow_dataset(table).to_table(columns=[config.dataset.event_time]).column(0)
+    return pc.cast(times, pa.timestamp("us", tz="UTC"))
+
+
+def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]]) -> dict[str, ray.data.Dataset]:
+    """The raw rows of each split, read lazily from the union of pinned (uri, version) tables."""
+    dataset = config.dataset
     cutoffs = None
     if dataset.split.strategy == "time":
-        times = delta_tables.arrow_dataset(table).to_table(columns=[dataset.event_time]).column(dataset.event_time)
+        times = pa.chunked_array([c for uri, v in tables for c in _event_times(config, uri, v).chunks],
+                                 type=pa.timestamp("us", tz="UTC"))
         cutoffs = time_cutoffs(times, dataset.split)
-    source = ray.data.read_delta(
-        uri, version=version, columns=dataset.required_columns, storage_options=config.storage.storage_options or None
-    )
+    options = config.storage.storage_options or None
+    reads = [ray.data.read_delta(uri, version=v, columns=dataset.required_columns, storage_options=options)
+             for uri, v in tables]
+    source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     tagged = source.map_batches(
         partial(_tag, split=dataset.split, event_time=dataset.event_time, cutoffs=cutoffs), batch_format="pandas"
     )
@@ -69,26 +85,28 @@ def read_splits(config: LakeloopConfig, uri: str, version: int) -> dict[str, ray
 
 
 def prepare(
-    config: LakeloopConfig, uri: str | None = None, version: int | None = None, report: ValidationReport | None = None
+    config: LakeloopConfig,
+    uri: str | None = None,
+    version: int | None = None,
+    reports: list[ValidationReport] | None = None,
 ) -> PreparedData:
-    """Validate (unless the caller already did), then read, split, fit on train only, and transform."""
-    uri = config.source_table(uri)
-    report = report or validate_table(config, uri, version)
-    raw = {name: ds.materialize() for name, ds in read_splits(config, uri, report.version).items()}
+    """Validate (unless the caller already did), then read, split, fit on train only, and transform.
+    `reports` names several validated tables to train on their union (train.source: both)."""
+    reports = reports or [validate_table(config, uri, version)]
+    raw = {name: ds.materialize() for name, ds in read_splits(config, [(r.table_uri, r.version) for r in reports]).items()}
     rows = {name: ds.count() for name, ds in raw.items()}
+    lineage = Lineage([TableVersion(r.table_uri, r.version, r.fingerprint) for r in reports], rows)
     empty = [name for name, count in rows.items() if count == 0]
     if empty:
-        raise ValidationFailed([f"{uri}: split '{name}' has no rows; add data or change dataset.split" for name in empty])
+        raise ValidationFailed([f"{lineage.describe()}: split '{name}' has no rows; add data or change dataset.split"
+                                for name in empty])
     pipeline = FeaturePipeline(config.dataset).fit(raw["train"])
     splits = {name: pipeline.transform(ds) for name, ds in raw.items()}
-    lineage = Lineage(uri, report.version, rows, report.fingerprint)
     return PreparedData(splits=splits, raw=raw, pipeline=pipeline, lineage=lineage)
 
 
 def to_frame(ds: ray.data.Dataset) -> pd.DataFrame:
     """Rows as a numpy-backed DataFrame (Ray's to_pandas keeps Arrow dtypes some consumers reject)."""
-    import pyarrow as pa
-
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_columns]
     if not tables:
         return pd.DataFrame()
@@ -108,7 +126,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     lineage = prepared.lineage
     data = {"lineage": asdict(lineage), "feature_dim": prepared.pipeline.output_dim, "transformed_rows": counts}
     summary = (
-        f"preprocessed {lineage.table_uri} at version {lineage.version} (schema {lineage.schema_fingerprint}): "
+        f"preprocessed {lineage.describe()}: "
         + ", ".join(f"{n} {c} rows" for n, c in lineage.rows.items())
         + f"; {prepared.pipeline.output_dim} model inputs per row"
     )

@@ -30,7 +30,8 @@ from pipelines.preprocess import Lineage, PreparedData, prepare, to_frame
 from pipelines.registry import Registry
 from pipelines.scoring import LakeloopModel, LakeloopPyfunc, evaluate_predictions
 from pipelines.steps import StepResult, step_main
-from pipelines.validate import validate_table
+from pipelines.labelled_feedback import refresh_training_table
+from pipelines.validate import ValidationReport, validate_table
 
 MODEL_ARTIFACT = "model"
 PIP_REQUIREMENTS = [
@@ -74,13 +75,25 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _log_lineage(lineage: Lineage, config: LakeloopConfig) -> None:
-    source = DeltaDatasetSource(path=lineage.table_uri, delta_table_version=lineage.version)
-    dataset = MetaDataset(source=source, name=f"{config.dataset.table}@v{lineage.version}", digest=lineage.schema_fingerprint)
-    mlflow.log_input(dataset, context="training")
-    mlflow.log_params({"table_uri": lineage.table_uri, "table_version": lineage.version, "schema_fingerprint": lineage.schema_fingerprint})
+def _log_lineage(lineage: Lineage) -> None:
+    for table in lineage.tables:
+        source = DeltaDatasetSource(path=table.uri, delta_table_version=table.version)
+        name = f"{Path(table.uri.rstrip('/')).name}@v{table.version}"
+        mlflow.log_input(MetaDataset(source=source, name=name, digest=table.schema_fingerprint), context="training")
+    mlflow.log_params({"tables": lineage.describe()[:6000],
+                       "schema_fingerprint": ",".join(t.schema_fingerprint for t in lineage.tables)})
     mlflow.log_params({f"rows_{k}": v for k, v in lineage.rows.items()})
-    mlflow.set_tags({"lakeloop.git_commit": _git_commit(), "lakeloop.table_uri": lineage.table_uri})
+    mlflow.set_tags({"lakeloop.git_commit": _git_commit(), "lakeloop.tables": lineage.describe()[:5000]})
+
+
+def training_tables(config: LakeloopConfig, table: str | None, version: int | None) -> list[ValidationReport]:
+    """Validate what this run trains on: --table if given, else what train.source names
+    (labelled feedback is first rebuilt from the serving logs). Nothing runs on a bad table."""
+    if table or config.train.source == "events":
+        return [validate_table(config, table, version)]
+    uris = [config.table_uri] if config.train.source == "both" else []
+    uris.append(refresh_training_table(config))
+    return [validate_table(config, uri) for uri in uris]
 
 
 def _champion_metrics(registry: Registry, test: pd.DataFrame, config: LakeloopConfig) -> tuple[str | None, dict | None]:
@@ -157,17 +170,17 @@ def _fit(config: LakeloopConfig, prepared: PreparedData, run_id: str, tune: bool
 def train_and_register(
     config: LakeloopConfig, tune: bool = False, table: str | None = None, version: int | None = None
 ) -> TrainOutcome:
-    report = validate_table(config, table, version)  # before any Ray or MLflow work
+    reports = training_tables(config, table, version)  # before any Ray or MLflow work
     require_tracking_server(config.mlflow.tracking_uri)
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     mlflow.set_experiment(config.mlflow.experiment)
     registry = Registry.from_config(config)
     dataset = config.dataset
     with runtime.ray_session(config):
-        prepared = prepare(config, table, report.version, report=report)
-        with mlflow.start_run(run_name=f"{'tune' if tune else 'train'}-{dataset.table}-v{report.version}") as run:
+        prepared = prepare(config, reports=reports)
+        with mlflow.start_run(run_name=f"{'tune' if tune else 'train'}-{dataset.table}-v{reports[0].version}") as run:
             mlflow.set_tag("lakeloop.job", "tune" if tune else "train")
-            _log_lineage(prepared.lineage, config)
+            _log_lineage(prepared.lineage)
             trained, hyperparams = _fit(config, prepared, run.info.run_id, tune)
             mlflow.log_params({f"hp_{k}": v for k, v in hyperparams.items()})
             mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
@@ -214,7 +227,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     summary = (
         f"model {config.mlflow.registered_model} version {outcome.model_version}: test {metric} "
         f"{outcome.metrics.get(metric, float('nan')):.4f}; {verdict}: {outcome.reason}\n"
-        f"run {outcome.run_id} on {outcome.lineage['table_uri']} version {outcome.lineage['version']}"
+        f"run {outcome.run_id} on " + " + ".join(f"{t['uri']} version {t['version']}" for t in outcome.lineage["tables"])
     )
     return StepResult(summary, asdict(outcome))
 

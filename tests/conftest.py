@@ -9,7 +9,8 @@ import pytest
 from pipelines.config import LakeloopConfig, parse_config
 from tests.helpers import demo_raw_config
 
-ENV_OVERRIDES = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LAKELOOP_STORAGE_ROOT", "LAKELOOP_CONFIG")
+ENV_OVERRIDES = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LAKELOOP_STORAGE_ROOT", "LAKELOOP_CONFIG",
+                 "LAKELOOP_CONFIG_YAML", "LAKELOOP_API_KEY")
 
 
 @pytest.fixture(autouse=True)

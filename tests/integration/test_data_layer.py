@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from pipelines.config import LakeloopConfig, parse_config
 from pipelines.errors import ValidationFailed
 from pipelines.features import FEATURES_COLUMN, TARGET_COLUMN
 from pipelines.preprocess import prepare
+from pipelines.errors import LakeloopError
+from pipelines.labelled_feedback import labelled_rows, refresh_training_table
 from pipelines.validate import validate_table
-from tests.helpers import ROOT, write_config
+from tests.helpers import ROOT, served_log, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +72,9 @@ def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> No
     delta_tables.append(config.table_uri, synthetic.generate(500, 1))
     delta_tables.append(config.table_uri, synthetic.generate(700, 2))
     old = prepare(config, version=0)
-    assert old.lineage.version == 0
+    assert old.lineage.tables[0].version == 0
     assert sum(old.lineage.rows.values()) == 500
-    assert prepare(config).lineage.version == 1
+    assert prepare(config).lineage.tables[0].version == 1
     assert sum(prepare(config).lineage.rows.values()) == 1200
 
 
@@ -129,3 +132,31 @@ def test_a_differently_named_table_works_by_changing_only_conf(raw_config: dict,
     assert prepared.lineage.rows["test"] == pytest.approx(400, abs=60)
     targets = prepared.splits["train"].to_pandas()[TARGET_COLUMN]
     assert set(targets) == {0, 1}
+
+
+def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(config: LakeloopConfig, ray_local: None) -> None:
+    with pytest.raises(LakeloopError, match="no row of 'predictions' has a label in 'feedback'"):
+        refresh_training_table(config)
+    delta_tables.append(config.table_uri, synthetic.generate(1000, 1))
+    frame = synthetic.generate(300, 2).to_pandas()
+    served, feedback = served_log(config, frame, datetime(2026, 6, 1, tzinfo=UTC))
+    write_deltalake(config.storage.table_uri("predictions"), served)
+    write_deltalake(config.storage.table_uri("feedback"), feedback.slice(0, 200))  # 200 of 300 rows labelled
+    relabel = feedback.slice(0, 1).to_pylist()[0]
+    relabel.update(label=str(1 - int(relabel["label"])), received_at=relabel["received_at"] + timedelta(days=1))
+    write_deltalake(config.storage.table_uri("feedback"), pa.Table.from_pylist([relabel], schema=feedback.schema), mode="append")
+    rows = labelled_rows(config)
+    assert len(rows) == 200  # the relabelled row counts once, with its newest label
+    first = rows.set_index(["request_id", "row"]).loc[("q0", 0)]
+    assert first["churned"] == 1 - frame["churned"].iloc[0]
+    assert first["monthly_charges"] == pytest.approx(frame["monthly_charges"].iloc[0])
+    uri = refresh_training_table(config)
+    events_types = delta_tables.arrow_dataset(delta_tables.open_table(config.table_uri)).schema
+    labelled_types = delta_tables.arrow_dataset(delta_tables.open_table(uri)).schema
+    assert labelled_types.field("tenure_months").type == events_types.field("tenure_months").type == pa.int64()
+    reports = [validate_table(config), validate_table(config, uri)]
+    prepared = prepare(config, reports=reports)
+    assert sum(prepared.lineage.rows.values()) == 1200
+    assert [t.uri for t in prepared.lineage.tables] == [config.table_uri, uri]
+    # one time split over the union (a request's rows share a timestamp, so quantiles tie a little)
+    assert prepared.lineage.rows["test"] == pytest.approx(180, abs=10)

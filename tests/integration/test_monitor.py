@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
@@ -18,8 +17,7 @@ from pipelines.config import LakeloopConfig, parse_config
 from pipelines.drift import DriftSuite
 from pipelines.monitor import load_champion, run_once
 from pipelines.train import train_and_register
-from serve.prediction_log import predictions_schema
-from tests.helpers import demo_raw_config
+from tests.helpers import demo_raw_config, served_log
 
 pytestmark = pytest.mark.integration
 
@@ -42,19 +40,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, jobs_a
     return raw
 
 
-def with_traffic(raw: dict, root: Path, drift: str, seed: int) -> LakeloopConfig:
-    """A config whose predictions table holds 1,500 served rows (3 windows) of the given traffic."""
+def with_traffic(raw: dict, root: Path, drift: str, seed: int, labels: str | None = None) -> LakeloopConfig:
+    """A config whose predictions table holds 1,500 served rows (3 windows) of the given traffic;
+    with `labels` ("true" or "flipped"), every row also gets that label through the feedback table."""
     config = parse_config({**raw, "storage": {**raw["storage"], "root": str(root)}})
     frame = synthetic.generate(1500, seed, drift).to_pandas()
-    start = datetime(2026, 6, 1, tzinfo=UTC)
-    rows = [
-        {"request_id": f"q{i // 5}", "row": i % 5, "served_at": start + timedelta(seconds=i // 5),
-         "model_name": config.mlflow.registered_model, "model_version": "1",
-         **{f: (None if v != v else float(v) if f in config.dataset.numeric else str(v))
-            for f, v in record.items()}, "prediction": "0", "output": "{}"}
-        for i, record in enumerate(frame[config.dataset.feature_names].to_dict(orient="records"))
-    ]  # fmt: skip
-    write_deltalake(config.storage.table_uri("predictions"), pa.Table.from_pylist(rows, schema=predictions_schema(config.dataset)))
+    if labels == "flipped":
+        frame[config.dataset.label] = 1 - frame[config.dataset.label]
+    served, feedback = served_log(config, frame, datetime(2026, 6, 1, tzinfo=UTC))
+    write_deltalake(config.storage.table_uri("predictions"), served)
+    if labels:
+        write_deltalake(config.storage.table_uri("feedback"), feedback)
     return config
 
 
@@ -100,3 +96,21 @@ def test_detectors_saved_with_the_model_load_and_agree(trained: dict, tmp_path: 
         else:
             assert ours.distance == pytest.approx(theirs.distance, rel=1e-5)
     assert np.isfinite([r.p_value for r in suite.check(window)]).all()
+
+
+def test_labels_worse_than_the_test_score_are_performance_drift(trained: dict, tmp_path: Path) -> None:
+    config = with_traffic(trained, tmp_path / "relabelled", "none", seed=7, labels="flipped")
+    outcome = run_once(config, submit=False)
+    assert [w["drift"] for w in outcome["performance_windows"]] == [True] * 7  # 1,500 labels / 200
+    report = next(r for r in outcome["reports"] if r["detector"] == "performance")
+    assert report["distance"] > 0.5  # AUC fell from ~0.9 to ~0.1
+    assert outcome["triggered"]
+    assert run_once(config, submit=False)["performance_windows"] == []  # its own position: nothing re-checked
+
+
+def test_true_labels_are_no_performance_drift(trained: dict, tmp_path: Path) -> None:
+    config = with_traffic(trained, tmp_path / "labelled", "none", seed=8, labels="true")
+    outcome = run_once(config, submit=False)
+    assert len(outcome["performance_windows"]) == 7
+    assert not any(w["drift"] for w in outcome["performance_windows"])
+    assert not outcome["triggered"]

@@ -81,3 +81,16 @@ def test_search_space_domain_shape(raw_config: dict) -> None:
     raw_config["tune"]["search_space"] = {"momentum": {"kind": "choice", "values": [1]}}
     with pytest.raises(ConfigError, match="momentum"):
         parse_config(raw_config)
+
+
+def test_a_job_gets_its_configuration_as_yaml_text(raw_config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    raw_config["train"]["source"] = "both"
+    raw_config["storage"]["root"] = "s3://bucket/lakeloop"
+    monkeypatch.setenv("LAKELOOP_CONFIG_YAML", yaml.safe_dump(raw_config))
+    config = load_config()
+    assert config.train.source == "both" and config.table_uri == "s3://bucket/lakeloop/events"
+    monkeypatch.setenv("LAKELOOP_CONFIG_YAML", "train: {sorce: events}")
+    with pytest.raises(ConfigError, match=r"\$LAKELOOP_CONFIG_YAML"):
+        load_config()

@@ -1,0 +1,13 @@
+# Environment of every lakeloop process on a launcher-managed node (sourced by aws.yaml's commands).
+# Token auth on; the token and MLflow credentials come from files written from the secret store.
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH="$HOME/.ray_auth_token"
+export RAY_SERVE_ENABLE_HA_PROXY=1
+export LAKELOOP_CONFIG="$HOME/lakeloop/conf/lakeloop.yaml"
+export LAKELOOP_STORAGE_ROOT="${LAKELOOP_STORAGE_ROOT:-s3://my-lakeloop-bucket/lakeloop}"
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-https://mlflow.internal.example.com}"
+export PATH="$HOME/venv/bin:$PATH"
+set -a
+# shellcheck disable=SC1091
+[ -f "$HOME/.lakeloop_secrets.env" ] && . "$HOME/.lakeloop_secrets.env"
+set +a
