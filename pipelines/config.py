@@ -7,6 +7,7 @@ The ecosystem's own environment variables win over the file where they exist
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +26,22 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SECRET_WORDS = re.compile(r"secret|password|token|access_key|account_key|sas|credential", re.IGNORECASE)
+
+
 class StorageConfig(StrictModel):
     root: str = "./lakeloop-data"
     storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        """The config travels to jobs, replicas and MLflow; credentials must not ride along."""
+        secret = sorted(k for k in options if SECRET_WORDS.search(k))
+        if secret:
+            raise ValueError(f"{', '.join(secret)}: credentials do not belong in the config; set them in the "
+                             f"environment (e.g. {secret[0].upper()}), where deltalake reads them")
+        return options
 
     @field_validator("root")
     @classmethod
@@ -129,6 +143,14 @@ class MLflowConfig(StrictModel):
     experiment: str = "lakeloop"
     registered_model: str = "lakeloop-churn"
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_userinfo(cls, uri: str) -> str:
+        if re.match(r"^[a-z+]+://[^/@]*@", uri):  # the value is not echoed: it holds a password
+            raise ValueError("credentials in the URI are not accepted; set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD instead")
+        return uri
+
 
 class HyperParams(StrictModel):
     """The knobs Tune may search over; the defaults are what a plain train uses."""
@@ -145,6 +167,8 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
+    # how workers spread over nodes: PACK fills a node first; SPREAD / STRICT_SPREAD use one node per worker
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_epochs: int = Field(15, ge=1)
     patience: int = Field(3, ge=1)
     max_failures: int = Field(2, ge=0)

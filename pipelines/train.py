@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -57,8 +58,10 @@ def require_tracking_server(uri: str) -> None:
     """Fail before any Ray work when the tracking server is down, naming the URI."""
     if not uri.startswith("http"):
         return
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     try:
-        httpx.get(f"{uri.rstrip('/')}/health", timeout=5.0).raise_for_status()
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=5.0,
+                  auth=(user, password or "") if user else None).raise_for_status()
     except httpx.HTTPError as exc:
         raise LakeloopError(
             f"MLflow tracking server {uri} is not reachable ({exc.__class__.__name__}); "

@@ -95,7 +95,10 @@ def train_loop_per_worker(cfg: dict) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         state = {**saved["progress"], "resumed_from_epoch": saved["progress"]["epoch"]}
 
+    nodes = _worker_nodes()
     logger = _EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id")) if rank == 0 else None
+    if logger:
+        logger.tag("lakeloop.worker_nodes", ",".join(nodes))
     loss_fn = loss_function(task)
     train_shard = ray.train.get_dataset_shard("train")
     validation = ray.train.get_dataset_shard("validation")
@@ -127,6 +130,16 @@ def train_loop_per_worker(cfg: dict) -> None:
             break
 
 
+def _worker_nodes() -> list[str]:
+    """The Ray node id of every rank, in rank order: where this run trained."""
+    node = ray.get_runtime_context().get_node_id()
+    if not torch.distributed.is_initialized():
+        return [node]
+    nodes: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
+
+
 def _report(report: dict, rank: int, model, optimizer, state: dict) -> None:
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
@@ -145,6 +158,13 @@ class _EpochLogger:
         self.run_id = run_id
         if run_id:
             self.client = MlflowClient(tracking_uri)
+
+    def tag(self, key: str, value: str) -> None:
+        if self.run_id:
+            try:
+                self.client.set_tag(self.run_id, key, value)
+            except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
+                print(f"warning: could not tag the MLflow run: {exc}")
 
     def log(self, report: dict, epoch: int) -> None:
         if not self.run_id:
@@ -191,6 +211,7 @@ def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, 
             num_workers=config.train.num_workers,
             use_gpu=config.train.use_gpu,
             resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if config.train.use_gpu else {})},
+            placement_strategy=config.train.placement_strategy,
         ),
         run_config=RunConfig(
             name=name,

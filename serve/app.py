@@ -4,7 +4,8 @@
     lakeloop serve
 
 Routes: POST /invocations (MLflow scoring formats), POST /predict (typed), POST /feedback,
-GET /health (200 only once a model is loaded), GET /model, GET /docs.
+GET /health (200 only once a model is loaded), GET /model, GET /docs. With LAKELOOP_API_KEY set
+where the app is built, every route but /health needs `Authorization: Bearer <key>` (else 401).
 
 No `from __future__ import annotations` here: FastAPI must see the real annotation objects of the
 endpoints, including the request model built from the dataset config inside build_deployment.
@@ -12,7 +13,10 @@ endpoints, including the request model built from the dataset config inside buil
 
 
 import asyncio
+import hashlib
+import hmac
 import json
+import os
 import logging
 import threading
 import uuid
@@ -25,6 +29,7 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+import ray
 from ray import serve
 
 from pipelines.config import LakeloopConfig, load_config
@@ -34,6 +39,8 @@ from serve.prediction_log import FEEDBACK_SCHEMA, DeltaAppender, predictions_sch
 from serve.schemas import FeedbackRequest, RecordValidator, RequestError, mlflow_records, predict_request_model
 
 log = logging.getLogger("lakeloop.serve")
+API_KEY_ENV = "LAKELOOP_API_KEY"
+OPEN_PATHS = ("/health",)  # load balancer and Kubernetes probes carry no credentials
 
 # Keep in step with conf/serve.yaml (a test checks they agree): `serve deploy` reads the file,
 # `serve.run(build_app(...))` in tests and notebooks uses these.
@@ -108,7 +115,13 @@ def _output_rows(frame: pd.DataFrame) -> list[dict]:
     return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in records]
 
 
-def create_api(config: LakeloopConfig) -> FastAPI:
+def api_key_digest(api_key: str | None) -> str | None:
+    """Replicas keep only the key's SHA-256: the key itself never enters a deployment's arguments,
+    the dashboard or the logs."""
+    return hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
+
+
+def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI:
     request_model = predict_request_model(config.dataset, config.serving.max_rows_per_request)
     api = FastAPI(title="lakeloop", description=f"Predictions from {config.mlflow.registered_model}@{config.serving.alias}")
 
@@ -127,6 +140,17 @@ def create_api(config: LakeloopConfig) -> FastAPI:
             return JSONResponse({"error": "content type must be application/json"}, status_code=415)
         return await call_next(request)
 
+    @api.middleware("http")
+    async def _require_api_key(request: Request, call_next):
+        # Added last, so it runs first, before the body is read: an unauthenticated request is never scored or logged.
+        if key_digest is None or request.url.path.endswith(OPEN_PATHS):
+            return await call_next(request)
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(api_key_digest(presented.strip()) or "", key_digest):
+            return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
     api.state.request_model = request_model
     return api
 
@@ -138,8 +162,9 @@ async def _json_body(request: Request) -> Any:
         raise RequestError(400, f"malformed JSON: {exc}") from None
 
 
-def build_deployment(config: LakeloopConfig):
-    api = create_api(config)
+def build_deployment(config: LakeloopConfig, api_key: str | None = None):
+    """api_key (default: $LAKELOOP_API_KEY): when set, every route but /health needs it as a Bearer token."""
+    api = create_api(config, api_key_digest(api_key or os.environ.get(API_KEY_ENV)))
     PredictRequest = api.state.request_model  # noqa: N806 - a class
 
     @serve.deployment(**DEPLOYMENT_OPTIONS)
@@ -235,7 +260,9 @@ def build_deployment(config: LakeloopConfig):
                 return JSONResponse({"error": "no model loaded yet", "last_error": self.watcher.last_error}, status_code=503)
             ref = current.ref
             return JSONResponse({"name": ref.name, "version": ref.version, "alias": ref.alias, "run_id": ref.run_id,
-                                 "loaded_at": current.loaded_at, "pending_log_rows": self.predictions.pending()})
+                                 "loaded_at": current.loaded_at, "pending_log_rows": self.predictions.pending(),
+                                 "replica": serve.get_replica_context().replica_id.unique_id,
+                                 "node_id": ray.get_runtime_context().get_node_id()})
 
         def __del__(self) -> None:
             # Serve calls this when the replica drains or shuts down: write what is buffered.

@@ -77,6 +77,15 @@ def logged_rows(config: LakeloopConfig) -> int:
     return DeltaTable(uri).count() if DeltaTable.is_deltatable(uri) else 0
 
 
+def settled_rows(config: LakeloopConfig) -> int:
+    """The logged row count once earlier tests' buffered rows have landed (two equal reads a flush apart)."""
+    previous = -1
+    while (current := logged_rows(config)) != previous:
+        previous = current
+        time.sleep(1.0)
+    return current
+
+
 def wait_for(predicate, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,7 +156,7 @@ def _post(endpoint: str, path: str, body: object, content_type: str = "applicati
 def test_bad_input_is_a_4xx_naming_the_problem_and_logs_nothing(
     endpoint: str, registered: LakeloopConfig, path: str, body: object, content_type: str, status: int, message: str
 ) -> None:
-    before = logged_rows(registered)
+    before = settled_rows(registered)
     response = _post(endpoint, path, body, content_type)
     assert response.status_code == status, response.text
     assert message in response.text
@@ -226,3 +235,22 @@ def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(en
     serve.delete("lakeloop")  # drains the replica, whose shutdown flushes its buffer
     assert wait_for(lambda: logged_rows(registered) - served_before == served[0], 30), (
         logged_rows(registered) - served_before, served[0])
+
+
+def test_with_an_api_key_an_unauthenticated_predict_is_401_and_not_logged(endpoint: str, registered: LakeloopConfig) -> None:
+    serve.run(build_deployment(registered, api_key="integration-key").bind(registered.model_dump_json()),
+              name="secured", route_prefix="/secured")
+    try:
+        assert wait_for(lambda: httpx.get(f"{endpoint}/secured/health").status_code == 200, 60)
+        before = settled_rows(registered)
+        body = {"records": [GOOD]}
+        refused = httpx.post(f"{endpoint}/secured/predict", json=body)
+        assert refused.status_code == 401 and "predictions" not in refused.json()
+        wrong = httpx.post(f"{endpoint}/secured/predict", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        allowed = httpx.post(f"{endpoint}/secured/predict", json=body,
+                             headers={"Authorization": "Bearer integration-key"})
+        assert allowed.status_code == 200 and len(allowed.json()["predictions"]) == 1
+        assert wait_for(lambda: logged_rows(registered) == before + 1, 15)  # only the authorised row
+    finally:
+        serve.delete("secured")

@@ -94,3 +94,15 @@ def test_a_job_gets_its_configuration_as_yaml_text(raw_config: dict, monkeypatch
     monkeypatch.setenv("LAKELOOP_CONFIG_YAML", "train: {sorce: events}")
     with pytest.raises(ConfigError, match=r"\$LAKELOOP_CONFIG_YAML"):
         load_config()
+
+
+def test_credentials_in_the_config_are_refused_without_echoing_them(raw_config: dict) -> None:
+    raw_config["storage"]["storage_options"] = {"aws_region": "us-west-2", "aws_secret_access_key": "hunter2"}
+    with pytest.raises(ConfigError, match="aws_secret_access_key: credentials do not belong") as refused:
+        parse_config(raw_config)
+    assert "hunter2" not in str(refused.value)
+    raw_config["storage"]["storage_options"] = {"aws_region": "us-west-2"}
+    raw_config["mlflow"]["tracking_uri"] = "https://alice:hunter2@mlflow.example.com"
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME") as refused:
+        parse_config(raw_config)
+    assert "hunter2" not in str(refused.value)

@@ -1,0 +1,58 @@
+"""The Serve app's API-key check, on the real FastAPI app the deployment uses (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines.config import LakeloopConfig
+from serve.app import api_key_digest, create_api
+
+
+@pytest.fixture
+def client(config: LakeloopConfig) -> TestClient:
+    api = create_api(config, api_key_digest("s3cret-key"))
+    calls = []
+
+    @api.post("/predict")
+    async def predict() -> dict:
+        calls.append(1)
+        return {"ok": True}
+
+    @api.get("/health")
+    async def health() -> dict:
+        return {"status": "ready"}
+
+    client = TestClient(api)
+    client.calls = calls  # type: ignore[attr-defined]
+    return client
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic s3cret-key", "s3cret-key", "Bearer "])
+def test_without_the_key_it_is_401_and_nothing_runs(client: TestClient, header: str | None) -> None:
+    headers = {"authorization": header} if header is not None else {}
+    response = client.post("/predict", json={}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "s3cret" not in response.text
+    assert client.calls == []
+
+
+def test_with_the_key_it_answers_and_health_stays_open(client: TestClient) -> None:
+    assert client.post("/predict", json={}, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    assert client.calls == [1]
+    assert client.get("/health").status_code == 200
+
+
+def test_an_unauthenticated_non_json_post_is_401_not_415(client: TestClient) -> None:
+    assert client.post("/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 401
+
+
+def test_no_key_configured_means_open(config: LakeloopConfig) -> None:
+    api = create_api(config, None)
+
+    @api.post("/predict")
+    async def predict() -> dict:
+        return {"ok": True}
+
+    assert TestClient(api).post("/predict", json={}).status_code == 200
