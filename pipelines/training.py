@@ -112,7 +112,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            running += float(loss) * len(target)
+            running += loss.item() * len(target)
             seen += len(target)
         report = {"epoch": epoch, "train_loss": running / max(seen, 1), **_validate(model, validation, task, hp.batch_size, loss_fn)}
         if _improved(report[monitor], state["best"], mode):
