@@ -254,3 +254,36 @@ def test_with_an_api_key_an_unauthenticated_predict_is_401_and_not_logged(endpoi
         assert wait_for(lambda: logged_rows(registered) == before + 1, 15)  # only the authorised row
     finally:
         serve.delete("secured")
+
+
+def _running(app: str) -> int:
+    return serve.status().applications[app].deployments["ModelServer"].replica_states.get("RUNNING", 0)
+
+
+def test_serve_autoscaling_adds_replicas_under_load_and_removes_them_after(endpoint: str, registered: LakeloopConfig) -> None:
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
+                   "downscale_delay_s": 3}
+    serve.run(build_deployment(registered).options(autoscaling_config=autoscaling).bind(registered.model_dump_json()),
+              name="autoscaled", route_prefix="/autoscaled")
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                http.post(f"{endpoint}/autoscaled/predict", json={"records": [GOOD] * 20})
+
+    try:
+        assert wait_for(lambda: httpx.get(f"{endpoint}/autoscaled/health").status_code == 200, 60)
+        assert _running("autoscaled") == 1
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        scaled_up = wait_for(lambda: _running("autoscaled") == 2, 60)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert scaled_up, "no second replica under load"
+        assert wait_for(lambda: _running("autoscaled") == 1, 60), "the extra replica stayed after the load stopped"
+    finally:
+        stop.set()
+        serve.delete("autoscaled")
