@@ -26,9 +26,16 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -m "not slow and not integration"
 
+# Each benchmark writes bench-results/<name>.json; the report merges them into results.md/.json.
 bench: setup
+	$(PIP) -e '.[bench]'
 	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.preprocessing
+	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.batch_inference
 	$(BIN)/python -m benchmarks.drift_stats
+	$(BIN)/python -m benchmarks.loop
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) lakeloop-data bench-results

@@ -1,12 +1,13 @@
-"""Serving load: lakeloop's Serve app behind Ray's default Python proxy vs the bundled HAProxy.
+"""Online serving: the same registered model behind lakeloop's Serve app and the alternatives.
 
-    python -m benchmarks.serve_load [--seconds 10]
+    python -m benchmarks.serve_load [--seconds 8] [--concurrency 1 8 32]
 
-Each proxy mode runs in a fresh process (the proxy is chosen when Serve starts) with the real
-app: request validation, @serve.batch, the feature pipeline + network, Delta prediction logging.
-The model is injected (fitted feature pipeline, untrained network of the shipped shape), so no
-registry is needed; scoring cost is the same as a trained model's. The load generator is an async
-Python client sharing the same 2 CPUs, which caps what any server can show.
+Servers: lakeloop's Serve app as shipped (HAProxy ingress, conf/serve.yaml's deployment options,
+request validation, @serve.batch, Delta prediction logging), the same app behind Ray's default
+Python proxy, `mlflow models serve` with 1 and 2 workers, and a bare FastAPI/uvicorn app loading
+the same pyfunc. The model is registered in a real `mlflow server`; the others load the same
+artifact from disk. The load generator is an async Python client (wrk is not installed here)
+sharing the same 2 CPUs, which caps what any server can show.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RECORD = {"tenure_months": 3, "monthly_charges": 80.0, "support_calls": 1, "age": 40, "plan": "basic",
-          "contract": "one-year", "region": "north"}  # fmt: skip
+from benchmarks.common import RECORD, ROOT, registered_model, write_result
+
+SERVE_MODES = ("serve (HAProxy, shipped)", "serve (Python proxy)")
 
 
 async def _load(url: str, concurrency: int, seconds: float) -> dict:
@@ -40,8 +41,7 @@ async def _load(url: str, concurrency: int, seconds: float) -> dict:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                response = await client.post(url, content=body, headers=headers)
-                ok = response.status_code == 200
+                ok = (await client.post(url, content=body, headers=headers)).status_code == 200
             except httpx.HTTPError:
                 ok = False
             latencies.append(time.perf_counter() - started)
@@ -58,74 +58,114 @@ async def _load(url: str, concurrency: int, seconds: float) -> dict:
             "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors}  # fmt: skip
 
 
-def _serve_and_measure(proxy: str, seconds: float) -> list[dict]:
-    """Runs in a child process: start Ray + Serve, inject a model, measure, shut down."""
-    if proxy == "haproxy":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+def sweep(server: str, url: str, concurrencies: list[int], seconds: float) -> list[dict]:
+    asyncio.run(_load(url, 4, 2))  # warm up
+    return [{"server": server, **asyncio.run(_load(url, c, seconds))} for c in concurrencies]
+
+
+def _wait_until_up(url: str, timeout: float = 180) -> None:
     import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up in {timeout} s")
+
+
+def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: list[int]) -> list[dict]:
+    """In a fresh process (the proxy is chosen when Serve starts): Ray, Serve, load, shut down."""
+    if mode == SERVE_MODES[0]:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     import ray
     from ray import serve
 
-    from pipelines import delta_tables, synthetic
-    from pipelines.config import load_config
-    from pipelines.features import FeaturePipeline
-    from pipelines.model import NetworkSpec, TabularMLP
-    from pipelines.scoring import LakeloopModel
+    from benchmarks.common import demo_config
     from pipelines.stack import free_port
     from serve.app import build_deployment
-    from serve.model_source import ModelRef
 
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["LAKELOOP_STORAGE_ROOT"] = tmp
-        config = load_config(ROOT / "conf" / "lakeloop.yaml")
+        config = demo_config(Path(tmp), tracking_uri)
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-        delta_tables.append(config.table_uri, synthetic.generate(2000, 1))
-        pipeline = FeaturePipeline(config.dataset).fit(ray.data.read_delta(config.table_uri))
-        hp = config.train.hyperparams
-        spec = NetworkSpec(pipeline.output_dim, 2, hp.hidden, hp.depth, hp.dropout)
-        model = LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
-
-        class Injected:
-            def resolve(self, alias: str) -> ModelRef:
-                return ModelRef("bench", "1", alias, None)
-
-            def load(self, ref: ModelRef) -> LakeloopModel:
-                return model
-
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_deployment(config).bind(config.model_dump_json(), Injected()), name="bench", route_prefix="/")
+        serve.run(build_deployment(config).bind(config.model_dump_json()), name="bench", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        while httpx.get(f"{url}/health").status_code != 200:
-            time.sleep(0.5)
-        asyncio.run(_load(f"{url}/invocations", 4, 2))  # warm up
-        results = [{"proxy": proxy, **asyncio.run(_load(f"{url}/invocations", c, seconds))} for c in (1, 32)]
+        _wait_until_up(f"{url}/health")
+        rows = sweep(mode, f"{url}/invocations", concurrencies, seconds)
         serve.shutdown()
         ray.shutdown()
-    return results
+    return rows
+
+
+def process_server(name: str, command: list[str], port: int, env: dict, concurrencies: list[int], seconds: float) -> list[dict]:
+    from pipelines.stack import stop_pid
+
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/ping")
+        return sweep(name, f"http://127.0.0.1:{port}/invocations", concurrencies, seconds)
+    finally:
+        stop_pid(process.pid)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_load")
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--child", choices=("python", "haproxy"))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serve_load.json")
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--child", choices=SERVE_MODES)
+    parser.add_argument("--tracking-uri")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_serve_and_measure(args.child, args.seconds)))
+        print(json.dumps(serve_child(args.child, args.tracking_uri, args.seconds, args.concurrency)))
         return
-    rows = []
-    for proxy in ("python", "haproxy"):
-        done = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--child", proxy, "--seconds",
-                               str(args.seconds)], cwd=ROOT, capture_output=True, text=True, check=True)
-        rows += json.loads(done.stdout.strip().splitlines()[-1])
-    base = {r["concurrency"]: r["rps"] for r in rows if r["proxy"] == "python"}
-    lines = ["| proxy | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs python proxy |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['proxy']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['errors']} | {r['rps'] / base[r['concurrency']]:.2f}x |" for r in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
+
+    from pipelines.stack import free_port
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
+        for mode in SERVE_MODES:
+            done = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--child", mode, "--tracking-uri",
+                                   model.tracking_uri, "--seconds", str(args.seconds), "--concurrency",
+                                   *map(str, args.concurrency)], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
+            rows += json.loads(done.stdout.strip().splitlines()[-1])
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "BENCH_MODEL_DIR": str(model.local_dir)}
+        for workers in (1, 2):
+            port = free_port()
+            rows += process_server(f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})",
+                                   [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model.local_dir), "-h",
+                                    "127.0.0.1", "-p", str(port), "-w", str(workers), "--env-manager", "local"],
+                                   port, env, args.concurrency, args.seconds)
+        port = free_port()
+        rows += process_server("bare FastAPI/uvicorn (1 worker)",
+                               [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--host", "127.0.0.1",
+                                "--port", str(port), "--log-level", "warning"], port, env, args.concurrency, args.seconds)
+
+    def at(server: str, c: int) -> dict:
+        return next(r for r in rows if r["server"] == server and r["concurrency"] == c)
+
+    shipped, mlflow1, bare = SERVE_MODES[0], "mlflow models serve (1 worker)", "bare FastAPI/uvicorn (1 worker)"
+    high, low = max(args.concurrency), min(args.concurrency)
+    targets = {
+        f"c={high}: shipped Serve req/s vs mlflow models serve (1 worker), target >= 2x":
+            at(shipped, high)["rps"] / at(mlflow1, high)["rps"],
+        f"c={high}: shipped Serve p99 vs mlflow models serve (1 worker), target < 1x":
+            at(shipped, high)["p99_ms"] / at(mlflow1, high)["p99_ms"],
+        f"c={low}: shipped Serve p50 vs bare uvicorn, target <= 2x": at(shipped, low)["p50_ms"] / at(bare, low)["p50_ms"],
+    }
+    lines = ["| server | concurrency | req/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['server']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['errors']} |" for r in rows]
+    lines += ["", *(f"{name}: {value:.2f}x" for name, value in targets.items())]
+    write_result("serve_load", {"rows": rows, "ratios": targets, "seconds_per_point": args.seconds})
     print("\n".join(lines))
 
 

@@ -275,7 +275,8 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         "stages": [{"stage": n, "seconds": s, "detail": d} for n, s, d in timeline.stages],
         "first_version": first.model_version, "first_metrics": first.metrics, "first_promoted": first.promoted,
         "calm_drift": [w["drift"] for w in calm["windows"]], "shifted_drift": [w["drift"] for w in alarm["windows"]],
-        "submission_id": alarm["submission_id"], "retrained": retrained, "swapped": swapped,
+        "submission_id": alarm["submission_id"], "monitor_seconds": alarm["seconds"], "retrained": retrained,
+        "swapped": swapped,
         "serving_version": serving_version, "failed_requests": failed, "served_rows": served, "logged_rows": logged,
         **urls,
     }  # fmt: skip

@@ -218,6 +218,7 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
     else:
         windows = drift_policy.row_windows(rows, monitor.window_rows)
     now = datetime.now(UTC)
+    started = time.perf_counter()
     reports: list[dict] = []
     for window in windows:
         results = champion.suite.check(window.rows[config.dataset.feature_names]) if window.decidable else []
@@ -235,13 +236,15 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
         with_retries("logging drift to MLflow", monitor.retries, lambda: _log_to_mlflow(config, champion, reports))
     decisions = window_decisions(reports_uri, champion.version) if DeltaTable.is_deltatable(reports_uri) else []
     triggered = drift_policy.should_retrain(decisions, monitor.debounce.k, monitor.debounce.n)
+    detected = time.perf_counter()
     submission, submitted = None, False
     if triggered and submit:  # no new window this run: retry the trigger of the newest one
         submission, submitted = submit_retraining(config, champion, windows[-1].end if windows else after)
+    seconds = {"detect": round(detected - started, 2), "submit": round(time.perf_counter() - detected, 2)}
     return {"model_version": champion.version, "windows": _summaries(windows, reports, traffic=True),
             "performance_windows": _summaries(labelled, reports, traffic=False),
             "pending_rows": len(rows) - sum(len(w.rows) for w in windows), "triggered": triggered,
-            "submission_id": submission, "submitted": submitted,
+            "submission_id": submission, "submitted": submitted, "seconds": seconds,
             "reports": [{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in reports]}
 
 

@@ -10,6 +10,7 @@ import argparse
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +53,18 @@ class TrainOutcome:
     lineage: dict
     hyperparams: dict
     resumed_from_epoch: int
+    seconds: dict[str, float]  # wall time per stage: prepare, fit, evaluate, gate (incl. registering)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def require_tracking_server(uri: str) -> None:
@@ -179,12 +192,15 @@ def train_and_register(
     mlflow.set_experiment(config.mlflow.experiment)
     registry = Registry.from_config(config)
     dataset = config.dataset
+    clock = _Stopwatch()
     with runtime.ray_session(config):
         prepared = prepare(config, reports=reports)
+        clock.lap("prepare")
         with mlflow.start_run(run_name=f"{'tune' if tune else 'train'}-{dataset.table}-v{reports[0].version}") as run:
             mlflow.set_tag("lakeloop.job", "tune" if tune else "train")
             _log_lineage(prepared.lineage)
             trained, hyperparams = _fit(config, prepared, run.info.run_id, tune)
+            clock.lap("fit")
             mlflow.log_params({f"hp_{k}": v for k, v in hyperparams.items()})
             mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
             model = LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
@@ -194,12 +210,15 @@ def train_and_register(
             mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
             plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
             log_drift_reference(model, prepared, config)
+            clock.lap("evaluate")
             champion_version, champion_scores = _champion_metrics(registry, test, config)
             if champion_scores:
                 mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
             model_version = log_model(model, test, config)
             decision = registry.promote(model_version, champion_version, decide(scores, champion_scores, config.gate, champion_version))
             mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
+            clock.lap("gate")
+            mlflow.log_metrics({f"seconds_{k}": v for k, v in clock.laps.items()})
     return TrainOutcome(
         run_id=run.info.run_id,
         model_version=model_version,
@@ -211,6 +230,7 @@ def train_and_register(
         lineage=asdict(prepared.lineage),
         hyperparams=hyperparams,
         resumed_from_epoch=trained.resumed_from_epoch,
+        seconds=clock.laps,
     )
 
 

@@ -59,7 +59,10 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(raw_config: dic
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(first.run_id)
-    assert run.data.params["table_version"] == "0"
+    assert run.data.params["tables"] == f"{config.table_uri} version 0"
+    assert len(run.data.tags["lakeloop.worker_nodes"].split(",")) == config.train.num_workers
+    assert set(first.seconds) == {"prepare", "fit", "evaluate", "gate"}
+    assert run.data.metrics["seconds_fit"] == first.seconds["fit"] > 0
     assert run.inputs.dataset_inputs[0].dataset.source_type == "delta_table"
     assert len(client.get_metric_history(first.run_id, "val_roc_auc")) >= 2
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}

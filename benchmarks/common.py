@@ -1,0 +1,156 @@
+"""What every benchmark shares: where results go, the machine and versions, a process-tree memory
+sampler, and a registered lakeloop model to measure against (a real `mlflow server`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench-results"
+RECORD = {"tenure_months": 3, "monthly_charges": 80.0, "support_calls": 1, "age": 40, "plan": "basic",
+          "contract": "one-year", "region": "north"}  # fmt: skip
+
+
+def machine() -> dict:
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal"))
+    packages = ("ray", "mlflow", "deltalake", "pyarrow", "torch", "pandas", "alibi-detect", "polars")
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"cpus": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1), "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions}
+
+
+def write_result(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2, default=str))
+    return path
+
+
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants (shared pages are counted per process)."""
+    parents, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        parents[pid] = int(fields.get("PPid", "0").strip())
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+    tree, grew = {root}, True
+    while grew:
+        children = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(rss.get(p, 0) for p in tree) / 1024
+
+
+@contextmanager
+def peak_memory(interval_s: float = 0.2) -> Iterator[dict]:
+    """Samples this process tree's RSS while the block runs: {'peak_mb': ...} afterwards."""
+    result = {"peak_mb": 0.0}
+    stop = threading.Event()
+    baseline = _tree_rss_mb(os.getpid())
+
+    def sample() -> None:
+        while not stop.is_set():
+            result["peak_mb"] = max(result["peak_mb"], _tree_rss_mb(os.getpid()))
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["baseline_mb"] = baseline
+
+
+@dataclass
+class BenchModel:
+    tracking_uri: str
+    name: str
+    version: str
+    local_dir: Path  # the same pyfunc, downloaded, for servers that load from disk
+
+
+def demo_config(storage_root: Path, tracking_uri: str = "http://127.0.0.1:5000"):
+    from pipelines.config import load_config
+
+    os.environ["LAKELOOP_STORAGE_ROOT"] = str(storage_root)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    return load_config(ROOT / "conf" / "lakeloop.yaml")
+
+
+@contextmanager
+def registered_model(workdir: Path) -> Iterator[BenchModel]:
+    """A real tracking server with one registered lakeloop pyfunc (fitted feature pipeline, network of
+    the shipped shape with initial weights: scoring costs what a trained model's does)."""
+    import mlflow
+    import ray
+
+    from pipelines import synthetic
+    from pipelines.features import FeaturePipeline
+    from pipelines.model import NetworkSpec, TabularMLP
+    from pipelines.scoring import LakeloopModel
+    from pipelines.stack import start_mlflow_server, stop_pid
+    from pipelines.train import log_model
+
+    process, service = start_mlflow_server(workdir / "mlflow")
+    try:
+        config = demo_config(workdir / "data", service.url)
+        frame = synthetic.generate(5000, 1).to_pandas()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        try:
+            pipeline = FeaturePipeline(config.dataset).fit(ray.data.from_pandas(frame))
+        finally:
+            ray.shutdown()
+        hp = config.train.hyperparams
+        spec = NetworkSpec(pipeline.output_dim, 2, hp.hidden, hp.depth, hp.dropout)
+        model = LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
+        mlflow.set_tracking_uri(service.url)
+        mlflow.set_experiment("bench")
+        with mlflow.start_run():
+            version = log_model(model, frame, config)
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.mlflow.registered_model}/{version}",
+                                                         dst_path=str(workdir / "model")))
+        yield BenchModel(service.url, config.mlflow.registered_model, version, local)
+    finally:
+        stop_pid(process.pid)
+
+
+def timed(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+@contextmanager
+def local_ray() -> Iterator[float]:
+    """A fresh 2-CPU local Ray cluster for the block; yields how long starting it took."""
+    import ray
+
+    seconds, _ = timed(lambda: ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR"))
+    try:
+        yield seconds
+    finally:
+        ray.shutdown()

@@ -1,0 +1,84 @@
+"""Collect bench-results/*.json into one table: bench-results/results.md and results.json.
+
+    python -m benchmarks.report
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import RESULTS, machine
+
+
+def _serving(data: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, ratio in data["ratios"].items():
+        claim, target = name.split(", target ")
+        good = ratio >= 2 if ">= 2x" in target else ratio < 1 if "< 1x" in target else ratio <= 2
+        rows.append(("serving", claim, f"{ratio:.2f}x (target {target})", "met" if good else "MISSED"))
+    return rows
+
+
+def _preprocessing(data: dict) -> list[tuple[str, str, str, str]]:
+    largest = max(data["ray_vs_pandas"], key=int)
+    ratio = data["ray_vs_pandas"][largest]
+    rows = [("preprocessing", f"Ray Data vs single-process pandas at {int(size):,} rows", f"{r:.2f}x", "")
+            for size, r in data["ray_vs_pandas"].items()]
+    rows[-1] = (rows[-1][0], rows[-1][1], f"{ratio:.2f}x (target >= 1.6x)", "met" if ratio >= 1.6 else "MISSED")
+    return rows
+
+
+def _training(data: dict) -> list[tuple[str, str, str, str]]:
+    overhead = data["per_epoch_overhead"]
+    rows = [("training", "TorchTrainer (1 worker) per-epoch time vs plain PyTorch", f"{overhead:+.0%} (target <= +10%)",
+             "met" if overhead <= 0.10 else "MISSED")]
+    rows += [("training", f"{r['setup']}: fixed start-up", f"{r['fixed_s']:.1f} s", "") for r in data["rows"]]
+    return rows
+
+
+def _batch(data: dict) -> list[tuple[str, str, str, str]]:
+    return [("batch inference", f"batch API vs single-process pyfunc, {data['table_rows']:,} rows",
+             f"{data['speedup']:.2f}x (target >= 1.5x)", "met" if data["speedup"] >= 1.5 else "MISSED")]
+
+
+def _drift(data: dict) -> list[tuple[str, str, str, str]]:
+    counts, n = data["counts"], data["checks_per_kind"]
+    seconds = data["check_seconds"]
+    return [
+        ("drift", "window false-alarm rate, no drift (alpha 0.05)", f"{counts['calm']['any'] / n:.3f} over {n} windows",
+         "met" if counts["calm"]["any"] / n <= 0.05 + 1.96 * (0.05 * 0.95 / n) ** 0.5 else "MISSED"),
+        ("drift", f"power, +{data['shift']} shift of one feature", f"{counts['shifted']['any'] / n:.3f}", ""),
+        ("drift", "full check of a 1,000-row window (7 features, 3 detectors)", f"{seconds['1000']['total']:.2f} s (target <= 1 s)",
+         "met" if seconds["1000"]["total"] <= 1 else "MISSED"),
+    ]
+
+
+def _loop(data: dict) -> list[tuple[str, str, str, str]]:
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in data["stages"].items())
+    return [("loop", "drifted traffic checked -> new model serving", f"{data['total_s']:.0f} s ({stages})", "")]
+
+
+SECTIONS = {"serve_load": _serving, "preprocessing": _preprocessing, "training": _training,
+            "batch_inference": _batch, "drift_stats": _drift, "loop": _loop}
+
+
+def main() -> None:
+    found = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in SECTIONS
+             if (RESULTS / f"{name}.json").exists()}
+    rows = [row for name, data in found.items() for row in SECTIONS[name](data)]
+    info = machine()
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    lines = [f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, Python {info['python']}; {versions}", "",
+             "| area | comparison (baseline measured in the same run) | result | target |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    missing = [name for name in SECTIONS if name not in found]
+    if missing:
+        lines.append(f"\nnot run: {', '.join(missing)}")
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "results.json").write_text(json.dumps({"machine": info, "results": found, "summary": [
+        {"area": a, "comparison": b, "result": c, "target": d} for a, b, c, d in rows]}, indent=2, default=str))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
