@@ -131,6 +131,7 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
         mlflow.set_experiment("bench")
         with mlflow.start_run():
             version = log_model(model, frame, config)
+        mlflow.MlflowClient().set_registered_model_alias(config.mlflow.registered_model, config.serving.alias, version)
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.mlflow.registered_model}/{version}",
                                                          dst_path=str(workdir / "model")))
         yield BenchModel(service.url, config.mlflow.registered_model, version, local)

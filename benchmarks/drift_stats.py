@@ -1,7 +1,7 @@
 """Drift statistics: false-alarm rate with no drift, power against a moderate one-feature shift,
 and the time per check of each detector.
 
-    python -m benchmarks.drift_stats [--references 5] [--windows 20] [--window 500] [--shift 6.0]
+    python -m benchmarks.drift_stats [--references 20] [--windows 10] [--window 500] [--shift 6.0]
 
 The detectors are lakeloop's own (`DriftSuite`, as stored with every model), each fitted on a fresh
 2,000-row reference sample of demo data with a freshly initialised network: a test against a
@@ -65,8 +65,8 @@ def timings(suite, features: list[str], sizes: tuple[int, ...] = (500, 1000, 500
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.drift_stats")
-    parser.add_argument("--references", type=int, default=5, help="independent reference samples (models)")
-    parser.add_argument("--windows", type=int, default=20, help="calm and shifted windows per reference")
+    parser.add_argument("--references", type=int, default=20, help="independent reference samples (models)")
+    parser.add_argument("--windows", type=int, default=10, help="calm and shifted windows per reference")
     parser.add_argument("--window", type=int, default=500)
     parser.add_argument("--shift", type=float, default=6.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "drift_stats.json")

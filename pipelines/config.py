@@ -172,6 +172,7 @@ class TrainConfig(StrictModel):
     max_epochs: int = Field(15, ge=1)
     patience: int = Field(3, ge=1)
     max_failures: int = Field(2, ge=0)
+    cache_rows: int = Field(5_000_000, ge=0)  # a worker keeps a shard this small in memory after epoch 1; 0: stream always
     seed: int = 0
     storage_path: str | None = None  # default: <storage.root>/ray_results
     # what training reads: the dataset table, served rows labelled through /feedback, or both

@@ -67,7 +67,7 @@ def _event_times(config: LakeloopConfig, uri: str, version: int) -> pa.ChunkedAr
 
 
 def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]]) -> dict[str, ray.data.Dataset]:
-    """The raw rows of each split, read lazily from the union of pinned (uri, version) tables."""
+    """The raw rows of each split, from the union of pinned (uri, version) tables read once."""
     dataset = config.dataset
     cutoffs = None
     if dataset.split.strategy == "time":
@@ -78,9 +78,10 @@ def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]]) -> dict[s
     reads = [ray.data.read_delta(uri, version=v, columns=dataset.required_columns, storage_options=options)
              for uri, v in tables]
     source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
+    # Read and tag once, then filter three ways: lazily, each split would re-read the whole table.
     tagged = source.map_batches(
         partial(_tag, split=dataset.split, event_time=dataset.event_time, cutoffs=cutoffs), batch_format="pandas"
-    )
+    ).materialize()
     return {name: tagged.map_batches(partial(_keep, name=name), batch_format="pandas") for name in SPLITS}
 
 

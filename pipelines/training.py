@@ -7,6 +7,7 @@ that a restarted worker group needs: everything to resume lives in the checkpoin
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import ray.train.torch
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, CheckpointUploadMode, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
 from pipelines import metrics
 from pipelines.config import HyperParams, LakeloopConfig
@@ -48,13 +49,43 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _validate(model: torch.nn.Module, shard, task: str, batch_size: int, loss_fn) -> dict[str, float]:
+class ShardCache:
+    """A worker's dataset shard: streamed from Ray Data in the first epoch and, when it has at most
+    `limit` rows, kept as tensors for the epochs after (re-shuffled each epoch). Streaming a small
+    tabular shard every epoch costs several times the model's own compute (benchmarks/training.py)."""
+
+    def __init__(self, shard, limit: int) -> None:
+        self.shard, self.limit = shard, limit
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def batches(self, batch_size: int, shuffle: bool = False):
+        if self.cached is not None:
+            features, targets = self.cached
+            order = torch.randperm(len(targets)) if shuffle else torch.arange(len(targets))
+            for index in order.split(batch_size):
+                yield features[index], targets[index]
+            return
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+        rows = 0
+        for batch in self.shard.iter_torch_batches(batch_size=batch_size):
+            pair = (batch[FEATURES_COLUMN], batch[TARGET_COLUMN])
+            rows += len(pair[1])
+            if kept is not None and rows <= self.limit:
+                kept.append(pair)
+            else:
+                kept = None  # too big: stream every epoch
+            yield pair
+        if kept:
+            self.cached = (torch.cat([f for f, _ in kept]), torch.cat([t for _, t in kept]))
+
+
+def _validate(model: torch.nn.Module, shard: ShardCache, task: str, batch_size: int, loss_fn) -> dict[str, float]:
     model.eval()
     outputs, targets, total_loss, rows = [], [], 0.0, 0
     with torch.inference_mode():
-        for batch in shard.iter_torch_batches(batch_size=max(batch_size, 1024)):
-            logits = model(batch[FEATURES_COLUMN])
-            target = batch[TARGET_COLUMN] if task == "classification" else batch[TARGET_COLUMN].float()
+        for features, target in shard.batches(max(batch_size, 1024)):
+            logits = model(features)
+            target = target if task == "classification" else target.float()
             prediction = logits if task == "classification" else logits[:, 0]
             total_loss += float(loss_fn(prediction, target)) * len(target)
             rows += len(target)
@@ -100,21 +131,24 @@ def train_loop_per_worker(cfg: dict) -> None:
     if logger:
         logger.tag("lakeloop.worker_nodes", ",".join(nodes))
     loss_fn = loss_function(task)
-    train_shard = ray.train.get_dataset_shard("train")
-    validation = ray.train.get_dataset_shard("validation")
+    train_shard = ShardCache(ray.train.get_dataset_shard("train"), cfg["cache_rows"])
+    validation = ShardCache(ray.train.get_dataset_shard("validation"), cfg["cache_rows"])
     for epoch in range(state["epoch"], cfg["max_epochs"]):
+        epoch_started = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
-        for batch in train_shard.iter_torch_batches(batch_size=hp.batch_size):
-            target = batch[TARGET_COLUMN] if task == "classification" else batch[TARGET_COLUMN].float()
-            logits = model(batch[FEATURES_COLUMN])
+        for features, target in train_shard.batches(hp.batch_size, shuffle=True):
+            target = target if task == "classification" else target.float()
+            logits = model(features)
             loss = loss_fn(logits if task == "classification" else logits[:, 0], target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             running += loss.item() * len(target)
             seen += len(target)
-        report = {"epoch": epoch, "train_loss": running / max(seen, 1), **_validate(model, validation, task, hp.batch_size, loss_fn)}
+        trained_at = time.perf_counter()
+        report = {"epoch": epoch, "train_loss": running / max(seen, 1), **_validate(model, validation, task, hp.batch_size, loss_fn),
+                  "train_seconds": trained_at - epoch_started, "validate_seconds": time.perf_counter() - trained_at}
         if _improved(report[monitor], state["best"], mode):
             state.update(best=report[monitor], stale=0, best_state={k: v.clone() for k, v in _unwrap(model).state_dict().items()})
         else:
@@ -141,14 +175,16 @@ def _worker_nodes() -> list[str]:
 
 
 def _report(report: dict, rank: int, model, optimizer, state: dict) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            progress = {k: v for k, v in state.items() if k != "resumed_from_epoch"}
-            saved = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "progress": progress}
-            torch.save(saved, Path(directory) / STATE_FILE)
-            checkpoint = Checkpoint.from_directory(directory)
-        ray.train.report(report, checkpoint=checkpoint)
+    """Metrics from every rank, the checkpoint from rank 0, uploaded in the background (Ray then
+    owns and deletes the local folder) so the next epoch need not wait for storage."""
+    checkpoint = None
+    if rank == 0:
+        directory = tempfile.mkdtemp(prefix="lakeloop-checkpoint-")
+        progress = {k: v for k, v in state.items() if k != "resumed_from_epoch"}
+        saved = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "progress": progress}
+        torch.save(saved, Path(directory) / STATE_FILE)
+        checkpoint = Checkpoint.from_directory(directory)
+    ray.train.report(report, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
 
 class _EpochLogger:
@@ -196,14 +232,23 @@ def loop_config(
         "mode": mode,
         "seed": config.train.seed,
         "patience": config.train.patience,
+        "cache_rows": config.train.cache_rows,
         "max_epochs": max_epochs or config.train.max_epochs,
         "tracking_uri": config.mlflow.tracking_uri,
         "mlflow_run_id": run_id,
     }
 
 
+# Ray Train V2's controller takes one report per health check (every 2 s by default), and a worker
+# that reports again blocks until it has: with epochs shorter than that, the poll interval set the
+# epoch time (benchmarks/training.py). Ray passes this variable on to the controller and workers.
+REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+REPORT_POLL_S = "0.2"
+
+
 def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, callbacks: list | None = None):
     monitor, mode = cfg["monitor"], cfg["mode"]
+    os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_S)
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,

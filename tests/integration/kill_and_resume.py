@@ -39,8 +39,9 @@ def train_worker_pids() -> set[int]:
 
 def main(root: str) -> None:
     raw = demo_raw_config(Path(root))
-    # Small batches make each epoch take seconds, so the kill lands mid-run.
-    raw["train"].update(max_epochs=6, patience=6, hyperparams=HyperParams(batch_size=16).model_dump())
+    # Small batches, streamed every epoch (no in-memory cache), make each epoch take seconds, so the
+    # kill lands mid-run.
+    raw["train"].update(max_epochs=6, patience=6, cache_rows=0, hyperparams=HyperParams(batch_size=16).model_dump())
     config = parse_config(raw)
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=free_port(), logging_level=logging.WARNING)
