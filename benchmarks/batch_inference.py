@@ -20,6 +20,7 @@ from benchmarks.common import demo_config, local_ray, peak_memory, registered_mo
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_inference")
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, help="override batch_inference.batch_size (default: the shipped config)")
     args = parser.parse_args()
 
     import mlflow.pyfunc
@@ -30,6 +31,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
         config = demo_config(Path(tmp) / "data", model.tracking_uri)
+        if args.batch_size:
+            config = config.model_copy(update={"batch_inference": config.batch_inference.model_copy(
+                update={"batch_size": args.batch_size})})
         uri = str(Path(tmp) / "score_me")
         make_table(uri, args.rows)
         with peak_memory() as single_memory:

@@ -47,17 +47,19 @@ class PreparedData:
     lineage: Lineage
 
 
-def _tag(batch: pd.DataFrame, split: SplitConfig, event_time: str, cutoffs: tuple[int, int] | None) -> pd.DataFrame:
+# Tagging and filtering stay in Arrow: converting every block to pandas and back cost more than
+# the work itself (benchmarks/preprocessing.py).
+def _tag(batch: pa.Table, split: SplitConfig, event_time: str, cutoffs: tuple[int, int] | None) -> pa.Table:
     if split.strategy == "time":
         assert cutoffs is not None
-        labels = by_time(batch[event_time], cutoffs)
+        labels = pa.array(by_time(batch.column(event_time), cutoffs))
     else:
-        labels = by_hash(batch[split.key], split)
-    return batch.assign(**{SPLIT_COLUMN: labels})
+        labels = pa.array(by_hash(batch.column(split.key).to_pandas(), split))
+    return batch.append_column(SPLIT_COLUMN, labels)
 
 
-def _keep(batch: pd.DataFrame, name: str) -> pd.DataFrame:
-    return batch[batch[SPLIT_COLUMN] == name].drop(columns=[SPLIT_COLUMN])
+def _keep(batch: pa.Table, name: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column(SPLIT_COLUMN), name)).drop_columns([SPLIT_COLUMN])
 
 
 def _event_times(config: LakeloopConfig, uri: str, version: int) -> pa.ChunkedArray:
@@ -80,9 +82,9 @@ def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]]) -> dict[s
     source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     # Read and tag once, then filter three ways: lazily, each split would re-read the whole table.
     tagged = source.map_batches(
-        partial(_tag, split=dataset.split, event_time=dataset.event_time, cutoffs=cutoffs), batch_format="pandas"
+        partial(_tag, split=dataset.split, event_time=dataset.event_time, cutoffs=cutoffs), batch_format="pyarrow"
     ).materialize()
-    return {name: tagged.map_batches(partial(_keep, name=name), batch_format="pandas") for name in SPLITS}
+    return {name: tagged.map_batches(partial(_keep, name=name), batch_format="pyarrow") for name in SPLITS}
 
 
 def prepare(

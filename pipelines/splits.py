@@ -21,8 +21,10 @@ def time_cutoffs(event_times: pa.ChunkedArray | pa.Array, split: SplitConfig) ->
     return int(first), int(second)
 
 
-def by_time(event_times: pd.Series, cutoffs: tuple[int, int]) -> np.ndarray:
-    micros = pd.to_datetime(event_times, utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy()
+def by_time(event_times: pa.ChunkedArray | pa.Array | pd.Series, cutoffs: tuple[int, int]) -> np.ndarray:
+    if isinstance(event_times, pd.Series):
+        event_times = pa.array(event_times)
+    micros = pc.cast(pc.cast(event_times, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
     labels = np.full(len(micros), "train", dtype=object)
     labels[micros >= cutoffs[0]] = "validation"
     labels[micros >= cutoffs[1]] = "test"
