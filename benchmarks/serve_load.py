@@ -71,18 +71,11 @@ def sweep(server: str, url: str, concurrencies: list[int], seconds: float) -> li
     return [{"server": server, **asyncio.run(_load(url, c, seconds))} for c in concurrencies]
 
 
-def _wait_until_up(url: str, timeout: float = 180) -> None:
-    import httpx
+def _wait_until_up(url: str, path: str, timeout: float = 180) -> None:
+    from pipelines.deploy import wait_ready
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up in {timeout} s")
+    if not wait_ready(url, timeout, path):
+        raise TimeoutError(f"{url}{path} did not answer 200 within {timeout} s")
 
 
 def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: list[int]) -> list[dict]:
@@ -111,7 +104,7 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(deployment.bind(config.model_dump_json()), name="bench", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        _wait_until_up(f"{url}/health")
+        _wait_until_up(url, "/health")
         rows = sweep(mode, f"{url}/invocations", concurrencies, seconds)
         serve.shutdown()
         ray.shutdown()
@@ -124,7 +117,7 @@ def process_server(name: str, command: list[str], port: int, env: dict, concurre
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
-        _wait_until_up(f"http://127.0.0.1:{port}/ping")
+        _wait_until_up(f"http://127.0.0.1:{port}", "/ping")
         return sweep(name, f"http://127.0.0.1:{port}/invocations", concurrencies, seconds)
     finally:
         stop_pid(process.pid)

@@ -51,13 +51,14 @@ def deploy(serve_config: ServeDeploySchema, config_path: Path) -> str:
     return f"http://{http.host}:{http.port}"
 
 
-def wait_ready(url: str, timeout: float) -> bool:
+def wait_ready(url: str, timeout: float, path: str = "/health") -> bool:
+    """True once GET url+path answers 200 (a server that has loaded its model), False at timeout."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

@@ -1,6 +1,6 @@
 """Run by test_autoscaling in a fresh process: a Ray head started with the fake multi-node
-autoscaler (what `ray.cluster_utils.AutoscalingCluster` does, minus its `ray stop --force`, which
-would stop every Ray process on the machine), token auth on. A submission without the token is
+autoscaler (what `ray.cluster_utils.AutoscalingCluster` does, minus its forced stop of every Ray
+process on the machine), token auth on. A submission without the token is
 refused; a job submitted with it asks for more CPUs than the head has, the autoscaler adds worker
 nodes, and removes them once idle. Prints what happened as JSON.
 
@@ -114,7 +114,7 @@ def alive_nodes() -> int:
 # The job: more 1-CPU tasks at once than the head has CPUs; prints the nodes they ran on.
 JOB = (
     "import json, time, ray\n"
-    "ray.init()\n"
+    "ray.init(address='auto')\n"  # the job's own cluster (RAY_ADDRESS is set for job drivers)
     "@ray.remote(num_cpus=1)\n"
     "def work():\n"
     "    time.sleep(8)\n"
