@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.batch_inference
 	$(BIN)/python -m benchmarks.drift_stats
 	$(BIN)/python -m benchmarks.loop
+	$(BIN)/python -m benchmarks.recovery
 	$(BIN)/python -m benchmarks.report
 
 clean:

@@ -58,8 +58,34 @@ def _loop(data: dict) -> list[tuple[str, str, str, str]]:
     return [("loop", "drifted traffic checked -> new model serving", f"{data['total_s']:.0f} s ({stages})", "")]
 
 
+def _recovery(data: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for stream in data["streams"]:
+        name = stream["stream"]
+        rows.append(("recovery", f"{name}: retraining triggers over {stream['calm_windows']} calm windows",
+                     str(stream["calm_triggers"]), "met" if stream["calm_triggers"] == 0 and stream["calm_windows"] >= 30
+                     else "MISSED"))
+        if not stream["recovered"]:
+            rows.append(("recovery", f"{name}: labelled rows after the drift until a retrained model serves",
+                         "not recovered (target <= 1,500)", "MISSED"))
+            continue
+        held = stream["heldout_accuracy"]
+        ours, oracle = held["lakeloop (serving at the end)"], held["oracle"]
+        rows.append(("recovery", f"{name}: labelled rows after the drift until a retrained model serves",
+                     f"{stream['rows_to_recover']:,} (target <= 1,500)", "met" if stream["rows_to_recover"] <= 1500 else "MISSED"))
+        rows.append(("recovery", f"{name}: new-concept accuracy, lakeloop vs oracle (same family, same post-drift rows)",
+                     f"{ours:.3f} vs {oracle:.3f}; HGB {held['hgb']:.3f}, no retraining {held['none']:.3f} (target >= oracle - 0.02)",
+                     "met" if ours >= oracle - 0.02 else "MISSED"))
+        after = stream["prequential"]["lakeloop"]["after recovery"]
+        schedule = stream["prequential"]["schedule"]["after recovery"]
+        rows.append(("recovery", f"{name}: prequential accuracy after recovery, lakeloop vs retraining on all data on a schedule",
+                     f"{after:.3f} vs {schedule:.3f}", ""))
+    return rows
+
+
 SECTIONS = {"serve_load": _serving, "preprocessing": _preprocessing, "training": _training,
-            "batch_inference": _batch, "drift_stats": _drift, "loop": _loop}
+            "batch_inference": _batch, "drift_stats": _drift, "loop": _loop,
+            "recovery": _recovery}
 
 
 def main() -> None:

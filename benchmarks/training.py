@@ -38,7 +38,7 @@ def plain_loop(train: tuple, validation: tuple, spec, hp, epochs: int, checkpoin
     for _ in range(epochs):
         model.train()
         for index in torch.randperm(len(x)).split(hp.batch_size):
-            loss = loss_fn(model(x[index]), y[index])
+            loss = loss_fn(model(x[index]), y[index]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -163,6 +163,20 @@ class HyperParams(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class RegimeConfig(StrictModel):
+    """How a retraining after drift uses its rows. The monitor passes when the drift began (the
+    first drifted window of the trigger); rows from then on are the current regime."""
+
+    # Rows since the drift began are split by time on their own, so the new concept reaches training,
+    # validation and test; older rows only train, with a weight. A time split over everything put every
+    # new-regime row into validation and test and the model learned only the old rule (issue 11).
+    min_rows: int = Field(300, ge=20)  # fewer rows since the drift began: one time split over everything
+    # Older rows together weigh this share of the new rows: 0.1 kept a 280-row new regime within 1 point
+    # of training on the new rows alone, 0.5 cost 3-4 points, an unweighted union 20 (benchmarks/recovery.py).
+    old_rows_weight_share: float = Field(0.1, ge=0)
+    max_old_rows: int = Field(50_000, ge=0)  # only the newest older rows are kept
+
+
 class TrainConfig(StrictModel):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
@@ -176,7 +190,8 @@ class TrainConfig(StrictModel):
     seed: int = 0
     storage_path: str | None = None  # default: <storage.root>/ray_results
     # what training reads: the dataset table, served rows labelled through /feedback, or both
-    source: Literal["events", "feedback", "both"] = "events"
+    source: Literal["events", "feedback", "both"] = "both"
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
     hyperparams: HyperParams = Field(default_factory=HyperParams)
 
 
@@ -208,6 +223,11 @@ class GateConfig(StrictModel):
     metric: str = "roc_auc"
     min_improvement: float = 0.0
     thresholds: dict[str, float] = Field(default_factory=dict)
+    # When the champion itself fails the thresholds on the newest rows (it is failing, e.g. after a
+    # concept change): promote_better serves a candidate that beats it by min_improvement even if the
+    # candidate is below a floor; require_thresholds keeps every floor.
+    when_champion_fails: Literal["promote_better", "require_thresholds"] = "promote_better"
+    claim_lease_s: float = Field(60.0, gt=0)  # a promotion claim older than this without an alias move was abandoned
 
 
 class PredictionLogConfig(StrictModel):
@@ -251,6 +271,15 @@ class DebounceConfig(StrictModel):
         return self
 
 
+class RetryConfig(StrictModel):
+    """After a retraining whose candidate was refused (or whose job failed): when to try again."""
+
+    after_rows: int = Field(200, ge=1)  # new training rows (events or labels) needed before the next attempt ...
+    backoff: float = Field(2.0, ge=1)  # ... times this for each further attempt
+    max_attempts: int = Field(3, ge=1)  # per champion; then the loop reports itself degraded
+    tune_from_attempt: int = Field(2, ge=1)  # this attempt and later ones search hyperparameters (--tune)
+
+
 class MonitorConfig(StrictModel):
     window_rows: int = Field(500, ge=10)
     window_seconds: float | None = Field(None, gt=0)
@@ -268,6 +297,8 @@ class MonitorConfig(StrictModel):
     jobs_api: str = "http://127.0.0.1:8265"
     retrain_entrypoint: str = "python -m pipelines.train --json"
     retries: int = Field(3, ge=1)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    attempts_table: str = "retraining_attempts"
 
 
 class LakeloopConfig(StrictModel):

@@ -71,10 +71,30 @@ def arrow_dataset(table: DeltaTable) -> pads.Dataset:
     return table.to_pyarrow_dataset()
 
 
-def append(uri: str, data: pa.Table, storage_options: Mapping[str, str] | None = None) -> int:
-    """Append rows as one commit and return the new table version."""
+def append(uri: str, data: pa.Table, storage_options: Mapping[str, str] | None = None, merge_schema: bool = False) -> int:
+    """Append rows as one commit and return the new table version. With `merge_schema`, columns the
+    table lacks are added (older rows read them as null)."""
     try:
-        write_deltalake(uri, data, mode="append", storage_options=dict(storage_options or {}))
+        write_deltalake(uri, data, mode="append", storage_options=dict(storage_options or {}),
+                        schema_mode="merge" if merge_schema else None)
     except DeltaError as exc:
         raise TableError(f"{uri}: append failed: {exc}") from None
     return open_table(uri, storage_options).version()
+
+
+def read(uri: str, storage_options: Mapping[str, str] | None = None, columns: list[str] | None = None,
+         filter: pads.Expression | None = None) -> pa.Table | None:
+    """The table's current rows (only `columns` that exist, and rows matching `filter`), or None when
+    there is no table yet."""
+    if not table_exists(uri, storage_options):
+        return None
+    data = arrow_dataset(open_table(uri, storage_options))
+    present = None if columns is None else [c for c in columns if c in data.schema.names]
+    return data.to_table(columns=present, filter=filter)
+
+
+def count(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """Rows in the table (0 when there is none), from the log's file statistics where it has them."""
+    if not table_exists(uri, storage_options):
+        return 0
+    return open_table(uri, storage_options).count()

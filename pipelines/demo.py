@@ -1,44 +1,49 @@
 """Step: the whole loop on one machine, on embedded defaults.
 
-    lakeloop demo [--rows N] [--keep-running]
+    lakeloop demo [--rows N] [--drift covariate|concept] [--keep-running]
 
 Starts the embedded stack (an `mlflow server` and a Ray head with the Jobs API, both on loopback),
 generates demo data, trains with a small Tune search, promotes, deploys Serve, sends traffic, then
-shifts the world: drifted rows land in the events table and drifted traffic reaches the endpoint.
-The monitor detects the drift and submits retraining through the Jobs API; the retrained model
-goes through the gate, and Serve swaps to it while clients keep sending requests. It ends with a
-summary and stops everything it started unless --keep-running.
+shifts the world:
+- covariate (default): drifted rows land in the events table and drifted traffic reaches the
+  endpoint; the monitor detects the drift and submits retraining through the Jobs API;
+- concept: the labelling rule changes; labelled traffic goes through /predict and /feedback in
+  rounds, the monitor sees performance fall and retrains on the rows since the change.
+The retrained model goes through the gate, and Serve swaps to it while clients keep sending
+requests. It ends with a summary and stops everything it started unless --keep-running.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
-from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-from deltalake import DeltaTable
-
-from pipelines import monitor, runtime, stack, synthetic
+from pipelines import delta_tables, monitor, runtime, stack, synthetic
+from pipelines.closed_loop import ClosedLoop
 from pipelines.config import LakeloopConfig
+from pipelines.jobs import Jobs
+from pipelines.traffic import ROWS_PER_REQUEST, LabelledStream, Traffic, records, wait_for_version, wait_logged
 from pipelines.errors import LakeloopError
 from pipelines.generate import run as generate_run
 from pipelines.steps import StepResult, step_main
 from pipelines.train import train_and_register
 from pipelines.validate import validate_table
 
-CLIENTS = 8
-ROWS_PER_REQUEST = 5
+WINDOWS_PER_PHASE = 3
+CONCEPT_ROUNDS = 12  # at most 2,400 new-rule labels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="rows of demo data per landing (default: 20000)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-running", action="store_true", help="leave MLflow, Ray and Serve running")
+    parser.add_argument("--drift", choices=("covariate", "concept"), default="covariate",
+                        help="what changes after the first model serves: the inputs (covariate) or the labelling rule "
+                             "(concept: labels arrive through /feedback and retraining must learn the new rule)")
 
 
 class Timeline:
@@ -52,69 +57,6 @@ class Timeline:
         self.stages.append((name, seconds, describe(result)))
         print(f"[{name}] {seconds:6.1f}s  {describe(result)}", flush=True)
         return result
-
-
-class Traffic:
-    """Concurrent clients posting 5-row batches to /invocations, counting statuses and versions."""
-
-    def __init__(self, url: str, records: list[dict]) -> None:
-        self.url, self.records = url, records
-        self.statuses: Counter = Counter()
-        self.served_rows = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._budget: int | None = None
-
-    def _client(self, offset: int) -> None:
-        with httpx.Client(timeout=60) as http:
-            i = offset
-            while not self._stop.is_set():
-                with self._lock:
-                    if self._budget is not None:
-                        if self._budget == 0:
-                            return
-                        self._budget -= 1
-                start = (i * ROWS_PER_REQUEST) % (len(self.records) - ROWS_PER_REQUEST)
-                batch = self.records[start:start + ROWS_PER_REQUEST]
-                try:
-                    code = http.post(f"{self.url}/invocations", json={"dataframe_records": batch}).status_code
-                except httpx.HTTPError as exc:
-                    code = type(exc).__name__
-                with self._lock:
-                    self.statuses[code] += 1
-                    self.served_rows += ROWS_PER_REQUEST if code == 200 else 0
-                i += CLIENTS
-
-    def send(self, requests: int) -> Counter:
-        self._budget = requests
-        threads = [threading.Thread(target=self._client, args=(k,)) for k in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return self.statuses
-
-    def start(self) -> list[threading.Thread]:
-        self._budget = None
-        threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(CLIENTS // 2)]
-        for thread in threads:
-            thread.start()
-        return threads
-
-    def stop(self, threads: list[threading.Thread]) -> None:
-        self._stop.set()
-        for thread in threads:
-            thread.join()
-        self._stop.clear()
-
-    @property
-    def failed(self) -> int:
-        return sum(n for code, n in self.statuses.items() if code != 200)
-
-
-def _records(rows: int, seed: int, drift: str, features: list[str]) -> list[dict]:
-    frame = synthetic.generate(rows, seed, drift).to_pandas()[features]
-    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def _start_stack(config: LakeloopConfig, keep_running: bool, cleanup: ExitStack) -> tuple[LakeloopConfig, dict]:
@@ -157,42 +99,11 @@ def _deploy(config: LakeloopConfig) -> str:
     return url
 
 
-def _wait_for_job(config: LakeloopConfig, submission_id: str, timeout: float = 900) -> dict:
-    """Wait for the retraining job; return the JSON summary `pipelines.train --json` printed."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(config.monitor.jobs_api)
-    deadline = time.monotonic() + timeout
-    while (status := client.get_job_status(submission_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                                   JobStatus.STOPPED):
-        if time.monotonic() > deadline:
-            raise LakeloopError(f"retraining job {submission_id} still {status} after {timeout:.0f} s")
-        time.sleep(2)
-    logs = client.get_job_logs(submission_id)
-    # Progress bars share the log: the JSON summary may follow control characters on its line.
-    documents = [line[line.find('{"ok": '):] for line in logs.replace("\r", "\n").splitlines()
-                 if '{"ok": ' in line and '"model_version"' in line]
-    if status != JobStatus.SUCCEEDED or not documents:
-        raise LakeloopError(f"retraining job {submission_id} {status}; last log lines:\n" + "\n".join(logs.splitlines()[-15:]))
-    return json.loads(documents[-1])
-
-
-def _wait_for_version(url: str, version: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if httpx.get(f"{url}/model").json().get("version") == version:
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def _logged_rows(uri: str, expected: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        logged = DeltaTable(uri).count() if DeltaTable.is_deltatable(uri) else 0
-        if logged >= expected or time.monotonic() > deadline:
-            return logged
-        time.sleep(0.5)
+def _logged_rows(config: LakeloopConfig, expected: int) -> int:
+    """Rows in the predictions log once it holds `expected` (or after 30 s: replicas flush every few seconds)."""
+    wait_logged(config, expected, timeout_s=30)
+    log = config.serving.prediction_log
+    return delta_tables.count(config.storage.table_uri(log.predictions_table), config.storage.storage_options)
 
 
 def _p_values(outcome: dict) -> str:
@@ -209,8 +120,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
 
     timeline = Timeline()
     features = config.dataset.feature_names
-    windows_per_phase = 3
-    requests = windows_per_phase * config.monitor.window_rows // ROWS_PER_REQUEST
+    requests = WINDOWS_PER_PHASE * config.monitor.window_rows // ROWS_PER_REQUEST
     with ExitStack() as cleanup:
         config, urls = timeline.run("stack", lambda: _start_stack(config, args.keep_running, cleanup),
                                     lambda r: f"MLflow {r[1]['mlflow']}, Ray {r[1]['ray_dashboard']}")
@@ -225,63 +135,144 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         url = timeline.run("serve", lambda: _deploy(config), lambda u: f"{u}/docs")
         if not args.keep_running:
             cleanup.callback(serve.shutdown)
-        predictions = config.storage.table_uri(config.serving.prediction_log.predictions_table)
-        normal = Traffic(url, _records(4000, 101, "none", features))
+        normal = Traffic(url, records(synthetic.generate(4000, 101).to_pandas(), features))
         timeline.run("traffic", lambda: normal.send(requests), lambda s: dict(s))
-        _logged_rows(predictions, normal.served_rows, timeout=30)  # the replicas flush every few seconds
+        _logged_rows(config, normal.served_rows)
         calm = timeline.run("monitor (calm)", lambda: monitor.run_once(config), monitor.describe)
-        shifted = argparse.Namespace(table=None, rows=args.rows, seed=args.seed + 1, drift="covariate")
-        timeline.run("drifted data lands", lambda: generate_run(shifted, config), lambda r: r.summary)
-        drifted = Traffic(url, _records(4000, 102, "covariate", features))
-        timeline.run("drifted traffic", lambda: drifted.send(requests), lambda s: dict(s))
-        _logged_rows(predictions, normal.served_rows + drifted.served_rows, timeout=30)
-        alarm = timeline.run("monitor (drift)", lambda: monitor.run_once(config), monitor.describe)
-        during_swap = drifted.start()
-        retrained = None
-        if alarm["submission_id"]:
-            retrained = timeline.run(
-                "retraining job", lambda: _wait_for_job(config, alarm["submission_id"]),
-                lambda o: f"version {o['model_version']}, test {config.gate.metric} "
-                          f"{o['metrics'][config.gate.metric]:.3f}; {o['reason']}")  # fmt: skip
-        swapped = bool(retrained and retrained["promoted"]) and timeline.run(
-            "swap", lambda: _wait_for_version(url, retrained["model_version"], 3 * config.serving.poll_interval_s + 30),
-            lambda ok: "serving the new champion" if ok else "the endpoint did not swap in time")
-        time.sleep(2)  # a little traffic on the new model
-        drifted.stop(during_swap)
+        phase = _concept_phase if args.drift == "concept" else _covariate_phase
+        shifted = phase(args, config, url, timeline)
         serve.delete("lakeloop")  # drain: replicas flush their prediction buffers
-        served = normal.served_rows + drifted.served_rows
-        logged = _logged_rows(predictions, served, timeout=30)
+        served = normal.served_rows + shifted.served_rows
+        logged = _logged_rows(config, served)
         if args.keep_running:
             _deploy(config)
-    failed = normal.failed + drifted.failed
-    serving_version = retrained["model_version"] if swapped else first.model_version
+    failed = normal.failed + shifted.failed
+    serving_version = shifted.new_version if shifted.swapped else first.model_version
     lines = ["", f"{'stage':<20} {'seconds':>8}", *(f"{n:<20} {s:8.1f}" for n, s, _ in timeline.stages), ""]
     lines += [
         f"before drift       version {first.model_version}: " + _metrics(first.metrics),
-        f"after drift        " + (f"version {retrained['model_version']}: " + _metrics(retrained["metrics"])
-                                  + f" vs champion " + _metrics(retrained["champion_metrics"] or {})
-                                  if retrained else "no retraining"),
-        f"drift              calm windows: {_flags(calm)}; shifted windows: {_flags(alarm)}; {_p_values(alarm)}",
-        f"retraining         {alarm['submission_id'] or 'not submitted'} "
-        + (f"({'promoted' if retrained['promoted'] else 'not promoted'}: {retrained['reason']})" if retrained else ""),
+        f"drift              calm windows: {_flags(calm)}; {shifted.detection}",
+        *shifted.lines,
         f"serving            version {serving_version}",
-        f"requests           {sum((normal.statuses + drifted.statuses).values())} sent, {failed} failed",
+        f"requests           {sum(normal.statuses.values()) + shifted.requests} sent, {failed} failed",
         f"predictions        {served} rows served, {logged} logged to Delta",
         f"MLflow UI          {urls['mlflow']}",
         f"Ray dashboard      {urls['ray_dashboard']}",
         "still running: `lakeloop stack down` stops it" if args.keep_running else "everything started was stopped",
     ]
     data = {
-        "stages": [{"stage": n, "seconds": s, "detail": d} for n, s, d in timeline.stages],
+        "drift": args.drift, "stages": [{"stage": n, "seconds": s, "detail": d} for n, s, d in timeline.stages],
         "first_version": first.model_version, "first_metrics": first.metrics, "first_promoted": first.promoted,
-        "calm_drift": [w["drift"] for w in calm["windows"]], "shifted_drift": [w["drift"] for w in alarm["windows"]],
-        "submission_id": alarm["submission_id"], "monitor_seconds": alarm["seconds"], "retrained": retrained,
-        "swapped": swapped,
+        "calm_drift": [w["drift"] for w in calm["windows"]], **shifted.data, "swapped": shifted.swapped,
         "serving_version": serving_version, "failed_requests": failed, "served_rows": served, "logged_rows": logged,
         **urls,
     }  # fmt: skip
-    ok = failed == 0 and served == logged and alarm["submitted"] and retrained is not None
+    ok = failed == 0 and served == logged and shifted.ok
     return StepResult("\n".join(lines), data, exit_code=0 if ok else 1)
+
+
+@dataclass
+class PhaseResult:
+    detection: str  # one line: what the monitor saw
+    lines: list[str]  # summary lines of the phase
+    data: dict  # for --json
+    served_rows: int
+    requests: int
+    failed: int
+    swapped: bool
+    new_version: str | None
+    ok: bool
+
+
+def _covariate_phase(args: argparse.Namespace, config: LakeloopConfig, url: str, timeline: Timeline) -> PhaseResult:
+    """Covariate drift: drifted rows land in the events table and drifted traffic reaches the endpoint;
+    the monitor submits retraining, and Serve swaps while clients keep sending."""
+    requests = WINDOWS_PER_PHASE * config.monitor.window_rows // ROWS_PER_REQUEST
+    shifted = argparse.Namespace(table=None, rows=args.rows, seed=args.seed + 1, drift="covariate")
+    timeline.run("drifted data lands", lambda: generate_run(shifted, config), lambda r: r.summary)
+    drifted = Traffic(url, records(synthetic.generate(4000, 102, "covariate").to_pandas(), config.dataset.feature_names))
+    timeline.run("drifted traffic", lambda: drifted.send(requests), lambda s: dict(s))
+    _logged_rows(config, drifted.served_rows)
+    alarm = timeline.run("monitor (drift)", lambda: monitor.run_once(config), monitor.describe)
+    during_swap = drifted.start()
+    retrained = None
+    if alarm["submission_id"]:
+        retrained = timeline.run("retraining job", lambda: _follow(config, alarm["submission_id"]),
+                                 lambda o: f"version {o['version']}: {o['outcome']}: {o['reason']}")
+    promoted = bool(retrained and retrained["outcome"] == "promoted")
+    swapped = promoted and timeline.run(
+        "swap", lambda: wait_for_version(url, retrained["version"], 3 * config.serving.poll_interval_s + 30),
+        lambda ok: "serving the new champion" if ok else "the endpoint did not swap in time")
+    drifted.stop(during_swap)
+    retraining = f"{alarm['submission_id'] or 'not submitted'}" + (
+        f" ({retrained['outcome']}: {retrained['reason']})" if retrained else "")
+    return PhaseResult(
+        detection=f"shifted windows: {_flags(alarm)}; {_p_values(alarm)}",
+        lines=[f"retraining         {retraining}"],
+        data={"shifted_drift": [w["drift"] for w in alarm["windows"]], "submission_id": alarm["submission_id"],
+              "monitor_seconds": alarm["seconds"], "retrained": retrained},
+        served_rows=drifted.served_rows, requests=sum(drifted.statuses.values()), failed=drifted.failed,
+        swapped=bool(swapped), new_version=retrained["version"] if retrained else None,
+        ok=bool(alarm["submitted"] and retrained is not None))
+
+
+def _concept_phase(args: argparse.Namespace, config: LakeloopConfig, url: str, timeline: Timeline) -> PhaseResult:
+    """Concept drift: the labelling rule changes. Rounds of labelled traffic go through /predict and
+    /feedback, the monitor sees performance fall, retrains on the new regime, and Serve swaps;
+    clients keep sending throughout. Accuracy on held-out new-rule rows, before and after."""
+    dataset = config.dataset
+    background = Traffic(url, records(synthetic.generate(4000, 103, "concept").to_pandas(), dataset.feature_names))
+    loop = ClosedLoop(config, url, LabelledStream(url, dataset.feature_names, dataset.label), during_jobs=background)
+    rounds = []
+    for seed in range(CONCEPT_ROUNDS):  # rounds of 200 new-rule labels until a retrained model serves
+        rounds.append(timeline.run(f"concept round {seed + 1}",
+                                   lambda: loop.round(synthetic.generate(200, args.seed + 100 + seed, "concept").to_pandas()),
+                                   _describe_round))
+        if rounds[-1].swapped:
+            break
+    jobs = [r.job for r in rounds if r.job]
+    promoted = next((j for j in jobs if j["outcome"] == "promoted"), None)
+    swapped = bool(rounds and rounds[-1].swapped)
+    heldout = synthetic.generate(4000, args.seed + 999, "concept").to_pandas()
+    before = _accuracy(config, "1", heldout)
+    after = _accuracy(config, promoted["version"], heldout) if promoted else None
+    first_drift = next((i for i, r in enumerate(rounds) if r.check["triggered"]), None)
+    detection = (f"performance drift after {(first_drift + 1) * 200} new-rule labels" if first_drift is not None
+                 else "no drift detected")
+    lines = [f"retraining         " + ("; ".join(f"{j['submission_id']} {j['outcome']} ({j['reason']})" for j in jobs)
+                                       or "none"),
+             f"new-rule accuracy  version 1: {before:.3f}" + (f"; version {promoted['version']}: {after:.3f}" if promoted else "")]
+    return PhaseResult(
+        detection=detection, lines=lines,
+        data={"rounds": len(rounds), "jobs": jobs, "new_rule_accuracy": {"before": before, "after": after}},
+        served_rows=background.served_rows + sum(len(r.served) for r in rounds),
+        requests=sum(background.statuses.values()) + len(rounds), failed=background.failed + loop.stream.failed,
+        swapped=swapped, new_version=promoted["version"] if promoted else None,
+        ok=bool(swapped and after is not None and after > before))
+
+
+def _describe_round(result) -> str:
+    check = result.check
+    line = monitor.describe(check).split("\n")[0]
+    if result.job:
+        line += f"; job {result.job['outcome']} in {result.job['seconds']:.0f} s"
+    return line + ("; serving the new champion" if result.swapped else "")
+
+
+def _follow(config: LakeloopConfig, submission_id: str) -> dict:
+    state = Jobs(config.monitor.jobs_api, config.monitor.retries).wait(submission_id, timeout_s=900)
+    outcome, reason, version = monitor.job_outcome(config, submission_id) or ("running", "", None)
+    return {"submission_id": submission_id, "status": state.status, "outcome": outcome, "reason": reason,
+            "version": version}
+
+
+def _accuracy(config: LakeloopConfig, version: str, frame) -> float:
+    import mlflow
+
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
+    predicted = model.predict(frame[config.dataset.feature_names])["prediction"].astype(str).to_numpy()
+    return float((predicted == frame[config.dataset.label].astype(str).to_numpy()).mean())
 
 
 def _metrics(scores: dict) -> str:

@@ -55,11 +55,26 @@ def should_retrain(decisions: Sequence[bool | None], k: int, n: int) -> bool:
     return sum(decided) >= k
 
 
-def submission_id(model_name: str, version: str, window_end: datetime) -> str:
-    """Deterministic per champion version and triggering window: two monitors that see the same
-    windows produce the same id, and the Jobs API refuses the second submission."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "-", model_name)
-    return f"{submission_prefix(safe, version)}{window_end.strftime('%Y%m%dT%H%M%S%f')}"
+def drift_start(windows: Sequence[tuple[bool | None, datetime]], k: int, n: int) -> datetime | None:
+    """None unless k of the last n decided windows drifted; then when that drift began: the data
+    start of the first drifted window among them (windows oldest first, as (drifted, data start))."""
+    decided = [(d, start) for d, start in windows if d is not None][-n:]
+    if not should_retrain([d for d, _ in decided], k, n):
+        return None
+    return next(start for d, start in decided if d)
+
+
+def trigger_start(windows_by_kind: dict[str, Sequence[tuple[bool | None, datetime]]], k: int, n: int) -> datetime | None:
+    """Debounced per kind of window (served traffic, labelled performance): calm traffic windows must
+    not outvote labels that show the model is wrong. The earliest start among the kinds that trigger."""
+    starts = [start for windows in windows_by_kind.values() if (start := drift_start(windows, k, n)) is not None]
+    return min(starts) if starts else None
+
+
+def submission_id(model_name: str, version: str, attempt: int) -> str:
+    """Deterministic per champion version and attempt: two monitors that see the same attempts
+    produce the same id, and the Jobs API refuses the second submission."""
+    return f"{submission_prefix(model_name, version)}{attempt}"
 
 
 def submission_prefix(model_name: str, version: str) -> str:

@@ -13,12 +13,14 @@ import pandas as pd
 from ray.data.preprocessors import Chain, Concatenator, OneHotEncoder, SimpleImputer, StandardScaler
 
 from pipelines.config import DatasetConfig
+from pipelines.splits import WEIGHT_COLUMN
 
 if TYPE_CHECKING:
     import ray.data
 
 FEATURES_COLUMN = "features"
 TARGET_COLUMN = "target"
+SAMPLE_WEIGHT_COLUMN = "weight"  # per-row training weight (older rows after drift weigh less)
 
 
 def _build_chain(dataset: DatasetConfig) -> Chain:
@@ -65,6 +67,8 @@ class FeaturePipeline:
     def _select_and_encode(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch[self.feature_names].copy()
         out[TARGET_COLUMN] = self.encode_target(batch[self.dataset.label])
+        weighted = WEIGHT_COLUMN in batch.columns
+        out[SAMPLE_WEIGHT_COLUMN] = batch[WEIGHT_COLUMN].to_numpy(np.float32) if weighted else np.ones(len(batch), np.float32)
         return out
 
     def transform(self, ds: ray.data.Dataset) -> ray.data.Dataset:

@@ -19,6 +19,11 @@ from pipelines.config import DatasetConfig, LakeloopConfig
 from pipelines.errors import LakeloopError
 
 KEY = ["request_id", "row"]
+
+
+class NoLabelledRows(LakeloopError):
+    """train.source asks for labelled feedback and no served row has a label yet."""
+
 RECEIVED_AT = "received_at"
 
 
@@ -94,9 +99,7 @@ def refresh_training_table(config: LakeloopConfig) -> str:
     rows = labelled_rows(config)
     log = config.serving.prediction_log
     if rows.empty:
-        raise LakeloopError(
-            f"train.source asks for labelled feedback, but no row of '{log.predictions_table}' has a label in "
-            f"'{log.feedback_table}' yet; POST labels to /feedback or set train.source: events")
+        raise NoLabelledRows(f"no row of '{log.predictions_table}' has a label in '{log.feedback_table}' yet")
     uri = config.storage.table_uri(log.labelled_table)
     like = None
     if delta_tables.table_exists(config.table_uri, config.storage.storage_options):

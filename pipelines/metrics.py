@@ -30,8 +30,15 @@ def classification(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, 
         "roc_auc": auc,
         "accuracy": float(skm.accuracy_score(targets, predicted)),
         "f1": float(skm.f1_score(targets, predicted, average="binary" if n_classes == 2 else "macro", zero_division=0)),
-        "log_loss": float(skm.log_loss(targets, np.clip(probabilities, 1e-7, 1), labels=labels)),
+        "log_loss": float(skm.log_loss(targets, _clipped(probabilities), labels=labels)),
     }
+
+
+def _clipped(probabilities: np.ndarray) -> np.ndarray:
+    """Away from 0 (log 0) and summing to 1 in float64: float32 softmax rows miss 1 by ~1e-7, and
+    scikit-learn warns on every such call."""
+    clipped = np.clip(probabilities.astype(np.float64), 1e-7, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
 
 
 def regression(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:

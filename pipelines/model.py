@@ -36,8 +36,9 @@ class TabularMLP(nn.Module):
 
 
 def loss_function(task: str) -> nn.Module:
-    """Cross-entropy covers binary and multiclass (two logits for binary); MSE for regression."""
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    """Per-row losses (the training loop weighs them): cross-entropy covers binary and multiclass
+    (two logits for binary); MSE for regression."""
+    return nn.CrossEntropyLoss(reduction="none") if task == "classification" else nn.MSELoss(reduction="none")
 
 
 def output_dim(task: str, classes: list | None) -> int:

@@ -2,15 +2,20 @@
 
     lakeloop model list | lakeloop model rollback
 
-Promotion is compare-and-set: a candidate first claims the succession of the champion it was
-compared against by creating a uniquely named registered model (`<name>.succession.<version>`).
-The tracking server's database makes that creation atomic, so when two trainings finish at once
-only one can replace a given champion; the other stays a challenger and says why.
+Promotion is compare-and-set. Every move of the champion alias (a promotion or a rollback) bumps
+the registered model's `lakeloop.champion_epoch` tag. A candidate compared against the champion of
+epoch E first claims that epoch by creating a uniquely named registered model
+(`<name>.promotion.<E>.<n>`); the tracking server's database makes that creation atomic, so when two
+trainings finish at once only one moves the alias, and the other stays a challenger and says why.
+A claim that never led to an alias move (the process died between the two, or MLflow failed) is
+abandoned once older than `gate.claim_lease_s`: the next promotion claims `<E>.<n+1>` instead, so
+the registry never wedges. Claims of older epochs are deleted after each move.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -23,7 +28,12 @@ from pipelines.gate import GateDecision
 from pipelines.steps import StepResult, step_main
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
-SUCCESSION = ".succession."
+EPOCH_TAG = "lakeloop.champion_epoch"
+CLAIM = ".promotion."
+LEGACY_CLAIM = ".succession."  # claims of lakeloop before epochs; pruned, never consulted
+HEALTH_TAG, HEALTH_REASON_TAG = "lakeloop.health", "lakeloop.health_reason"
+DEGRADED = "degraded"
+TRIGGER_TAG = "lakeloop.trigger_id"  # the monitor's submission id, on the training run and its model version
 
 
 class RegistryError(LakeloopError):
@@ -34,14 +44,33 @@ def _not_found(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
+@dataclass(frozen=True)
+class ChampionState:
+    """What a promotion compares and sets: the champion version and how often the alias has moved."""
+
+    version: str | None
+    epoch: int
+
+
 @dataclass
 class Registry:
     client: MlflowClient
     name: str
+    claim_lease_s: float = 60.0
 
     @classmethod
     def from_config(cls, config: LakeloopConfig) -> Registry:
-        return cls(MlflowClient(config.mlflow.tracking_uri), config.mlflow.registered_model)
+        return cls(MlflowClient(config.mlflow.tracking_uri), config.mlflow.registered_model, config.gate.claim_lease_s)
+
+    def state(self) -> ChampionState:
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return ChampionState(None, 0)
+            raise
+        version = model.aliases.get(CHAMPION)
+        return ChampionState(None if version is None else str(version), int(model.tags.get(EPOCH_TAG, 0)))
 
     def version_by_alias(self, alias: str) -> ModelVersion | None:
         try:
@@ -54,55 +83,98 @@ class Registry:
     def champion(self) -> ModelVersion | None:
         return self.version_by_alias(CHAMPION)
 
-    def _claim_succession(self, compared_against: str | None, candidate: str) -> bool:
+    def _claims(self, prefix: str) -> list:
+        found = self.client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+        return [m for m in found if m.name.startswith(prefix)]
+
+    def _claim(self, epoch: int, holder: str) -> bool:
+        """Atomically claim the right to move the alias away from epoch `epoch`."""
+        prefix = f"{self.name}{CLAIM}{epoch}."
+        taken = {int(m.name[len(prefix):]): m for m in self._claims(prefix) if m.name[len(prefix):].isdigit()}
+        number = 0
+        if taken:
+            newest = max(taken)
+            if time.time() - taken[newest].creation_timestamp / 1000 < self.claim_lease_s:
+                return False  # another promotion holds it (or died less than a lease ago)
+            number = newest + 1  # abandoned: claim the next number, never delete the old one
         try:
             self.client.create_registered_model(
-                f"{self.name}{SUCCESSION}{compared_against or 'none'}",
-                tags={"lakeloop.successor": candidate},
-                description=f"promotion lock: version {candidate} replaced {compared_against or 'no champion'}",
+                f"{prefix}{number}", tags={"lakeloop.claim_holder": holder},
+                description=f"lakeloop promotion lock of {self.name} (champion epoch {epoch}): {holder}",
             )
-            return True
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_ALREADY_EXISTS":
                 return False
             raise
+        return True
+
+    def _take_over(self, compared: ChampionState, holder: str) -> str | None:
+        """Claim the champion as it was compared; the reason it cannot be replaced, or None."""
+        current = self.state()
+        if current != compared:
+            return f"champion moved from {compared.version} to {current.version} during evaluation; not promoted"
+        if not self._claim(compared.epoch, holder):
+            return f"another promotion is replacing champion {compared.version} right now; not promoted"
+        if self.state() != compared:  # moved between our read and our claim
+            return f"champion moved from {compared.version} during the claim; not promoted"
+        return None
+
+    def _move(self, version: str, compared: ChampionState) -> None:
+        """Alias first, then the epoch: a reader between the two still sees the old epoch, whose claim
+        is held, so it cannot promote too."""
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        self.client.set_registered_model_tag(self.name, EPOCH_TAG, str(compared.epoch + 1))
+        self._prune_claims(compared.epoch)
+
+    def _prune_claims(self, used_epoch: int) -> None:
+        """Delete claims of epochs before the one just used (nobody can claim those any more); the
+        used epoch's claim stays, so a promotion that read that epoch late still finds it taken."""
+        for claim in self._claims(f"{self.name}{CLAIM}") + self._claims(f"{self.name}{LEGACY_CLAIM}"):
+            epoch = claim.name[len(self.name):].split(".")[2]
+            if LEGACY_CLAIM in claim.name or (epoch.isdigit() and int(epoch) < used_epoch):
+                try:
+                    self.client.delete_registered_model(claim.name)
+                except MlflowException as exc:
+                    if not _not_found(exc):
+                        raise
 
     def record(self, version: str, decision: GateDecision) -> None:
         self.client.set_model_version_tag(self.name, version, "lakeloop.gate", "promoted" if decision.promote else "refused")
         self.client.set_model_version_tag(self.name, version, "lakeloop.gate_reason", decision.reason)
 
-    def promote(self, version: str, compared_against: str | None, decision: GateDecision) -> GateDecision:
-        """Apply a gate decision; refuse if the champion moved since the comparison."""
+    def promote(self, version: str, compared: ChampionState, decision: GateDecision) -> GateDecision:
+        """Apply a gate decision made against `compared`; refuse if the champion moved since."""
         if decision.promote:
-            current = self.champion()
-            current_version = current.version if current else None
-            if current_version != compared_against:
-                decision = GateDecision(
-                    False, f"champion moved from {compared_against} to {current_version} during evaluation; not promoted"
-                )
-            elif not self._claim_succession(compared_against, version):
-                decision = GateDecision(
-                    False, f"another training already replaced champion {compared_against}; not promoted"
-                )
+            refused = self._take_over(compared, f"version {version} replaces {compared.version or 'no champion'}")
+            if refused:
+                decision = GateDecision(False, refused)
         self.record(version, decision)
         if decision.promote:
-            if compared_against:
-                self.client.set_registered_model_alias(self.name, PREVIOUS, compared_against)
-            self.client.set_registered_model_alias(self.name, CHAMPION, version)
+            if compared.version:
+                self.client.set_registered_model_alias(self.name, PREVIOUS, compared.version)
+            self._move(version, compared)
         else:
             self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         return decision
 
     def rollback(self) -> tuple[str, str]:
-        current, previous = self.champion(), self.version_by_alias(PREVIOUS)
-        if current is None:
+        current, previous = self.state(), self.version_by_alias(PREVIOUS)
+        if current.version is None:
             raise RegistryError(f"model '{self.name}' has no champion to roll back")
         if previous is None:
             raise RegistryError(f"model '{self.name}' has no 'previous' version to roll back to")
-        self.client.set_registered_model_alias(self.name, CHAMPION, previous.version)
+        refused = self._take_over(current, f"rollback from {current.version} to {previous.version}")
+        if refused:
+            raise RegistryError(f"model '{self.name}': {refused.removesuffix('; not promoted')}; try again")
         self.client.delete_registered_model_alias(self.name, PREVIOUS)
         self.client.set_model_version_tag(self.name, current.version, "lakeloop.rolled_back", "true")
-        return current.version, previous.version
+        self._move(str(previous.version), current)
+        return current.version, str(previous.version)
+
+    def set_health(self, version: str, reason: str | None) -> None:
+        """Mark a champion degraded (failing on recent data and retraining did not fix it), or clear it."""
+        self.client.set_model_version_tag(self.name, version, HEALTH_TAG, DEGRADED if reason else "ok")
+        self.client.set_model_version_tag(self.name, version, HEALTH_REASON_TAG, reason or "")
 
     def versions(self) -> list[dict]:
         try:
@@ -121,6 +193,8 @@ class Registry:
                     "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
                     "gate": mv.tags.get("lakeloop.gate", ""),
                     "reason": mv.tags.get("lakeloop.gate_reason", ""),
+                    "health": mv.tags.get(HEALTH_TAG, ""),
+                    "health_reason": mv.tags.get(HEALTH_REASON_TAG, ""),
                     "run_id": mv.run_id,
                     "metrics": test_metrics,
                 }
@@ -151,6 +225,8 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     for row in rows:
         shown = " ".join(f"{k}={v}" for k, v in row["metrics"].items())
         lines.append(f"{row['version']:>7}  {','.join(row['aliases']):<22} {row['gate']:<9} {shown}")
+        if row["health"] == DEGRADED and CHAMPION in row["aliases"]:
+            lines.append(f"{'':>9}DEGRADED: {row['health_reason']}")
     return StepResult("\n".join(lines), {"versions": rows})
 
 

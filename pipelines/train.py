@@ -11,7 +11,8 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -28,11 +29,11 @@ from pipelines import plots, runtime, training
 from pipelines.config import LakeloopConfig
 from pipelines.errors import LakeloopError
 from pipelines.gate import decide
-from pipelines.preprocess import Lineage, PreparedData, prepare, to_frame
-from pipelines.registry import Registry
+from pipelines.preprocess import Lineage, PreparedData, current_regime, prepare, to_frame
+from pipelines.registry import TRIGGER_TAG, Registry
 from pipelines.scoring import LakeloopModel, LakeloopPyfunc, evaluate_predictions
 from pipelines.steps import StepResult, step_main
-from pipelines.labelled_feedback import refresh_training_table
+from pipelines.labelled_feedback import NoLabelledRows, refresh_training_table
 from pipelines.validate import ValidationReport, validate_table
 
 MODEL_ARTIFACT = "model"
@@ -54,6 +55,8 @@ class TrainOutcome:
     hyperparams: dict
     resumed_from_epoch: int
     seconds: dict[str, float]  # wall time per stage: prepare, fit, evaluate, gate (incl. registering)
+    notes: list[str] = field(default_factory=list)  # what the run chose to do differently, and why
+    trigger_id: str | None = None  # the monitor's submission id, when the monitor asked for this run
 
 
 class _Stopwatch:
@@ -91,7 +94,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _log_lineage(lineage: Lineage) -> None:
+def _log_lineage(lineage: Lineage, trigger_id: str | None) -> None:
     for table in lineage.tables:
         source = DeltaDatasetSource(path=table.uri, delta_table_version=table.version)
         name = f"{Path(table.uri.rstrip('/')).name}@v{table.version}"
@@ -99,34 +102,40 @@ def _log_lineage(lineage: Lineage) -> None:
     mlflow.log_params({"tables": lineage.describe()[:6000],
                        "schema_fingerprint": ",".join(t.schema_fingerprint for t in lineage.tables)})
     mlflow.log_params({f"rows_{k}": v for k, v in lineage.rows.items()})
-    mlflow.set_tags({"lakeloop.git_commit": _git_commit(), "lakeloop.tables": lineage.describe()[:5000]})
+    mlflow.log_params({f"split_{k}": v for k, v in lineage.policy.items() if v is not None})
+    mlflow.set_tags({"lakeloop.git_commit": _git_commit(), "lakeloop.tables": lineage.describe()[:5000],
+                     **({TRIGGER_TAG: trigger_id} if trigger_id else {})})
 
 
-def training_tables(config: LakeloopConfig, table: str | None, version: int | None) -> list[ValidationReport]:
+def training_tables(config: LakeloopConfig, table: str | None, version: int | None) -> tuple[list[ValidationReport], list[str]]:
     """Validate what this run trains on: --table if given, else what train.source names
-    (labelled feedback is first rebuilt from the serving logs). Nothing runs on a bad table."""
+    (labelled feedback is first rebuilt from the serving logs); nothing runs on a bad table.
+    Returns the tables and a note when the run had to fall back to the events table."""
     if table or config.train.source == "events":
-        return [validate_table(config, table, version)]
-    uris = [config.table_uri] if config.train.source == "both" else []
-    uris.append(refresh_training_table(config))
-    return [validate_table(config, uri) for uri in uris]
+        return [validate_table(config, table, version)], []
+    try:
+        labelled = refresh_training_table(config)
+    except NoLabelledRows as exc:
+        return [validate_table(config)], [f"train.source is {config.train.source}, but {exc}: trained on the "
+                                          f"events table {config.table_uri} alone"]
+    uris = [config.table_uri, labelled] if config.train.source == "both" else [labelled]
+    return [validate_table(config, uri) for uri in uris], []
 
 
-def _champion_metrics(registry: Registry, test: pd.DataFrame, config: LakeloopConfig) -> tuple[str | None, dict | None]:
+def _champion_metrics(registry: Registry, version: str | None, test: pd.DataFrame, config: LakeloopConfig) -> dict | None:
     """Score the champion on the candidate's held-out rows. A champion that cannot score them
     (e.g. the table gained a feature) is no baseline: the candidate then faces the thresholds only."""
-    champion = registry.champion()
-    if champion is None:
-        return None, None
+    if version is None:
+        return None
     dataset = config.dataset
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{champion.version}")
+        model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version}")
         predictions = model.predict(test[dataset.feature_names])
     except (MlflowException, ValueError, KeyError) as exc:
         mlflow.set_tag("lakeloop.champion_error", str(exc)[:500])
-        print(f"warning: champion version {champion.version} could not score the held-out data: {str(exc)[:300]}")
-        return champion.version, None
-    return champion.version, evaluate_predictions(predictions, test[dataset.label], dataset.task, dataset.classes)
+        print(f"warning: champion version {version} could not score the held-out data: {str(exc)[:300]}")
+        return None
+    return evaluate_predictions(predictions, test[dataset.label], dataset.task, dataset.classes)
 
 
 def model_signature(example: pd.DataFrame, output: pd.DataFrame, config: LakeloopConfig) -> ModelSignature:
@@ -164,8 +173,8 @@ def log_drift_reference(model: LakeloopModel, prepared: PreparedData, config: La
     from pipelines.drift import DriftSuite
     from pipelines.monitor import DRIFT_ARTIFACT
 
-    train = prepared.raw["train"]
-    fraction = min(1.0, 2 * config.monitor.reference_rows / max(prepared.lineage.rows["train"], 1))
+    train = current_regime(config, prepared, "train").materialize()  # after drift: what the model was trained for
+    fraction = min(1.0, 2 * config.monitor.reference_rows / max(train.count(), 1))
     sample = to_frame(train.random_sample(fraction, seed=config.train.seed) if fraction < 1 else train)
     suite = DriftSuite.fit(sample[config.dataset.feature_names], model, config.monitor, seed=config.train.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,9 +193,16 @@ def _fit(config: LakeloopConfig, prepared: PreparedData, run_id: str, tune: bool
 
 
 def train_and_register(
-    config: LakeloopConfig, tune: bool = False, table: str | None = None, version: int | None = None
+    config: LakeloopConfig,
+    tune: bool = False,
+    table: str | None = None,
+    version: int | None = None,
+    regime_start: datetime | None = None,
+    trigger_id: str | None = None,
 ) -> TrainOutcome:
-    reports = training_tables(config, table, version)  # before any Ray or MLflow work
+    """`regime_start`: when the monitor saw the drift begin (train.regime); `trigger_id`: the
+    monitor's submission id, recorded on the run and the model version."""
+    reports, notes = training_tables(config, table, version)  # before any Ray or MLflow work
     require_tracking_server(config.mlflow.tracking_uri)
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     mlflow.set_experiment(config.mlflow.experiment)
@@ -194,11 +210,15 @@ def train_and_register(
     dataset = config.dataset
     clock = _Stopwatch()
     with runtime.ray_session(config):
-        prepared = prepare(config, reports=reports)
+        prepared = prepare(config, reports=reports, regime_start=regime_start)
         clock.lap("prepare")
+        if regime_start is not None:
+            notes.append(prepared.lineage.policy["note"])
         with mlflow.start_run(run_name=f"{'tune' if tune else 'train'}-{dataset.table}-v{reports[0].version}") as run:
             mlflow.set_tag("lakeloop.job", "tune" if tune else "train")
-            _log_lineage(prepared.lineage)
+            _log_lineage(prepared.lineage, trigger_id)
+            if notes:
+                mlflow.set_tag("lakeloop.notes", " | ".join(notes)[:5000])
             trained, hyperparams = _fit(config, prepared, run.info.run_id, tune)
             clock.lap("fit")
             mlflow.log_params({f"hp_{k}": v for k, v in hyperparams.items()})
@@ -211,11 +231,15 @@ def train_and_register(
             plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
             log_drift_reference(model, prepared, config)
             clock.lap("evaluate")
-            champion_version, champion_scores = _champion_metrics(registry, test, config)
+            compared = registry.state()  # what the gate compares against, and what promotion must still find
+            champion_version = compared.version
+            champion_scores = _champion_metrics(registry, champion_version, test, config)
             if champion_scores:
                 mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
             model_version = log_model(model, test, config)
-            decision = registry.promote(model_version, champion_version, decide(scores, champion_scores, config.gate, champion_version))
+            if trigger_id:
+                registry.client.set_model_version_tag(registry.name, model_version, TRIGGER_TAG, trigger_id)
+            decision = registry.promote(model_version, compared, decide(scores, champion_scores, config.gate, champion_version))
             mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
             clock.lap("gate")
             mlflow.log_metrics({f"seconds_{k}": v for k, v in clock.laps.items()})
@@ -231,6 +255,8 @@ def train_and_register(
         hyperparams=hyperparams,
         resumed_from_epoch=trained.resumed_from_epoch,
         seconds=clock.laps,
+        notes=notes,
+        trigger_id=trigger_id,
     )
 
 
@@ -238,11 +264,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune", action="store_true", help="search hyperparameters with Ray Tune (ASHA) first")
     parser.add_argument("--table", help="Delta table path or URI (default: dataset.table under storage.root)")
     parser.add_argument("--version", type=int, help="table version to train on (default: latest, pinned once)")
+    parser.add_argument("--regime-start", type=_moment, metavar="ISO-TIME",
+                        help="when drift began (the monitor passes it): rows since then split on their own (train.regime)")
+    parser.add_argument("--trigger-id", metavar="ID", help="the monitor's submission id, recorded on the run and model version")
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     try:
-        outcome = train_and_register(config, tune=args.tune, table=args.table, version=args.version)
+        outcome = train_and_register(config, tune=args.tune, table=args.table, version=args.version,
+                                     regime_start=args.regime_start, trigger_id=args.trigger_id)
     except MlflowException as exc:
         raise LakeloopError(f"MLflow at {config.mlflow.tracking_uri}: {exc.message}") from None
     metric = config.gate.metric
@@ -251,6 +289,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         f"model {config.mlflow.registered_model} version {outcome.model_version}: test {metric} "
         f"{outcome.metrics.get(metric, float('nan')):.4f}; {verdict}: {outcome.reason}\n"
         f"run {outcome.run_id} on " + " + ".join(f"{t['uri']} version {t['version']}" for t in outcome.lineage["tables"])
+        + "".join(f"\nnote: {note}" for note in outcome.notes)
     )
     return StepResult(summary, asdict(outcome))
 

@@ -40,7 +40,8 @@ def param_space(config: LakeloopConfig) -> dict:
     return {name: _domain(domain) for name, domain in config.tune.search_space.items()}
 
 
-def _trial(params: dict, config_json: str, datasets: dict, input_dim: int, parent_run_id: str | None) -> None:
+def _trial(params: dict, config_json: str, datasets: dict, input_dim: int, parent_run_id: str | None,
+           mean_weight: float) -> None:
     config = LakeloopConfig.model_validate_json(config_json)
     hp = HyperParams(**{**config.train.hyperparams.model_dump(), **params})
     client = MlflowClient(config.mlflow.tracking_uri)
@@ -54,7 +55,7 @@ def _trial(params: dict, config_json: str, datasets: dict, input_dim: int, paren
         run_id = child.info.run_id
         for key, value in hp.model_dump().items():
             client.log_param(run_id, f"hp_{key}", value)
-    cfg = training.loop_config(config, hp, input_dim, run_id)
+    cfg = training.loop_config(config, hp, input_dim, run_id, mean_weight)
     trainer = training.build_trainer(
         config, cfg, datasets, name=f"{tune.get_context().get_trial_id()}", callbacks=[TuneReportCallback()]
     )
@@ -69,7 +70,8 @@ def search(config: LakeloopConfig, datasets: dict, input_dim: int, parent_run_id
     """Run the search; return the best trial's network (best epoch) and its hyperparameters."""
     monitor, mode = training.monitor_metric(config)
     trainable = tune.with_parameters(
-        _trial, config_json=config.model_dump_json(), datasets=datasets, input_dim=input_dim, parent_run_id=parent_run_id
+        _trial, config_json=config.model_dump_json(), datasets=datasets, input_dim=input_dim, parent_run_id=parent_run_id,
+        mean_weight=training.weight_mean(datasets["train"]),
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPU}),

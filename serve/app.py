@@ -88,7 +88,11 @@ class ModelWatcher:
         """One poll; True if a new model was swapped in. Errors keep the current model serving."""
         try:
             ref = self.source.resolve(self.config.serving.alias)
-            if ref is None or (self.current and self.current.ref.version == ref.version):
+            if ref is None:
+                return False
+            if self.current and self.current.ref.version == ref.version:
+                if self.current.ref != ref:  # same model, new health verdict from the monitor
+                    self.current = LoadedModel(ref, self.current.predictor, self.current.loaded_at)
                 return False
             predictor = self.source.load(ref)
             predictor.predict_frame(_warmup_row(self.config))
@@ -260,6 +264,7 @@ def build_deployment(config: LakeloopConfig, api_key: str | None = None):
                 return JSONResponse({"error": "no model loaded yet", "last_error": self.watcher.last_error}, status_code=503)
             ref = current.ref
             return JSONResponse({"name": ref.name, "version": ref.version, "alias": ref.alias, "run_id": ref.run_id,
+                                 "health": ref.health or "ok", "health_reason": ref.health_reason or None,
                                  "loaded_at": current.loaded_at, "pending_log_rows": self.predictions.pending(),
                                  "replica": serve.get_replica_context().replica_id.unique_id,
                                  "node_id": ray.get_runtime_context().get_node_id()})

@@ -22,6 +22,8 @@ class ModelRef:
     version: str
     alias: str
     run_id: str | None
+    health: str = ""  # "degraded" when the monitor found it failing and retraining did not fix it
+    health_reason: str = ""
 
 
 class ModelSource(Protocol):
@@ -55,7 +57,10 @@ class MlflowModelSource:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
                 return None
             raise
-        return ModelRef(self.name, str(version.version), alias, version.run_id)
+        from pipelines.registry import HEALTH_REASON_TAG, HEALTH_TAG
+
+        return ModelRef(self.name, str(version.version), alias, version.run_id, version.tags.get(HEALTH_TAG, ""),
+                        version.tags.get(HEALTH_REASON_TAG, ""))
 
     def load(self, ref: ModelRef) -> Predictor:
         import mlflow

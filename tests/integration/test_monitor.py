@@ -3,6 +3,7 @@ a real Ray Jobs API."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -15,7 +16,10 @@ from deltalake import write_deltalake
 from pipelines import delta_tables, synthetic
 from pipelines.config import LakeloopConfig, parse_config
 from pipelines.drift import DriftSuite
-from pipelines.monitor import load_champion, run_once
+from pipelines.jobs import Jobs
+from pipelines.monitor import describe, load_champion, run_once
+from pipelines.registry import Registry
+from pipelines.registry import run as registry_step
 from pipelines.train import train_and_register
 from tests.helpers import demo_raw_config, served_log
 
@@ -66,13 +70,16 @@ def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(trai
     first = run_once(config)
     assert [w["drift"] for w in first["windows"]] == [True, True, True]
     assert first["triggered"] and first["submitted"]
+    assert first["retraining"]["attempts"][0]["attempt"] == 1
     features = next(r for r in first["reports"] if r["detector"] == "features")
     assert features["p_value"] < 1e-6  # the shifted monthly_charges
-    again = run_once(config)  # no new windows: same trigger, same id, nothing new
-    assert again["windows"] == [] and again["submission_id"] == first["submission_id"] and not again["submitted"]
-    # A second monitor with its own position sees the same windows and computes the same id.
+    # A second monitor with its own window position sees the same windows; the attempts log is shared,
+    # so it finds attempt 1 and submits nothing (had it missed the log, the Jobs API refuses the same id).
     other = config.model_copy(update={"monitor": config.monitor.model_copy(update={"drift_reports_table": "reports2"})})
-    assert run_once(other)["submission_id"] == first["submission_id"]
+    second = run_once(other)
+    assert second["triggered"] and not second["submitted"]
+    again = run_once(config)  # no new windows, no new training rows: nothing new
+    assert again["windows"] == [] and not again["submitted"]
     assert len(retraining_jobs(jobs_api, config.mlflow.registered_model)) == 1
 
 
@@ -114,3 +121,46 @@ def test_true_labels_are_no_performance_drift(trained: dict, tmp_path: Path) -> 
     assert len(outcome["performance_windows"]) == 7
     assert not any(w["drift"] for w in outcome["performance_windows"])
     assert not outcome["triggered"]
+
+
+def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is_degraded(
+        tmp_path: Path, mlflow_server: str, jobs_api: str) -> None:
+    """Real retraining jobs through the Jobs API, refused by a gate no model can pass."""
+    raw = demo_raw_config(tmp_path / "data")
+    raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"degrade-{uuid.uuid4().hex[:8]}")
+    raw["train"].update(max_epochs=4)
+    raw["tune"].update(num_samples=1)
+    config = parse_config(raw)
+    delta_tables.append(config.table_uri, synthetic.generate(3000, 1))
+    assert train_and_register(config).promoted
+    raw["gate"].update(thresholds={"roc_auc": 0.999}, when_champion_fails="require_thresholds")
+    raw["monitor"].update(jobs_api=jobs_api, retrain_entrypoint=f"{sys.executable} -m pipelines.train --json",
+                          retry={"after_rows": 100, "max_attempts": 2, "tune_from_attempt": 2})
+    config = with_traffic(raw, tmp_path / "data", "covariate", seed=5)
+    jobs = Jobs(jobs_api)
+
+    first = run_once(config)
+    assert first["submitted"] and first["retraining"]["attempts"][0]["tune"] is False
+    assert jobs.wait(first["submission_id"], timeout_s=600).status == "SUCCEEDED"
+    refused = run_once(config)
+    assert refused["retraining"]["attempts"][0]["outcome"] == "refused"
+    assert "below the floor" in refused["retraining"]["attempts"][0]["reason"]
+    assert refused["retraining"]["action"] == "wait" and not refused["submitted"]  # no new rows yet: not live, waiting
+
+    delta_tables.append(config.table_uri, synthetic.generate(150, 2))  # new training rows arrive
+    retry = run_once(config)
+    assert retry["submitted"] and retry["submission_id"] != first["submission_id"]
+    second = retry["retraining"]["attempts"][1]
+    assert second["attempt"] == 2 and second["tune"] is True  # the retry escalates to a search
+    assert "--tune" in jobs.state(retry["submission_id"]).entrypoint
+    assert jobs.wait(retry["submission_id"], timeout_s=600).status == "SUCCEEDED"
+
+    degraded = run_once(config)
+    assert degraded["retraining"]["state"] == "degraded"
+    assert "2 retraining attempts" in degraded["retraining"]["reason"]
+    assert "DEGRADED" in describe(degraded)
+    champion = next(v for v in Registry.from_config(config).versions() if "champion" in v["aliases"])
+    assert champion["health"] == "degraded" and "did not replace it" in champion["health_reason"]
+    listing = registry_step(argparse.Namespace(rollback=False), config).summary
+    assert "DEGRADED" in listing
+    assert not run_once(config)["submitted"]  # degraded: no further attempts for this champion

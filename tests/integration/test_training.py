@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 def small_config(raw: dict, tracking_uri: str, **train: object) -> LakeloopConfig:
     raw["mlflow"].update(tracking_uri=tracking_uri, registered_model=f"churn-{uuid.uuid4().hex[:8]}")
-    raw["train"].update(max_epochs=3, patience=2, **train)
+    raw["train"].update({"max_epochs": 3, "patience": 2, **train})
     return parse_config(raw)
 
 
@@ -97,12 +98,13 @@ def test_two_trainings_finishing_at_once_cannot_both_win(mlflow_server: str) -> 
     champion, left, right = _register_dummy_versions(client, name, 3)
     registry = Registry(client, name)
     client.set_registered_model_alias(name, "champion", champion)
+    compared = registry.state()
     decisions: dict[str, GateDecision] = {}
     barrier = threading.Barrier(2)
 
     def promote(version: str) -> None:
         barrier.wait()
-        decisions[version] = registry.promote(version, champion, GateDecision(True, "better"))
+        decisions[version] = registry.promote(version, compared, GateDecision(True, "better"))
 
     threads = [threading.Thread(target=promote, args=(v,)) for v in (left, right)]
     for thread in threads:
@@ -112,7 +114,7 @@ def test_two_trainings_finishing_at_once_cannot_both_win(mlflow_server: str) -> 
     winners = [v for v, d in decisions.items() if d.promote]
     assert len(winners) == 1
     loser = right if winners == [left] else left
-    assert "already replaced champion" in decisions[loser].reason or "champion moved" in decisions[loser].reason
+    assert "another promotion is replacing" in decisions[loser].reason or "champion moved" in decisions[loser].reason
     assert registry.champion().version == winners[0]
     assert registry.version_by_alias("previous").version == champion
     # Rollback restores the champion it replaced.
@@ -159,3 +161,78 @@ def test_training_a_bad_table_fails_validation_before_ray_or_mlflow(raw_config: 
     assert done.returncode == 1
     assert "column 'contract': missing from the table" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_after_a_rollback_a_better_model_can_still_be_promoted(mlflow_server: str) -> None:
+    """The old per-version claim wedged here: the claim made when v1 was first replaced outlived the rollback."""
+    client = MlflowClient(mlflow_server)
+    name = f"rollback-{uuid.uuid4().hex[:8]}"
+    first, second, third = _register_dummy_versions(client, name, 3)
+    registry = Registry(client, name)
+    assert registry.promote(first, registry.state(), GateDecision(True, "first")).promote
+    assert registry.promote(second, registry.state(), GateDecision(True, "better")).promote
+    assert registry.rollback() == (second, first)
+    assert registry.champion().version == first
+    decision = registry.promote(third, registry.state(), GateDecision(True, "better than the rolled-back-to"))
+    assert decision.promote, decision.reason
+    assert registry.champion().version == third and registry.version_by_alias("previous").version == first
+    # claims of epochs nobody can claim any more are pruned, so they do not pile up in the Models page
+    claims = [m.name for m in client.search_registered_models(filter_string=f"name LIKE '{name}.%'")]
+    assert len(claims) == 1, claims
+
+
+CRASH_MID_PROMOTION = """
+import os, signal, sys
+from mlflow import MlflowClient
+from pipelines.gate import GateDecision
+from pipelines.registry import Registry
+uri, name, version = sys.argv[1:]
+registry = Registry(MlflowClient(uri), name)
+Registry._move = lambda self, *args: os.kill(os.getpid(), signal.SIGKILL)  # die after claiming, before the alias
+registry.promote(version, registry.state(), GateDecision(True, "better"))
+"""
+
+
+def test_a_promotion_killed_between_claim_and_alias_move_leaves_the_registry_promotable(mlflow_server: str) -> None:
+    client = MlflowClient(mlflow_server)
+    name = f"crash-{uuid.uuid4().hex[:8]}"
+    first, crashed, later = _register_dummy_versions(client, name, 3)
+    registry = Registry(client, name, claim_lease_s=2.0)
+    assert registry.promote(first, registry.state(), GateDecision(True, "first")).promote
+    done = subprocess.run([sys.executable, "-c", CRASH_MID_PROMOTION, mlflow_server, name, crashed],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert registry.champion().version == first  # claimed, never moved
+    claim = client.search_registered_models(filter_string=f"name LIKE '{name}.promotion.1.%'")  # epoch 1: after `first`
+    assert [c.tags["lakeloop.claim_holder"] for c in claim] == [f"version {crashed} replaces {first}"]
+    # within the lease the claim still blocks (the holder might only be slow) ...
+    blocked = registry.promote(later, registry.state(), GateDecision(True, "better"))
+    assert not blocked.promote and "another promotion is replacing" in blocked.reason
+    # ... and once the lease has run out it is abandoned, and the next promotion goes through
+    lease_end = claim[0].creation_timestamp / 1000 + registry.claim_lease_s
+    assert wait_until(lambda: time.time() > lease_end, timeout=30)
+    decision = registry.promote(later, registry.state(), GateDecision(True, "better"))
+    assert decision.promote, decision.reason
+    assert registry.champion().version == later
+
+
+def wait_until(condition, timeout: float, poll_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def test_feedback_as_a_source_with_no_labels_yet_trains_on_the_events_table(raw_config: dict, mlflow_server: str,
+                                                                            ray_local: None) -> None:
+    raw_config["train"].update(source="both")
+    config = small_config(raw_config, mlflow_server, max_epochs=1)
+    delta_tables.append(config.table_uri, synthetic.generate(1500, 2))
+    outcome = train_and_register(config)
+    assert outcome.promoted
+    assert [t["uri"] for t in outcome.lineage["tables"]] == [config.table_uri]
+    assert any("no row of 'predictions' has a label" in n and "trained on the events table" in n for n in outcome.notes)
+    run = MlflowClient(mlflow_server).get_run(outcome.run_id)
+    assert "trained on the events table" in run.data.tags["lakeloop.notes"]

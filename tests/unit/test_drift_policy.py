@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from pipelines.drift_policy import row_windows, should_retrain, submission_id, submission_prefix, time_windows
+from pipelines.drift_policy import drift_start, row_windows, trigger_start, should_retrain, submission_id, submission_prefix, time_windows
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -58,10 +58,31 @@ def test_debounce_k_of_n(decisions: list, expected: bool) -> None:
     assert should_retrain(decisions, k=2, n=3) is expected
 
 
-def test_submission_ids_are_deterministic_and_scoped_to_the_champion() -> None:
-    end = T0 + timedelta(minutes=5)
-    first = submission_id("lakeloop/churn", "3", end)
-    assert first == submission_id("lakeloop/churn", "3", end)
-    assert first != submission_id("lakeloop/churn", "4", end)
-    assert first != submission_id("lakeloop/churn", "3", end + timedelta(seconds=1))
+def test_submission_ids_are_deterministic_and_scoped_to_the_champion_and_attempt() -> None:
+    first = submission_id("lakeloop/churn", "3", 1)
+    assert first == submission_id("lakeloop/churn", "3", 1)
+    assert first != submission_id("lakeloop/churn", "4", 1)
+    assert first != submission_id("lakeloop/churn", "3", 2)
     assert first.startswith(submission_prefix("lakeloop/churn", "3")) and "/" not in first
+
+
+def test_drift_start_is_the_first_drifted_window_of_the_trigger() -> None:
+    at = [T0 + timedelta(minutes=m) for m in range(6)]
+    assert drift_start([(False, at[0]), (False, at[1]), (True, at[2]), (None, at[3]), (True, at[4])], 2, 3) == at[2]
+    # an old drifted window outside the last n decided ones does not count, nor set the start
+    assert drift_start([(True, at[0]), (False, at[1]), (False, at[2]), (True, at[3])], 2, 3) is None
+    assert drift_start([(True, at[0]), (False, at[1]), (True, at[2]), (True, at[3])], 2, 3) == at[2]
+    assert drift_start([], 2, 3) is None
+
+
+def test_calm_traffic_windows_do_not_outvote_performance_drift() -> None:
+    at = [T0 + timedelta(minutes=m) for m in range(8)]
+    traffic = [(False, at[0]), (False, at[2]), (False, at[3]), (False, at[5]), (False, at[6])]
+    performance = [(False, at[1]), (True, at[4]), (True, at[7])]
+    assert trigger_start({"traffic": traffic, "performance": performance}, 2, 3) == at[4]
+    # merged into one sequence, the calm traffic windows would have hidden it
+    merged = sorted(traffic + performance, key=lambda w: w[1])
+    assert drift_start(merged, 2, 3) is None
+    assert trigger_start({"traffic": traffic}, 2, 3) is None
+    both = {"traffic": [(True, at[3]), (True, at[6])], "performance": performance}
+    assert trigger_start(both, 2, 3) == at[3]  # the earliest start among the kinds that trigger

@@ -60,3 +60,19 @@ def test_regression_metrics_and_direction() -> None:
     assert scores["mae"] == pytest.approx(2 / 3)
     assert scores["rmse"] == pytest.approx(np.sqrt(4 / 3))
     assert not metrics.greater_is_better("val_rmse") and metrics.greater_is_better("test_roc_auc")
+
+
+def test_a_failing_champion_lets_a_better_candidate_below_the_floor_through_when_configured() -> None:
+    failing = {"roc_auc": 0.55, "log_loss": 0.9}
+    candidate = {"roc_auc": 0.68, "log_loss": 0.5}  # below the 0.7 floor, far better than the champion
+    lenient = decide(candidate, failing, GATE)
+    assert lenient.promote and "champion fails the thresholds" in lenient.reason and "promote_better" in lenient.reason
+    strict = decide(candidate, failing, GATE.model_copy(update={"when_champion_fails": "require_thresholds"}))
+    assert not strict.promote and "the champion fails them too" in strict.reason
+    # a candidate that does not beat the failing champion by the margin is still refused
+    assert not decide({"roc_auc": 0.555, "log_loss": 0.5}, failing, GATE).promote
+    # a champion that passes the floors keeps every floor in force for the candidate
+    healthy = decide(candidate, {"roc_auc": 0.65, "log_loss": 0.5, "accuracy": 0.9}, GATE.model_copy(
+        update={"thresholds": {"roc_auc": 0.6}}))
+    assert healthy.promote  # 0.68 passes 0.6 and beats 0.65
+    assert not decide(candidate, {"roc_auc": 0.75, "log_loss": 0.5}, GATE).promote

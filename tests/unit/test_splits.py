@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from pipelines import splits, synthetic
-from pipelines.config import SplitConfig
+from pipelines.config import RegimeConfig, SplitConfig
 
 
 def test_time_split_puts_newest_rows_in_test() -> None:
@@ -40,3 +41,45 @@ def test_time_cutoffs_accept_dates() -> None:
     dates = pa.array(pd.date_range("2026-01-01", periods=100, freq="D").date)
     first, second = splits.time_cutoffs(dates, SplitConfig())
     assert first < second
+
+
+def _micros(frame: pd.DataFrame) -> np.ndarray:
+    return splits.epoch_micros(pa.array(frame["event_time"]))
+
+
+def test_regime_split_puts_new_rows_in_every_split_and_weighs_old_ones() -> None:
+    frame = synthetic.generate(3000, 1).to_pandas()
+    start = frame["event_time"].iloc[2000]  # the newest 1,000 rows are the new regime
+    micros = _micros(frame)
+    plan = splits.plan_split(micros, SplitConfig(), start, RegimeConfig(min_rows=300, old_rows_weight_share=0.1,
+                                                                        max_old_rows=1500))
+    labels, weights = splits.assign(micros, None, SplitConfig(), plan)
+    new = frame["event_time"] >= start
+    assert pd.Series(labels[new.to_numpy()]).value_counts().to_dict() == pytest.approx(
+        {"train": 700, "validation": 150, "test": 150}, abs=2)
+    old = ~new.to_numpy()
+    assert set(labels[old]) == {"train", splits.DROPPED}
+    assert (labels[old] == "train").sum() == 1500  # only the newest older rows are kept
+    assert labels[old][-1] == "train" and labels[old][0] == splits.DROPPED
+    assert weights[old & (labels == "train")].sum() == pytest.approx(0.1 * 1000, rel=1e-4)
+    assert (weights[new.to_numpy()] == 1).all()
+    assert plan.describe()["policy"] == "regime" and plan.describe()["regime_rows"] == 1000
+
+
+def test_too_few_rows_since_the_drift_fall_back_to_one_split_and_say_so() -> None:
+    frame = synthetic.generate(2000, 1).to_pandas()
+    micros = _micros(frame)
+    plan = splits.plan_split(micros, SplitConfig(), frame["event_time"].iloc[1900], RegimeConfig(min_rows=300))
+    assert plan.regime_start is None and "only 100 rows since the drift began" in plan.note
+    labels, weights = splits.assign(micros, None, SplitConfig(), plan)
+    assert (labels[-300:] == "test").all() and (weights == 1).all()
+
+
+def test_regime_split_with_hash_strategy_keeps_old_rows_in_training() -> None:
+    frame = synthetic.generate(2000, 2).to_pandas()
+    micros = _micros(frame)
+    split = SplitConfig(strategy="hash", key="customer_id")
+    plan = splits.plan_split(micros, split, frame["event_time"].iloc[1000], RegimeConfig(min_rows=300))
+    labels, _ = splits.assign(micros, frame["customer_id"], split, plan)
+    assert set(labels[:1000]) == {"train"}
+    assert {"train", "validation", "test"} == set(labels[1000:])

@@ -73,3 +73,16 @@ def test_rejects_bad_arguments() -> None:
         synthetic.generate(0, 1)
     with pytest.raises(ValueError, match="unknown drift"):
         synthetic.generate(10, 1, "seasonal")  # type: ignore[arg-type]
+
+
+def test_sea_concepts_follow_the_paper() -> None:
+    rows = synthetic.sea(20_000, 3, concept=3).to_pandas()
+    assert rows[["x1", "x2", "x3"]].min().min() >= 0 and rows[["x1", "x2", "x3"]].max().max() <= 10
+    rule = (rows["x1"] + rows["x2"] <= 7.0).astype(int)
+    assert (rule == rows["label"]).mean() == pytest.approx(0.9, abs=0.01)  # 10% of labels flipped
+    # x3 is irrelevant; the concept change moves only the threshold
+    assert abs(np.corrcoef(rows["x3"], rows["label"])[0, 1]) < 0.03
+    later = synthetic.sea(20_000, 4, concept=4).to_pandas()
+    assert later["label"].mean() > rows["label"].mean() + 0.15  # theta 9.5 labels more rows positive
+    with pytest.raises(ValueError, match="concepts 1-4"):
+        synthetic.sea(10, 1, concept=5)

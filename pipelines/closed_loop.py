@@ -1,0 +1,69 @@
+"""The loop run as production runs it, round by round: a labelled stream through the endpoint, a
+monitor pass, and when the monitor submits retraining, the job through the Ray Jobs API and the
+endpoint's swap. The demo's concept-drift phase, the recovery benchmark and the loop tests drive it.
+
+A round stands for one monitor interval; a submitted job is waited for before the next round, as if
+retraining finished within one interval (the measured job time is reported beside it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from pipelines import monitor
+from pipelines.config import LakeloopConfig
+from pipelines.errors import LakeloopError
+from pipelines.jobs import Jobs
+from pipelines.traffic import LabelledStream, ServedRow, Traffic, wait_for_version, wait_logged
+
+
+@dataclass
+class Round:
+    served: list[ServedRow]
+    check: dict  # the monitor pass after this round's rows landed
+    job: dict | None = None  # {"submission_id", "status", "outcome", "reason", "version", "seconds"}
+    swapped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class ClosedLoop:
+    def __init__(self, config: LakeloopConfig, url: str, stream: LabelledStream, job_timeout_s: float = 900,
+                 during_jobs: Traffic | None = None) -> None:
+        """`during_jobs`: unlabelled traffic kept flowing while a retraining job runs and Serve swaps."""
+        self.config, self.url, self.stream, self.job_timeout_s = config, url, stream, job_timeout_s
+        self.during_jobs = during_jobs
+        self.jobs = Jobs(config.monitor.jobs_api, config.monitor.retries)
+        self.labelled = 0
+
+    def rounds(self, frames: Iterable[pd.DataFrame]) -> Iterator[Round]:
+        for frame in frames:
+            yield self.round(frame)
+
+    def round(self, frame: pd.DataFrame) -> Round:
+        served = self.stream.send(frame)
+        self.labelled += len(served)
+        if not wait_logged(self.config, self.labelled, self.labelled, timeout_s=60):
+            raise LakeloopError("served rows or labels did not reach the Delta logs within 60 s")
+        check = monitor.run_once(self.config)
+        result = Round(served, check)
+        if check["submitted"]:
+            clients = self.during_jobs.start() if self.during_jobs else []
+            try:
+                result.job = self._follow(check["submission_id"])
+                result.swapped = result.job["outcome"] == "promoted" and wait_for_version(
+                    self.url, result.job["version"], 3 * self.config.serving.poll_interval_s + 60, self.stream.headers)
+            finally:
+                if self.during_jobs:
+                    self.during_jobs.stop(clients)
+        return result
+
+    def _follow(self, submission_id: str) -> dict:
+        started = time.perf_counter()
+        state = self.jobs.wait(submission_id, self.job_timeout_s)
+        outcome, reason, version = monitor.job_outcome(self.config, submission_id) or ("running", "", None)
+        return {"submission_id": submission_id, "status": state.status, "outcome": outcome, "reason": reason,
+                "version": version, "seconds": round(time.perf_counter() - started, 1)}
