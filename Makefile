@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/pip install --quiet $(FIND_LINKS) -c constraints.txt
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,10 +20,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/lakeloop demo
 
-test: setup
+# ruff (lint and format) and the import contracts (pyproject.toml [tool.importlinter]) run before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/pytest
 
-test-fast: setup
+test-fast: lint
 	$(BIN)/pytest -m "not slow and not integration"
 
 # Each benchmark writes bench-results/<name>.json; the report merges them into results.md/.json.

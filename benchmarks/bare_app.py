@@ -1,6 +1,6 @@
 """The baseline a user would hand-write: FastAPI under uvicorn, loading the same MLflow pyfunc.
 
-    BENCH_MODEL_DIR=<pyfunc dir> python -m uvicorn benchmarks.bare_app:app --port 8001
+BENCH_MODEL_DIR=<pyfunc dir> python -m uvicorn benchmarks.bare_app:app --port 8001
 """
 
 from __future__ import annotations

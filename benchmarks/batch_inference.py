@@ -20,7 +20,9 @@ from benchmarks.common import demo_config, local_ray, peak_memory, registered_mo
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_inference")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, help="override batch_inference.batch_size (default: the shipped config)")
+    parser.add_argument(
+        "--batch-size", type=int, help="override batch_inference.batch_size (default: the shipped config)"
+    )
     args = parser.parse_args()
 
     import mlflow.pyfunc
@@ -32,8 +34,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
         config = demo_config(Path(tmp) / "data", model.tracking_uri)
         if args.batch_size:
-            config = config.model_copy(update={"batch_inference": config.batch_inference.model_copy(
-                update={"batch_size": args.batch_size})})
+            config = config.model_copy(
+                update={"batch_inference": config.batch_inference.model_copy(update={"batch_size": args.batch_size})}
+            )
         uri = str(Path(tmp) / "score_me")
         make_table(uri, args.rows)
         with peak_memory() as single_memory:
@@ -44,13 +47,29 @@ def main() -> None:
         assert len(scored) == args.rows
         del frame, scored
         with local_ray() as init_s, peak_memory() as ray_memory:
-            parallel, count = timed(lambda: batch_inference.predict(
-                uri, model=f"models:/{model.name}/{model.version}", config=config).materialize().count())
+            parallel, count = timed(
+                lambda: (
+                    batch_inference.predict(uri, model=f"models:/{model.name}/{model.version}", config=config)
+                    .materialize()
+                    .count()
+                )
+            )
         assert count == args.rows
-    rows = [{"setup": "single-process pyfunc predict", "seconds": single, "rows_per_s": args.rows / single,
-             "peak_mb": single_memory["peak_mb"]},
-            {"setup": "lakeloop batch API (Ray Data actor pool)", "seconds": parallel, "rows_per_s": args.rows / parallel,
-             "peak_mb": ray_memory["peak_mb"], "ray_init_s": init_s}]
+    rows = [
+        {
+            "setup": "single-process pyfunc predict",
+            "seconds": single,
+            "rows_per_s": args.rows / single,
+            "peak_mb": single_memory["peak_mb"],
+        },
+        {
+            "setup": "lakeloop batch API (Ray Data actor pool)",
+            "seconds": parallel,
+            "rows_per_s": args.rows / parallel,
+            "peak_mb": ray_memory["peak_mb"],
+            "ray_init_s": init_s,
+        },
+    ]
     speedup = single / parallel
     lines = ["| setup | seconds | rows/s | peak MB |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['setup']} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['peak_mb']:,.0f} |" for r in rows]

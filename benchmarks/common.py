@@ -16,13 +16,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
-RECORD = {"tenure_months": 3, "monthly_charges": 80.0, "support_calls": 1, "age": 40, "plan": "basic",
-          "contract": "one-year", "region": "north"}  # fmt: skip
+RECORD = {
+    "tenure_months": 3,
+    "monthly_charges": 80.0,
+    "support_calls": 1,
+    "age": 40,
+    "plan": "basic",
+    "contract": "one-year",
+    "region": "north",
+}
 
 
 def machine() -> dict:
-    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal"))
+    memory_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     packages = ("ray", "mlflow", "deltalake", "pyarrow", "torch", "pandas", "alibi-detect", "polars")
     versions = {}
     for name in packages:
@@ -30,8 +38,13 @@ def machine() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return {"cpus": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def write_result(name: str, data: dict) -> Path:
@@ -94,7 +107,7 @@ class BenchModel:
 
 
 def demo_config(storage_root: Path, tracking_uri: str = "http://127.0.0.1:5000"):
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     os.environ["LAKELOOP_STORAGE_ROOT"] = str(storage_root)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -108,12 +121,12 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
     import mlflow
     import ray
 
-    from pipelines import synthetic
-    from pipelines.features import FeaturePipeline
-    from pipelines.model import NetworkSpec, TabularMLP
-    from pipelines.scoring import LakeloopModel
-    from pipelines.stack import start_mlflow_server, stop_pid
-    from pipelines.train import log_model
+    from pipelines.adapters.local_services import start_mlflow_server, stop_pid
+    from pipelines.core import synthetic
+    from pipelines.core.network import NetworkSpec, TabularMLP
+    from pipelines.training.bundle import LakeloopModel
+    from pipelines.training.features import FeaturePipeline
+    from pipelines.training.workflow import log_model
 
     process, service = start_mlflow_server(workdir / "mlflow")
     try:
@@ -132,8 +145,11 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
         with mlflow.start_run():
             version = log_model(model, frame, config)
         mlflow.MlflowClient().set_registered_model_alias(config.mlflow.registered_model, config.serving.alias, version)
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.mlflow.registered_model}/{version}",
-                                                         dst_path=str(workdir / "model")))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{config.mlflow.registered_model}/{version}", dst_path=str(workdir / "model")
+            )
+        )
         yield BenchModel(service.url, config.mlflow.registered_model, version, local)
     finally:
         stop_pid(process.pid)
@@ -155,3 +171,17 @@ def local_ray() -> Iterator[float]:
         yield seconds
     finally:
         ray.shutdown()
+
+
+def deploy_shipped(
+    config, dashboard: str, port: int, app: str = "lakeloop", route_prefix: str = "/", **deployment_options
+) -> str:
+    """conf/serve.yaml (the shipped deployment options, optionally overridden) deployed the one way
+    lakeloop deploys; returns the application's URL."""
+    from pipelines.adapters import serving
+
+    serve_config = serving.with_lakeloop_config(
+        serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, http_port=port
+    )
+    serve_config["applications"] = [serving.application(serve_config, app, route_prefix, **deployment_options)]
+    return serving.deploy(serve_config, dashboard).rstrip("/") + route_prefix.rstrip("/")

@@ -32,12 +32,12 @@ def _rate(hits: int, n: int) -> str:
 
 
 def _suite(config, pipeline, seed: int):
-    from pipelines import synthetic
-    from pipelines.drift import DriftSuite
-    from pipelines.model import NetworkSpec, TabularMLP
-    from pipelines.scoring import LakeloopModel
-
     import torch
+
+    from pipelines.core import synthetic
+    from pipelines.core.network import NetworkSpec, TabularMLP
+    from pipelines.training.bundle import LakeloopModel
+    from pipelines.training.detectors import DriftSuite
 
     torch.manual_seed(seed)
     hp = config.train.hyperparams
@@ -49,7 +49,7 @@ def _suite(config, pipeline, seed: int):
 
 def timings(suite, features: list[str], sizes: tuple[int, ...] = (500, 1000, 5000), repeats: int = 5) -> dict:
     """Median seconds per check, by detector and window size."""
-    from pipelines import synthetic
+    from pipelines.core import synthetic
 
     out = {}
     for size in sizes:
@@ -74,10 +74,10 @@ def main() -> None:
 
     import ray
 
-    from pipelines import synthetic
-    from pipelines.config import load_config
-    from pipelines.drift import DETECTORS
-    from pipelines.features import FeaturePipeline
+    from pipelines.core import synthetic
+    from pipelines.core.config import load_config
+    from pipelines.training.detectors import DETECTORS
+    from pipelines.training.features import FeaturePipeline
 
     config = load_config(ROOT / "conf" / "lakeloop.yaml")
     features = config.dataset.feature_names
@@ -96,7 +96,7 @@ def main() -> None:
         for w in range(args.windows):
             calm = synthetic.generate(args.window, 10_000 + ref * 1000 + w).to_pandas()[features]
             shifted = calm.assign(monthly_charges=calm["monthly_charges"] + args.shift)
-            for kind, window in zip(KINDS, (calm, shifted)):
+            for kind, window in zip(KINDS, (calm, shifted), strict=True):
                 results = suite.check(window)
                 for result in results:
                     counts[kind][result.detector] += result.is_drift
@@ -110,20 +110,36 @@ def main() -> None:
     p_any = counts["calm"]["any"] / n
     k, m = config.monitor.debounce.k, config.monitor.debounce.n
     trigger = sum(math.comb(m, j) * p_any**j * (1 - p_any) ** (m - j) for j in range(k, m + 1))
-    lines = [f"alpha {config.monitor.alpha} per window ({config.monitor.alpha / len(DETECTORS):.4f} per detector); "
-             f"window {args.window} rows; {args.references} references x {args.windows} windows = {n} of each kind; "
-             f"shift +{args.shift} in monthly_charges",
-             "| detector | false-alarm rate (no drift) | power (shifted) |", "| --- | --- | --- |"]
+    lines = [
+        f"alpha {config.monitor.alpha} per window ({config.monitor.alpha / len(DETECTORS):.4f} per detector); "
+        f"window {args.window} rows; {args.references} references x {args.windows} windows = {n} of each kind; "
+        f"shift +{args.shift} in monthly_charges",
+        "| detector | false-alarm rate (no drift) | power (shifted) |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {d} | {_rate(counts['calm'][d], n)} | {_rate(counts['shifted'][d], n)} |" for d in names]
     lines.append(f"window false-alarm rate per reference: {', '.join(f'{p:.2f}' for p in per_reference)}")
     lines.append(f"retraining trigger ({k} of {m} windows) with no drift: {trigger:.4f} per window triple")
     lines += ["| window rows | " + " | ".join(check_times[500]) + " |", "| --- " * (len(check_times[500]) + 1) + "|"]
-    lines += [f"| {size} | " + " | ".join(f"{1000 * s:.0f} ms" for s in row.values()) + " |"
-              for size, row in check_times.items()]
+    lines += [
+        f"| {size} | " + " | ".join(f"{1000 * s:.0f} ms" for s in row.values()) + " |"
+        for size, row in check_times.items()
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"counts": counts, "checks_per_kind": n, "per_reference_false_alarm": per_reference,
-                                    "trigger_false_alarm": trigger, "check_seconds": check_times,
-                                    "window": args.window, "shift": args.shift}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "counts": counts,
+                "checks_per_kind": n,
+                "per_reference_false_alarm": per_reference,
+                "trigger_false_alarm": trigger,
+                "check_seconds": check_times,
+                "window": args.window,
+                "shift": args.shift,
+            },
+            indent=2,
+        )
+    )
     print("\n".join(lines))
 
 

@@ -24,8 +24,14 @@ from benchmarks.common import ROOT, write_result
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "LAKELOOP_STORAGE_ROOT": str(Path(tmp) / "data")}
-        done = subprocess.run([str(Path(sys.executable).parent / "lakeloop"), "demo", "--json"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=1200)
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "lakeloop"), "demo", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
     if done.returncode:
         raise SystemExit(f"lakeloop demo failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout)
@@ -45,8 +51,9 @@ def main() -> None:
     lines += [f"| {name} | {seconds:.1f} | {seconds / total:.0%} |" for name, seconds in loop.items()]
     lines.append(f"| **drifted traffic checked -> new model serving** | **{total:.1f}** | |")
     lines.append(f"demo end to end: {sum(stages.values()):.0f} s; failed requests: {summary['failed_requests']}")
-    write_result("loop", {"stages": loop, "total_s": total, "demo_stages": stages,
-                          "failed_requests": summary["failed_requests"]})
+    write_result(
+        "loop", {"stages": loop, "total_s": total, "demo_stages": stages, "failed_requests": summary["failed_requests"]}
+    )
     print("\n".join(lines))
 
 

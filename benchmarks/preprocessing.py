@@ -30,15 +30,16 @@ CHUNK = 1_000_000
 
 
 def make_table(uri: str, rows: int) -> None:
-    from pipelines import delta_tables, synthetic
+    from pipelines.adapters import delta
+    from pipelines.core import synthetic
 
     for start in range(0, rows, CHUNK):
-        delta_tables.append(uri, synthetic.generate(min(CHUNK, rows - start), seed=start // CHUNK + 1))
+        delta.append(uri, synthetic.generate(min(CHUNK, rows - start), seed=start // CHUNK + 1))
 
 
 def run_ray(config, uri: str) -> dict:
-    from pipelines.preprocess import prepare
-    from pipelines.validate import validate_table
+    from pipelines.training.data import prepare
+    from pipelines.training.validation import validate_table
 
     report = validate_table(config, uri)
 
@@ -53,10 +54,9 @@ def run_ray(config, uri: str) -> dict:
 
 def _pandas_matrices(frame, dataset) -> int:
     import pandas as pd
-
-    from pipelines.splits import by_time, time_cutoffs
-
     import pyarrow as pa
+
+    from pipelines.core.splits import by_time, time_cutoffs
 
     cutoffs = time_cutoffs(pa.array(frame[dataset.event_time]), dataset.split)
     split = by_time(frame[dataset.event_time], cutoffs)
@@ -69,10 +69,14 @@ def _pandas_matrices(frame, dataset) -> int:
     rows = 0
     for name in ("train", "validation", "test"):
         part = frame[split == name]
-        numeric = [((part[c].astype("float64").fillna(means[c]) - means[c]) / stds[c]).to_numpy(np.float32)[:, None]
-                   for c in dataset.numeric]
-        onehot = [pd.get_dummies(pd.Categorical(part[c].fillna(modes[c]), categories=categories[c])).to_numpy(np.float32)
-                  for c in dataset.categorical]
+        numeric = [
+            ((part[c].astype("float64").fillna(means[c]) - means[c]) / stds[c]).to_numpy(np.float32)[:, None]
+            for c in dataset.numeric
+        ]
+        onehot = [
+            pd.get_dummies(pd.Categorical(part[c].fillna(modes[c]), categories=categories[c])).to_numpy(np.float32)
+            for c in dataset.categorical
+        ]
         matrix = np.concatenate(numeric + onehot, axis=1)
         target = part[dataset.label].astype(str).map(classes).to_numpy(np.int64)
         rows += len(matrix) if len(matrix) == len(target) else 0
@@ -100,7 +104,13 @@ def run_polars(config, uri: str) -> dict:
         micros = frame[dataset.event_time].dt.epoch("us")
         q = dataset.split.train_fraction
         first, second = micros.quantile(q, "lower"), micros.quantile(q + dataset.split.validation_fraction, "lower")
-        split = pl.when(micros >= second).then(pl.lit("test")).when(micros >= first).then(pl.lit("validation")).otherwise(pl.lit("train"))
+        split = (
+            pl.when(micros >= second)
+            .then(pl.lit("test"))
+            .when(micros >= first)
+            .then(pl.lit("validation"))
+            .otherwise(pl.lit("train"))
+        )
         frame = frame.with_columns(split.alias("__split"))
         train = frame.filter(pl.col("__split") == "train")
         means = {c: train[c].cast(pl.Float64).mean() for c in dataset.numeric}
@@ -110,10 +120,15 @@ def run_polars(config, uri: str) -> dict:
         rows = 0
         for name in ("train", "validation", "test"):
             part = frame.filter(pl.col("__split") == name)
-            columns = [((pl.col(c).cast(pl.Float64).fill_null(means[c]) - means[c]) / stds[c]).cast(pl.Float32).alias(c)
-                       for c in dataset.numeric]
-            columns += [(pl.col(c).fill_null(modes[c]) == v).cast(pl.Float32).alias(f"{c}={v}")
-                        for c in dataset.categorical for v in categories[c]]
+            columns = [
+                ((pl.col(c).cast(pl.Float64).fill_null(means[c]) - means[c]) / stds[c]).cast(pl.Float32).alias(c)
+                for c in dataset.numeric
+            ]
+            columns += [
+                (pl.col(c).fill_null(modes[c]) == v).cast(pl.Float32).alias(f"{c}={v}")
+                for c in dataset.categorical
+                for v in categories[c]
+            ]
             matrix = part.select(columns).to_numpy()
             target = part[dataset.label].cast(pl.Int64).to_numpy()
             rows += len(matrix) if len(matrix) == len(target) else 0
@@ -146,25 +161,44 @@ def main() -> None:
             uri = str(Path(tmp) / f"events_{size}")
             make_table(uri, size)
             for engine in engines:
-                done = subprocess.run([sys.executable, "-m", "benchmarks.preprocessing", "--child", engine, "--table", uri],
-                                      cwd=ROOT, capture_output=True, text=True)
+                done = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.preprocessing", "--child", engine, "--table", uri],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                )
                 if done.returncode:
                     raise SystemExit(f"{engine} at {size} rows failed:\n{done.stderr[-3000:]}")
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 assert result["rows"] == size, (engine, size, result["rows"])
                 rows.append({"engine": engine, "size": size, **result, "rows_per_s": size / result["seconds"]})
-                print(f"{engine:>7} {size:>11,} rows: {result['seconds']:7.2f} s, {size / result['seconds']:12,.0f} rows/s, "
-                      f"peak {result['peak_mb']:,.0f} MB", flush=True)
+                print(
+                    f"{engine:>7} {size:>11,} rows: {result['seconds']:7.2f} s, "
+                    f"{size / result['seconds']:12,.0f} rows/s, "
+                    f"peak {result['peak_mb']:,.0f} MB",
+                    flush=True,
+                )
             Path(uri).exists() and subprocess.run(["rm", "-rf", uri], check=True)
-    speedups = {str(r["size"]): r["rows_per_s"] / next(p["rows_per_s"] for p in rows
-                                                        if p["engine"] == "pandas" and p["size"] == r["size"])
-                for r in rows if r["engine"] == "ray"}
-    lines = ["| engine | rows | seconds | rows/s | peak MB | Ray throughput vs pandas |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['engine']} | {r['size']:,} | {r['seconds']:.2f} | {r['rows_per_s']:,.0f} | {r['peak_mb']:,.0f} | "
-              + (f"{speedups[str(r['size'])]:.2f}x |" if r["engine"] == "ray" else "|") for r in rows]
+    speedups = {
+        str(r["size"]): r["rows_per_s"]
+        / next(p["rows_per_s"] for p in rows if p["engine"] == "pandas" and p["size"] == r["size"])
+        for r in rows
+        if r["engine"] == "ray"
+    }
+    lines = [
+        "| engine | rows | seconds | rows/s | peak MB | Ray throughput vs pandas |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['engine']} | {r['size']:,} | {r['seconds']:.2f} | {r['rows_per_s']:,.0f} | {r['peak_mb']:,.0f} | "
+        + (f"{speedups[str(r['size'])]:.2f}x |" if r["engine"] == "ray" else "|")
+        for r in rows
+    ]
     fixed = next((r["seconds"] for r in rows if r["engine"] == "ray" and r["size"] == min(args.sizes)), None)
-    lines.append(f"Ray fixed overhead (time at {min(args.sizes):,} rows): {fixed:.2f} s, plus ray.init "
-                 f"{next(r['ray_init_s'] for r in rows if r['engine'] == 'ray'):.2f} s")
+    lines.append(
+        f"Ray fixed overhead (time at {min(args.sizes):,} rows): {fixed:.2f} s, plus ray.init "
+        f"{next(r['ray_init_s'] for r in rows if r['engine'] == 'ray'):.2f} s"
+    )
     write_result("preprocessing", {"rows": rows, "ray_vs_pandas": speedups})
     print("\n".join(lines))
 

@@ -5,7 +5,7 @@
 Each stream runs on the real embedded stack (an `mlflow server`, a Ray head with the Jobs API, a
 Serve endpoint): a champion trained on 4,000 rows of the old concept, then a labelled stream
 through POST /predict and POST /feedback, checked by the monitor after every round, retraining
-through the Jobs API, the gate, and the endpoint's swap (pipelines.closed_loop). First a calm
+through the Jobs API, the gate, and the endpoint's swap (pipelines.monitoring.closed_loop). First a calm
 phase (rounds of 1,000 rows of the old concept: the false-alarm check), then the concept changes
 and rounds of 200 labelled rows continue until 1,000 rows after the swap, or --drift-rows.
 
@@ -48,21 +48,25 @@ class Stream:
     metric: str
 
     def rows(self, n: int, seed: int, drifted: bool) -> pd.DataFrame:
-        from pipelines import synthetic
+        from pipelines.core import synthetic
 
         if self.name == "sea":
             return synthetic.sea(n, seed, concept=4 if drifted else 3).to_pandas()
         return synthetic.generate(n, seed, "concept" if drifted else "none").to_pandas()
 
     def table(self, n: int, seed: int):
-        from pipelines import synthetic
+        from pipelines.core import synthetic
 
         return synthetic.sea(n, seed, concept=3) if self.name == "sea" else synthetic.generate(n, seed)
 
 
 STREAMS = {
-    "churn": Stream("churn", ["tenure_months", "monthly_charges", "support_calls", "age", "plan", "contract", "region"],
-                    "churned", "roc_auc"),
+    "churn": Stream(
+        "churn",
+        ["tenure_months", "monthly_charges", "support_calls", "age", "plan", "contract", "region"],
+        "churned",
+        "roc_auc",
+    ),
     "sea": Stream("sea", ["x1", "x2", "x3"], "label", "accuracy"),
 }
 
@@ -70,13 +74,13 @@ STREAMS = {
 def stream_config(stream: Stream, root: Path, tracking_uri: str, gcs: str, jobs_api: str):
     import yaml
 
-    from pipelines.config import parse_config
+    from pipelines.core.config import parse_config
 
     raw = yaml.safe_load((ROOT / "conf" / "lakeloop.yaml").read_text())
     raw["storage"]["root"] = str(root)
     raw["mlflow"].update(tracking_uri=tracking_uri, registered_model=f"recovery-{stream.name}-{uuid.uuid4().hex[:6]}")
     raw["ray"]["address"] = gcs
-    raw["monitor"]["jobs_api"] = jobs_api
+    raw["ray"]["dashboard"] = jobs_api
     raw["serving"]["poll_interval_s"] = 1.0
     raw["serving"]["prediction_log"].update(flush_interval_s=0.5)
     if stream.name == "sea":
@@ -91,10 +95,10 @@ def fit_family(config, frame: pd.DataFrame, seed: int = 0):
     import ray.data
     import torch
 
-    from pipelines import metrics
-    from pipelines.features import FeaturePipeline
-    from pipelines.model import NetworkSpec, TabularMLP, loss_function, output_dim
-    from pipelines.scoring import LakeloopModel
+    from pipelines.core import metrics
+    from pipelines.core.network import NetworkSpec, TabularMLP, loss_function, output_dim
+    from pipelines.training.bundle import LakeloopModel
+    from pipelines.training.features import FeaturePipeline
 
     dataset, hp = config.dataset, config.train.hyperparams
     ordered = frame.sort_values(dataset.event_time).reset_index(drop=True)
@@ -157,23 +161,29 @@ def _accuracy(predicted, labels) -> float:
     return float(np.mean(np.asarray(predicted) == np.asarray(labels))) if len(labels) else float("nan")
 
 
-def run_stream(stream: Stream, workdir: Path, tracking_uri: str, gcs: str, jobs_api: str, serve_url: str,
-               calm_rows: int, drift_rows: int) -> dict:
+def run_stream(
+    stream: Stream,
+    workdir: Path,
+    tracking_uri: str,
+    gcs: str,
+    jobs_api: str,
+    serve_port: int,
+    calm_rows: int,
+    drift_rows: int,
+) -> dict:
     from ray import serve
 
-    from pipelines import delta_tables
-    from pipelines.closed_loop import ClosedLoop
-    from pipelines.deploy import wait_ready
-    from pipelines.traffic import LabelledStream
-    from pipelines.train import train_and_register
-    from serve.app import build_deployment
+    from benchmarks.common import deploy_shipped
+    from pipelines.adapters import delta
+    from pipelines.adapters.endpoint import LabelledStream
+    from pipelines.adapters.serving import wait_ready
+    from pipelines.monitoring.closed_loop import ClosedLoop
+    from pipelines.training.workflow import train_and_register
 
     config = stream_config(stream, workdir / stream.name, tracking_uri, gcs, jobs_api)
-    delta_tables.append(config.table_uri, stream.table(4000, 1))
+    delta.append(config.table_uri, stream.table(4000, 1))
     first = train_and_register(config)
-    serve.run(build_deployment(config).bind(config.model_dump_json()), name=f"recovery-{stream.name}",
-              route_prefix=f"/{stream.name}")
-    url = f"{serve_url}/{stream.name}"
+    url = deploy_shipped(config, jobs_api, serve_port, f"recovery-{stream.name}", f"/{stream.name}")
     if not wait_ready(url, 180):
         raise SystemExit(f"{stream.name}: the endpoint never loaded the champion")
     loop = ClosedLoop(config, url, LabelledStream(url, stream.features, stream.label))
@@ -209,36 +219,56 @@ def run_stream(stream: Stream, workdir: Path, tracking_uri: str, gcs: str, jobs_
     versions = [row.version for row in served]
     first_model = registered(config, first.model_version)
     rows_in_order = stream_rows.iloc[order].reset_index(drop=True)
-    events = delta_tables.read(config.table_uri).to_pandas()
+    events = delta.read(config.table_uri).to_pandas()
     # stream rows happen after the training table, in the order they were served
     rows_in_order[config.dataset.event_time] = events[config.dataset.event_time].max() + pd.to_timedelta(
-        np.arange(1, len(rows_in_order) + 1), unit="s")
+        np.arange(1, len(rows_in_order) + 1), unit="s"
+    )
     predictions = {"lakeloop": lakeloop, "none": _lakeloop_predict(first_model)(rows_in_order)}
     # schedule: every SCHEDULE_EVERY labelled rows, retrain on all data so far (events + stream)
     scheduled = predictions["none"].copy()
     for start in range(SCHEDULE_EVERY, len(rows_in_order), SCHEDULE_EVERY):
         model = fit_family(config, pd.concat([events, rows_in_order.iloc[:start]], ignore_index=True))
-        scheduled[start:start + SCHEDULE_EVERY] = _lakeloop_predict(model)(rows_in_order.iloc[start:start + SCHEDULE_EVERY])
+        scheduled[start : start + SCHEDULE_EVERY] = _lakeloop_predict(model)(
+            rows_in_order.iloc[start : start + SCHEDULE_EVERY]
+        )
     predictions["schedule"] = scheduled
     heldout = stream.rows(5000, 9999, drifted=True)
-    result = {"stream": stream.name, "metric": stream.metric, "calm_windows": calm_windows, "calm_triggers": calm_triggers,
-              "drift_at_row": drift_at, "rows": len(served), "jobs": jobs, "loop_seconds": round(loop_seconds, 1),
-              "failed_requests": loop.stream.failed}
+    result = {
+        "stream": stream.name,
+        "metric": stream.metric,
+        "calm_windows": calm_windows,
+        "calm_triggers": calm_triggers,
+        "drift_at_row": drift_at,
+        "rows": len(served),
+        "jobs": jobs,
+        "loop_seconds": round(loop_seconds, 1),
+        "failed_requests": loop.stream.failed,
+    }
     if recovered_at is None:
         result.update(recovered=False, prequential=_segments(predictions, labels, drift_at, None))
         return result
-    post_drift = rows_in_order.iloc[drift_at:drift_at + submitted_with]
+    post_drift = rows_in_order.iloc[drift_at : drift_at + submitted_with]
     oracle, hgb = fit_family(config, post_drift), fit_hgb(post_drift, stream)
-    predictions["oracle"] = np.where(np.arange(len(labels)) >= recovered_at, _lakeloop_predict(oracle)(rows_in_order), -1)
+    predictions["oracle"] = np.where(
+        np.arange(len(labels)) >= recovered_at, _lakeloop_predict(oracle)(rows_in_order), -1
+    )
     predictions["hgb"] = np.where(np.arange(len(labels)) >= recovered_at, hgb(rows_in_order), -1)
     final = registered(config, versions[-1])
-    held = {"lakeloop (serving at the end)": _accuracy(_lakeloop_predict(final)(heldout), heldout[stream.label]),
-            "oracle": _accuracy(_lakeloop_predict(oracle)(heldout), heldout[stream.label]),
-            "hgb": _accuracy(hgb(heldout), heldout[stream.label]),
-            "none": _accuracy(_lakeloop_predict(first_model)(heldout), heldout[stream.label])}
-    result.update(recovered=True, rows_to_recover=recovered_at - drift_at, oracle_rows=int(submitted_with),
-                  serving_version=versions[-1], heldout_accuracy=held,
-                  prequential=_segments(predictions, labels, drift_at, recovered_at))
+    held = {
+        "lakeloop (serving at the end)": _accuracy(_lakeloop_predict(final)(heldout), heldout[stream.label]),
+        "oracle": _accuracy(_lakeloop_predict(oracle)(heldout), heldout[stream.label]),
+        "hgb": _accuracy(hgb(heldout), heldout[stream.label]),
+        "none": _accuracy(_lakeloop_predict(first_model)(heldout), heldout[stream.label]),
+    }
+    result.update(
+        recovered=True,
+        rows_to_recover=recovered_at - drift_at,
+        oracle_rows=int(submitted_with),
+        serving_version=versions[-1],
+        heldout_accuracy=held,
+        prequential=_segments(predictions, labels, drift_at, recovered_at),
+    )
     return result
 
 
@@ -258,21 +288,30 @@ def _segments(predictions: dict, labels: np.ndarray, drift_at: int, recovered_at
 def report(results: list[dict]) -> str:
     lines = []
     for r in results:
-        lines.append(f"### {r['stream']} (gate metric {r['metric']}), {r['rows']} labelled rows, {r['failed_requests']} failed requests")
+        lines.append(
+            f"### {r['stream']} (gate metric {r['metric']}), {r['rows']} labelled rows, "
+            f"{r['failed_requests']} failed requests"
+        )
         lines.append(f"calm phase: {r['calm_windows']} windows checked, {r['calm_triggers']} retraining triggers")
         if not r["recovered"]:
             lines.append("NOT RECOVERED within the stream")
         else:
-            lines.append(f"recovered after {r['rows_to_recover']} labelled rows since the drift "
-                         f"(retrained on {r['oracle_rows']} post-drift rows; now serving version {r['serving_version']})")
+            lines.append(
+                f"recovered after {r['rows_to_recover']} labelled rows since the drift "
+                f"(retrained on {r['oracle_rows']} post-drift rows; now serving version {r['serving_version']})"
+            )
             held = r["heldout_accuracy"]
             lines.append("held-out new-concept accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in held.items()))
         segments = list(next(iter(r["prequential"].values())))
         lines.append("| prequential accuracy | " + " | ".join(segments) + " |")
         lines.append("| --- |" + " --- |" * len(segments))
         for name, values in r["prequential"].items():
-            lines.append(f"| {name} | " + " | ".join("-" if values[s] is None else f"{values[s]:.3f}" for s in segments) + " |")
-        lines.append("jobs: " + "; ".join(f"{j['submission_id']} {j['outcome']} in {j['seconds']} s" for j in r["jobs"]))
+            lines.append(
+                f"| {name} | " + " | ".join("-" if values[s] is None else f"{values[s]:.3f}" for s in segments) + " |"
+            )
+        lines.append(
+            "jobs: " + "; ".join(f"{j['submission_id']} {j['outcome']} in {j['seconds']} s" for j in r["jobs"])
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -288,7 +327,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from pipelines import stack
+    from pipelines.adapters import local_services as stack
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,12 +337,20 @@ def main() -> None:
         try:
             ray.init(address=info["gcs_address"], logging_level="ERROR")
             port = stack.free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
             try:
                 for name in args.streams.split(","):
-                    results.append(run_stream(STREAMS[name], workdir, mlflow_service.url, info["gcs_address"],
-                                              head_service.url, f"http://127.0.0.1:{port}", args.calm_rows,
-                                              args.drift_rows))
+                    results.append(
+                        run_stream(
+                            STREAMS[name],
+                            workdir,
+                            mlflow_service.url,
+                            info["gcs_address"],
+                            head_service.url,
+                            port,
+                            args.calm_rows,
+                            args.drift_rows,
+                        )
+                    )
                     print(report(results[-1:]), flush=True)
             finally:
                 serve.shutdown()  # before the head goes: Serve's HAProxy ingress would outlive it

@@ -1,6 +1,6 @@
 """Collect bench-results/*.json into one table: bench-results/results.md and results.json.
 
-    python -m benchmarks.report
+python -m benchmarks.report
 """
 
 from __future__ import annotations
@@ -22,34 +22,56 @@ def _serving(data: dict) -> list[tuple[str, str, str, str]]:
 def _preprocessing(data: dict) -> list[tuple[str, str, str, str]]:
     largest = max(data["ray_vs_pandas"], key=int)
     ratio = data["ray_vs_pandas"][largest]
-    rows = [("preprocessing", f"Ray Data vs single-process pandas at {int(size):,} rows", f"{r:.2f}x", "")
-            for size, r in data["ray_vs_pandas"].items()]
+    rows = [
+        ("preprocessing", f"Ray Data vs single-process pandas at {int(size):,} rows", f"{r:.2f}x", "")
+        for size, r in data["ray_vs_pandas"].items()
+    ]
     rows[-1] = (rows[-1][0], rows[-1][1], f"{ratio:.2f}x (target >= 1.6x)", "met" if ratio >= 1.6 else "MISSED")
     return rows
 
 
 def _training(data: dict) -> list[tuple[str, str, str, str]]:
     overhead = data["per_epoch_overhead"]
-    rows = [("training", "TorchTrainer (1 worker) per-epoch time vs plain PyTorch", f"{overhead:+.0%} (target <= +10%)",
-             "met" if overhead <= 0.10 else "MISSED")]
+    rows = [
+        (
+            "training",
+            "TorchTrainer (1 worker) per-epoch time vs plain PyTorch",
+            f"{overhead:+.0%} (target <= +10%)",
+            "met" if overhead <= 0.10 else "MISSED",
+        )
+    ]
     rows += [("training", f"{r['setup']}: fixed start-up", f"{r['fixed_s']:.1f} s", "") for r in data["rows"]]
     return rows
 
 
 def _batch(data: dict) -> list[tuple[str, str, str, str]]:
-    return [("batch inference", f"batch API vs single-process pyfunc, {data['table_rows']:,} rows",
-             f"{data['speedup']:.2f}x (target >= 1.5x)", "met" if data["speedup"] >= 1.5 else "MISSED")]
+    return [
+        (
+            "batch inference",
+            f"batch API vs single-process pyfunc, {data['table_rows']:,} rows",
+            f"{data['speedup']:.2f}x (target >= 1.5x)",
+            "met" if data["speedup"] >= 1.5 else "MISSED",
+        )
+    ]
 
 
 def _drift(data: dict) -> list[tuple[str, str, str, str]]:
     counts, n = data["counts"], data["checks_per_kind"]
     seconds = data["check_seconds"]
     return [
-        ("drift", "window false-alarm rate, no drift (alpha 0.05)", f"{counts['calm']['any'] / n:.3f} over {n} windows",
-         "met" if counts["calm"]["any"] / n <= 0.05 + 1.96 * (0.05 * 0.95 / n) ** 0.5 else "MISSED"),
+        (
+            "drift",
+            "window false-alarm rate, no drift (alpha 0.05)",
+            f"{counts['calm']['any'] / n:.3f} over {n} windows",
+            "met" if counts["calm"]["any"] / n <= 0.05 + 1.96 * (0.05 * 0.95 / n) ** 0.5 else "MISSED",
+        ),
         ("drift", f"power, +{data['shift']} shift of one feature", f"{counts['shifted']['any'] / n:.3f}", ""),
-        ("drift", "full check of a 1,000-row window (7 features, 3 detectors)", f"{seconds['1000']['total']:.2f} s (target <= 1 s)",
-         "met" if seconds["1000"]["total"] <= 1 else "MISSED"),
+        (
+            "drift",
+            "full check of a 1,000-row window (7 features, 3 detectors)",
+            f"{seconds['1000']['total']:.2f} s (target <= 1 s)",
+            "met" if seconds["1000"]["total"] <= 1 else "MISSED",
+        ),
     ]
 
 
@@ -62,47 +84,98 @@ def _recovery(data: dict) -> list[tuple[str, str, str, str]]:
     rows = []
     for stream in data["streams"]:
         name = stream["stream"]
-        rows.append(("recovery", f"{name}: retraining triggers over {stream['calm_windows']} calm windows",
-                     str(stream["calm_triggers"]), "met" if stream["calm_triggers"] == 0 and stream["calm_windows"] >= 30
-                     else "MISSED"))
+        rows.append(
+            (
+                "recovery",
+                f"{name}: retraining triggers over {stream['calm_windows']} calm windows",
+                str(stream["calm_triggers"]),
+                "met" if stream["calm_triggers"] == 0 and stream["calm_windows"] >= 30 else "MISSED",
+            )
+        )
         if not stream["recovered"]:
-            rows.append(("recovery", f"{name}: labelled rows after the drift until a retrained model serves",
-                         "not recovered (target <= 1,500)", "MISSED"))
+            rows.append(
+                (
+                    "recovery",
+                    f"{name}: labelled rows after the drift until a retrained model serves",
+                    "not recovered (target <= 1,500)",
+                    "MISSED",
+                )
+            )
             continue
         held = stream["heldout_accuracy"]
         ours, oracle = held["lakeloop (serving at the end)"], held["oracle"]
-        rows.append(("recovery", f"{name}: labelled rows after the drift until a retrained model serves",
-                     f"{stream['rows_to_recover']:,} (target <= 1,500)", "met" if stream["rows_to_recover"] <= 1500 else "MISSED"))
-        rows.append(("recovery", f"{name}: new-concept accuracy, lakeloop vs oracle (same family, same post-drift rows)",
-                     f"{ours:.3f} vs {oracle:.3f}; HGB {held['hgb']:.3f}, no retraining {held['none']:.3f} (target >= oracle - 0.02)",
-                     "met" if ours >= oracle - 0.02 else "MISSED"))
+        rows.append(
+            (
+                "recovery",
+                f"{name}: labelled rows after the drift until a retrained model serves",
+                f"{stream['rows_to_recover']:,} (target <= 1,500)",
+                "met" if stream["rows_to_recover"] <= 1500 else "MISSED",
+            )
+        )
+        rows.append(
+            (
+                "recovery",
+                f"{name}: new-concept accuracy, lakeloop vs oracle (same family, same post-drift rows)",
+                f"{ours:.3f} vs {oracle:.3f}; HGB {held['hgb']:.3f}, no retraining {held['none']:.3f} "
+                "(target >= oracle - 0.02)",
+                "met" if ours >= oracle - 0.02 else "MISSED",
+            )
+        )
         after = stream["prequential"]["lakeloop"]["after recovery"]
         schedule = stream["prequential"]["schedule"]["after recovery"]
-        rows.append(("recovery", f"{name}: prequential accuracy after recovery, lakeloop vs retraining on all data on a schedule",
-                     f"{after:.3f} vs {schedule:.3f}", ""))
+        rows.append(
+            (
+                "recovery",
+                f"{name}: prequential accuracy after recovery, lakeloop vs retraining on all data on a schedule",
+                f"{after:.3f} vs {schedule:.3f}",
+                "",
+            )
+        )
     return rows
 
 
-SECTIONS = {"serve_load": _serving, "preprocessing": _preprocessing, "training": _training,
-            "batch_inference": _batch, "drift_stats": _drift, "loop": _loop,
-            "recovery": _recovery}
+SECTIONS = {
+    "serve_load": _serving,
+    "preprocessing": _preprocessing,
+    "training": _training,
+    "batch_inference": _batch,
+    "drift_stats": _drift,
+    "loop": _loop,
+    "recovery": _recovery,
+}
 
 
 def main() -> None:
-    found = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in SECTIONS
-             if (RESULTS / f"{name}.json").exists()}
+    found = {
+        name: json.loads((RESULTS / f"{name}.json").read_text())
+        for name in SECTIONS
+        if (RESULTS / f"{name}.json").exists()
+    }
     rows = [row for name, data in found.items() for row in SECTIONS[name](data)]
     info = machine()
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    lines = [f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, Python {info['python']}; {versions}", "",
-             "| area | comparison (baseline measured in the same run) | result | target |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, Python {info['python']}; {versions}",
+        "",
+        "| area | comparison (baseline measured in the same run) | result | target |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     missing = [name for name in SECTIONS if name not in found]
     if missing:
         lines.append(f"\nnot run: {', '.join(missing)}")
     (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "results.json").write_text(json.dumps({"machine": info, "results": found, "summary": [
-        {"area": a, "comparison": b, "result": c, "target": d} for a, b, c, d in rows]}, indent=2, default=str))
+    (RESULTS / "results.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "results": found,
+                "summary": [{"area": a, "comparison": b, "result": c, "target": d} for a, b, c, d in rows],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print("\n".join(lines))
 
 

@@ -61,9 +61,15 @@ async def _load(url: str, concurrency: int, seconds: float) -> dict:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    return {"concurrency": concurrency, "requests": len(latencies), "rps": len(latencies) / elapsed,
-            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors}  # fmt: skip
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pick(0.5),
+        "p99_ms": pick(0.99),
+        "errors": errors,
+    }
 
 
 def sweep(server: str, url: str, concurrencies: list[int], seconds: float) -> list[dict]:
@@ -72,7 +78,7 @@ def sweep(server: str, url: str, concurrencies: list[int], seconds: float) -> li
 
 
 def _wait_until_up(url: str, path: str, timeout: float = 180) -> None:
-    from pipelines.deploy import wait_ready
+    from pipelines.adapters.serving import wait_ready
 
     if not wait_ready(url, timeout, path):
         raise TimeoutError(f"{url}{path} did not answer 200 within {timeout} s")
@@ -86,24 +92,29 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
     import ray
     from ray import serve
 
-    from benchmarks.common import demo_config
-    from pipelines.stack import free_port
-    from serve.app import DEPLOYMENT_OPTIONS, build_deployment
+    from benchmarks.common import demo_config, deploy_shipped
+    from pipelines.adapters import serving
+    from pipelines.adapters.local_services import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp), tracking_uri)
         if "max_batch_size" in variant:
-            config = config.model_copy(update={"serving": config.serving.model_copy(
-                update={"max_batch_size": variant["max_batch_size"]})})
-        deployment = build_deployment(config)
+            config = config.model_copy(
+                update={"serving": config.serving.model_copy(update={"max_batch_size": variant["max_batch_size"]})}
+            )
+        shipped = serving.load_serve_config(ROOT / "conf" / "serve.yaml")["applications"][0]["deployments"][0]
+        overrides = {}
         if "min_replicas" in variant:
-            deployment = deployment.options(autoscaling_config={
-                **DEPLOYMENT_OPTIONS["autoscaling_config"], "min_replicas": variant["min_replicas"]})
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(deployment.bind(config.model_dump_json()), name="bench", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
+            overrides["autoscaling_config"] = {**shipped["autoscaling_config"], "min_replicas": variant["min_replicas"]}
+        context = ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=free_port(),
+            logging_level="ERROR",
+        )
+        url = deploy_shipped(config, f"http://{context.dashboard_url}", free_port(), "bench", "/", **overrides)
         _wait_until_up(url, "/health")
         rows = sweep(mode, f"{url}/invocations", concurrencies, seconds)
         serve.shutdown()
@@ -111,11 +122,14 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
     return rows
 
 
-def process_server(name: str, command: list[str], port: int, env: dict, concurrencies: list[int], seconds: float) -> list[dict]:
-    from pipelines.stack import stop_pid
+def process_server(
+    name: str, command: list[str], port: int, env: dict, concurrencies: list[int], seconds: float
+) -> list[dict]:
+    from pipelines.adapters.local_services import stop_pid
 
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_until_up(f"http://127.0.0.1:{port}", "/ping")
         return sweep(name, f"http://127.0.0.1:{port}/invocations", concurrencies, seconds)
@@ -134,29 +148,83 @@ def main() -> None:
         print(json.dumps(serve_child(args.child, args.tracking_uri, args.seconds, args.concurrency)))
         return
 
-    from pipelines.stack import free_port
+    from pipelines.adapters.local_services import free_port
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
         for mode in SERVE_MODES:
-            done = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--child", mode, "--tracking-uri",
-                                   model.tracking_uri, "--seconds", str(args.seconds), "--concurrency",
-                                   *map(str, args.concurrency)], cwd=ROOT, capture_output=True, text=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.serve_load",
+                    "--child",
+                    mode,
+                    "--tracking-uri",
+                    model.tracking_uri,
+                    "--seconds",
+                    str(args.seconds),
+                    "--concurrency",
+                    *map(str, args.concurrency),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             if done.returncode:
                 raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
             rows += json.loads(done.stdout.strip().splitlines()[-1])
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-               "BENCH_MODEL_DIR": str(model.local_dir)}
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "BENCH_MODEL_DIR": str(model.local_dir),
+        }
         for workers in (1, 2):
             port = free_port()
-            rows += process_server(f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})",
-                                   [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model.local_dir), "-h",
-                                    "127.0.0.1", "-p", str(port), "-w", str(workers), "--env-manager", "local"],
-                                   port, env, args.concurrency, args.seconds)
+            rows += process_server(
+                f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})",
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "models",
+                    "serve",
+                    "-m",
+                    str(model.local_dir),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-w",
+                    str(workers),
+                    "--env-manager",
+                    "local",
+                ],
+                port,
+                env,
+                args.concurrency,
+                args.seconds,
+            )
         port = free_port()
-        rows += process_server("bare FastAPI/uvicorn (1 worker)",
-                               [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--host", "127.0.0.1",
-                                "--port", str(port), "--log-level", "warning"], port, env, args.concurrency, args.seconds)
+        rows += process_server(
+            "bare FastAPI/uvicorn (1 worker)",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "benchmarks.bare_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            port,
+            env,
+            args.concurrency,
+            args.seconds,
+        )
 
     def at(server: str, c: int) -> dict:
         return next(r for r in rows if r["server"] == server and r["concurrency"] == c)
@@ -164,15 +232,19 @@ def main() -> None:
     shipped, mlflow1, bare = SHIPPED, "mlflow models serve (1 worker)", "bare FastAPI/uvicorn (1 worker)"
     high, low = max(args.concurrency), min(args.concurrency)
     targets = {
-        f"c={high}: shipped Serve req/s vs mlflow models serve (1 worker), target >= 2x":
-            at(shipped, high)["rps"] / at(mlflow1, high)["rps"],
-        f"c={high}: shipped Serve p99 vs mlflow models serve (1 worker), target < 1x":
-            at(shipped, high)["p99_ms"] / at(mlflow1, high)["p99_ms"],
-        f"c={low}: shipped Serve p50 vs bare uvicorn, target <= 2x": at(shipped, low)["p50_ms"] / at(bare, low)["p50_ms"],
+        f"c={high}: shipped Serve req/s vs mlflow models serve (1 worker), target >= 2x": at(shipped, high)["rps"]
+        / at(mlflow1, high)["rps"],
+        f"c={high}: shipped Serve p99 vs mlflow models serve (1 worker), target < 1x": at(shipped, high)["p99_ms"]
+        / at(mlflow1, high)["p99_ms"],
+        f"c={low}: shipped Serve p50 vs bare uvicorn, target <= 2x": at(shipped, low)["p50_ms"]
+        / at(bare, low)["p50_ms"],
     }
     lines = ["| server | concurrency | req/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['server']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['errors']} |" for r in rows]
+    lines += [
+        f"| {r['server']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+        f"{r['errors']} |"
+        for r in rows
+    ]
     lines += ["", *(f"{name}: {value:.2f}x" for name, value in targets.items())]
     write_result("serve_load", {"rows": rows, "ratios": targets, "seconds_per_point": args.seconds})
     print("\n".join(lines))

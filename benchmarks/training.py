@@ -25,8 +25,8 @@ from benchmarks.common import demo_config, write_result
 def plain_loop(train: tuple, validation: tuple, spec, hp, epochs: int, checkpoint: Path) -> float:
     import torch
 
-    from pipelines import metrics
-    from pipelines.model import TabularMLP, loss_function
+    from pipelines.core import metrics
+    from pipelines.core.network import TabularMLP, loss_function
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -59,37 +59,51 @@ def main() -> None:
     import ray
     import torch
 
-    from pipelines import delta_tables, synthetic, training
-    from pipelines.features import FEATURES_COLUMN, TARGET_COLUMN
-    from pipelines.model import NetworkSpec
-    from pipelines.preprocess import prepare, to_frame
+    from pipelines.adapters import delta
+    from pipelines.core import synthetic
+    from pipelines.core.network import NetworkSpec
+    from pipelines.training import loop
+    from pipelines.training.data import prepare, to_frame
+    from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN
 
     results: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp))
-        delta_tables.append(config.table_uri, synthetic.generate(args.rows, 1))
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 logging_level="ERROR")
+        delta.append(config.table_uri, synthetic.generate(args.rows, 1))
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR")
         try:
             prepared = prepare(config)
             datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
             frames = {name: to_frame(ds) for name, ds in datasets.items()}
-            arrays = {name: (np.stack(f[FEATURES_COLUMN].to_numpy()).astype(np.float32), f[TARGET_COLUMN].to_numpy(np.int64))
-                      for name, f in frames.items()}
+            arrays = {
+                name: (np.stack(f[FEATURES_COLUMN].to_numpy()).astype(np.float32), f[TARGET_COLUMN].to_numpy(np.int64))
+                for name, f in frames.items()
+            }
             hp = config.train.hyperparams
             dim = int(prepared.pipeline.output_dim or 0)
             spec = NetworkSpec(dim, 2, hp.hidden, hp.depth, hp.dropout)
             torch.set_num_threads(1)
             results["plain PyTorch loop"] = {
                 e: plain_loop(arrays["train"], arrays["validation"], spec, hp, e, Path(tmp) / "plain.pt")
-                for e in (1, args.epochs)}
+                for e in (1, args.epochs)
+            }
             for workers in (1, 2):
                 times = {}
                 for epochs in (1, args.epochs):
-                    run_config = config.model_copy(update={"train": config.train.model_copy(update={
-                        "num_workers": workers, "cpus_per_worker": 1.0, "patience": args.epochs, "max_epochs": epochs})})
+                    run_config = config.model_copy(
+                        update={
+                            "train": config.train.model_copy(
+                                update={
+                                    "num_workers": workers,
+                                    "cpus_per_worker": 1.0,
+                                    "patience": args.epochs,
+                                    "max_epochs": epochs,
+                                }
+                            )
+                        }
+                    )
                     started = time.perf_counter()
-                    training.fit(run_config, hp, datasets, dim, None, name=f"bench-{workers}w-{epochs}e-{time.time_ns()}")
+                    loop.fit(run_config, hp, datasets, dim, None, name=f"bench-{workers}w-{epochs}e-{time.time_ns()}")
                     times[epochs] = time.perf_counter() - started
                 results[f"TorchTrainer, {workers} worker{'s' if workers > 1 else ''}"] = times
         finally:
@@ -99,14 +113,24 @@ def main() -> None:
     rows = []
     for name, times in results.items():
         per_epoch = (times[args.epochs] - times[1]) / extra
-        rows.append({"setup": name, "per_epoch_s": per_epoch, "fixed_s": times[1] - per_epoch,
-                     "total_s": times[args.epochs], "epochs": args.epochs})
+        rows.append(
+            {
+                "setup": name,
+                "per_epoch_s": per_epoch,
+                "fixed_s": times[1] - per_epoch,
+                "total_s": times[args.epochs],
+                "epochs": args.epochs,
+            }
+        )
     base = rows[0]["per_epoch_s"]
     one_worker = next(r for r in rows if r["setup"] == "TorchTrainer, 1 worker")
     overhead = one_worker["per_epoch_s"] / base - 1
     lines = ["| setup | per epoch s | fixed s | total s | per epoch vs plain |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['setup']} | {r['per_epoch_s']:.2f} | {r['fixed_s']:.1f} | {r['total_s']:.1f} | "
-              f"{r['per_epoch_s'] / base:.2f}x |" for r in rows]
+    lines += [
+        f"| {r['setup']} | {r['per_epoch_s']:.2f} | {r['fixed_s']:.1f} | {r['total_s']:.1f} | "
+        f"{r['per_epoch_s'] / base:.2f}x |"
+        for r in rows
+    ]
     lines.append(f"TorchTrainer (1 worker) per-epoch overhead vs plain PyTorch: {overhead:+.0%} (target <= +10%)")
     write_result("training", {"rows": rows, "train_rows": len(arrays["train"][0]), "per_epoch_overhead": overhead})
     print("\n".join(lines))

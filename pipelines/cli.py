@@ -1,67 +1,131 @@
-"""The `lakeloop` command: a thin router onto the step modules (each also runs as python -m).
+"""The `lakeloop` command: one sub-command per step (each also runs as `python -m pipelines.<step>`).
 
-Only the chosen step's module is imported, so `lakeloop data validate` does not pay for torch.
+    lakeloop --version | lakeloop --help | lakeloop data --help | lakeloop completion bash
+
+Step modules import their libraries only when they run, so building this tree (and every --help)
+never imports torch or Ray.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
+from importlib import metadata
+from types import ModuleType
 
-from pipelines.steps import add_common_arguments, execute
+from pipelines.step_runner import add_common_arguments, execute
 
-# command words -> (module, help, arguments the words stand for)
-COMMANDS: dict[tuple[str, ...], tuple[str, str, list[str]]] = {
-    ("data", "generate"): ("pipelines.generate", "append synthetic (optionally drifted) demo data to a Delta table", []),
-    ("data", "validate"): ("pipelines.validate", "check a Delta table against the dataset config", []),
-    ("data", "preprocess"): ("pipelines.preprocess", "split and preprocess a pinned table version on Ray Data", []),
-    ("train",): ("pipelines.train", "train (--tune to tune), evaluate, register, gate against the champion", []),
-    ("model", "list"): ("pipelines.registry", "registered versions with aliases, gate verdicts and test metrics", []),
-    ("model", "rollback"): ("pipelines.registry", "move the champion alias back to the previous version", ["--rollback"]),
-    ("serve",): ("pipelines.deploy", "deploy the Serve app (conf/serve.yaml) and print its URL", []),
-    ("predict",): ("pipelines.batch_inference", "score a Delta table with the champion into a new Delta table", []),
-    ("monitor",): ("pipelines.monitor", "check served traffic for drift; retrain via the Jobs API (--once for cron)", []),
-    ("stack", "up"): ("pipelines.stack", "start the embedded Ray head and MLflow server on loopback", []),
-    ("stack", "down"): ("pipelines.stack", "stop what `stack up` started", ["--down"]),
-    ("demo",): ("pipelines.demo", "run the loop end to end on embedded defaults", []),
+# the command tree: a group maps words to steps; a step is its module
+GROUPS: dict[str, tuple[str, dict[str, str]]] = {
+    "data": (
+        "land, check and prepare Delta tables",
+        {
+            "generate": "pipelines.generate",
+            "validate": "pipelines.validate",
+            "preprocess": "pipelines.preprocess",
+        },
+    ),
+}
+COMMANDS: dict[str, str] = {
+    "train": "pipelines.train",
+    "tune": "pipelines.tune",
+    "model": "pipelines.models",
+    "serve": "pipelines.deploy",
+    "predict": "pipelines.batch_inference",
+    "monitor": "pipelines.monitor",
+    "stack": "pipelines.stack",
+    "demo": "pipelines.demo",
 }
 
 
-def _usage() -> str:
-    width = max(len(" ".join(path)) for path in COMMANDS)
-    lines = ["usage: lakeloop COMMAND [options]   (lakeloop COMMAND --help for a command's options)", "", "commands:"]
-    lines += [f"  {' '.join(path):<{width}}  {about}" for path, (_, about, _) in COMMANDS.items()]
-    return "\n".join(lines)
+def _summary(module: ModuleType) -> str:
+    """The first line of a step module's docstring, without the "Step: " prefix."""
+    return (module.__doc__ or "").strip().splitlines()[0].removeprefix("Step: ").rstrip(".")
 
 
-def _match(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
-    for path in sorted(COMMANDS, key=len, reverse=True):
-        if tuple(argv[: len(path)]) == path:
-            return path, argv[len(path) :]
-    return None
+def _add_step(sub: argparse._SubParsersAction, word: str, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    about = _summary(module)
+    parser = sub.add_parser(
+        word, help=about, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    module.add_arguments(parser)
+    add_common_arguments(parser)
+    parser.set_defaults(_module=module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakeloop", description="Continuous training on Ray, MLflow and Delta Lake.")
+    parser.add_argument("--version", action="version", version=f"lakeloop {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group, (about, steps) in GROUPS.items():
+        group_parser = commands.add_parser(group, help=about, description=about)
+        inner = group_parser.add_subparsers(dest="step", metavar="STEP", required=True)
+        for word, module_name in steps.items():
+            _add_step(inner, word, module_name)
+    for word, module_name in COMMANDS.items():
+        _add_step(commands, word, module_name)
+    completion = commands.add_parser("completion", help="print a shell completion script (bash)")
+    completion.add_argument("shell", choices=["bash"], help="the shell: bash")
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lakeloop")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _words(parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """The sub-command words and option strings a parser accepts."""
+    commands, options = [], []
+    for action in parser._actions:  # argparse keeps no public list; this is how its own help walks it
+        if isinstance(action, argparse._SubParsersAction):
+            commands += list(action.choices)
+        options += [o for o in action.option_strings if o.startswith("--")]
+    return commands, options
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion function covering every command path and its options."""
+    cases = []
+
+    def walk(path: list[str], current: argparse.ArgumentParser) -> None:
+        commands, options = _words(current)
+        cases.append(f'        "{" ".join(path)}") words="{" ".join(commands + options)}" ;;')
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word, child in action.choices.items():
+                    walk([*path, word], child)
+
+    walk([], parser)
+    return "\n".join(
+        [
+            '# lakeloop completion: eval "$(lakeloop completion bash)"',
+            "_lakeloop() {",
+            '    local path="" words w',
+            '    for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do [[ $w == -* ]] || path="${path:+$path }$w"; done',
+            '    case "$path" in',
+            *cases,
+            '        *) words="" ;;',
+            "    esac",
+            '    COMPREPLY=($(compgen -W "$words" -- "${COMP_WORDS[COMP_CWORD]}"))',
+            "}",
+            "complete -F _lakeloop lakeloop",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    found = _match(argv)
-    if found is None:
-        print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
-    path, rest = found
-    # Ray 2.59+ clusters require token auth, and Ray reads the mode once, at import: set it before
-    # any step (and so Ray) is imported. The token itself comes from ~/.ray/auth_token.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    # Serve's bundled HAProxy ingress: 1.6x the default proxy's throughput with a lower p99 here
-    # (benchmarks/serve_load.py); read when Serve starts. Set it to 0 to use the Python proxy.
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    module_name, about, preset = COMMANDS[path]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog="lakeloop " + " ".join(path), description=about)
-    module.add_arguments(parser)
-    add_common_arguments(parser)
-    sys.exit(execute(module.run, parser.parse_args([*preset, *rest])))
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "completion":
+        print(bash_completion(parser))
+        return
+    module = args._module
+    sys.exit(execute(module.run, args, getattr(module, "JOINS_STACK", True)))
 
 
 if __name__ == "__main__":

@@ -1,290 +1,43 @@
-"""Step: the whole loop on one machine, on embedded defaults.
+"""Step: the whole loop end to end on embedded defaults (what `make demo` runs).
 
     lakeloop demo [--rows N] [--drift covariate|concept] [--keep-running]
 
-Starts the embedded stack (an `mlflow server` and a Ray head with the Jobs API, both on loopback),
-generates demo data, trains with a small Tune search, promotes, deploys Serve, sends traffic, then
-shifts the world:
-- covariate (default): drifted rows land in the events table and drifted traffic reaches the
-  endpoint; the monitor detects the drift and submits retraining through the Jobs API;
-- concept: the labelling rule changes; labelled traffic goes through /predict and /feedback in
-  rounds, the monitor sees performance fall and retrains on the rows since the change.
-The retrained model goes through the gate, and Serve swaps to it while clients keep sending
-requests. It ends with a summary and stops everything it started unless --keep-running.
+See pipelines.scenarios.demo for what happens. Exits non-zero if a request failed, a served row is
+missing from the Delta log, or the loop did not do what the scenario expects.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
 
-from pipelines import delta_tables, monitor, runtime, stack, synthetic
-from pipelines.closed_loop import ClosedLoop
-from pipelines.config import LakeloopConfig
-from pipelines.jobs import Jobs
-from pipelines.traffic import ROWS_PER_REQUEST, LabelledStream, Traffic, records, wait_for_version, wait_logged
-from pipelines.errors import LakeloopError
-from pipelines.generate import run as generate_run
-from pipelines.steps import StepResult, step_main
-from pipelines.train import train_and_register
-from pipelines.validate import validate_table
+from pipelines.core.config import LakeloopConfig
+from pipelines.step_runner import StepResult, step_main
 
-WINDOWS_PER_PHASE = 3
-CONCEPT_ROUNDS = 12  # at most 2,400 new-rule labels
+JOINS_STACK = False  # the demo starts a stack of its own
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="rows of demo data per landing (default: 20000)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the demo data (default: 7)")
     parser.add_argument("--keep-running", action="store_true", help="leave MLflow, Ray and Serve running")
-    parser.add_argument("--drift", choices=("covariate", "concept"), default="covariate",
-                        help="what changes after the first model serves: the inputs (covariate) or the labelling rule "
-                             "(concept: labels arrive through /feedback and retraining must learn the new rule)")
-
-
-class Timeline:
-    def __init__(self) -> None:
-        self.stages: list[tuple[str, float, str]] = []
-
-    def run(self, name: str, fn, describe=lambda result: ""):
-        started = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - started
-        self.stages.append((name, seconds, describe(result)))
-        print(f"[{name}] {seconds:6.1f}s  {describe(result)}", flush=True)
-        return result
-
-
-def _start_stack(config: LakeloopConfig, keep_running: bool, cleanup: ExitStack) -> tuple[LakeloopConfig, dict]:
-    """MLflow server and Ray head as background processes; config pointed at them."""
-    root = Path(config.storage.root)
-    mlflow_port = 5000 if not stack.port_open(5000) else stack.free_port()
-    dashboard_port = 8265 if not stack.port_open(8265) else stack.free_port()
-    mlflow_process, mlflow_service = stack.start_mlflow_server(root / "mlflow", mlflow_port)
-    try:
-        head_process, head_service, info = stack.start_ray_head(root / "ray", dashboard_port, config.ray.num_cpus)
-    except LakeloopError:
-        stack.stop_pid(mlflow_process.pid)
-        raise
-    if keep_running:
-        state = Path(config.storage.table_uri(stack.STATE_FILE))
-        state.write_text(json.dumps([s.__dict__ for s in (mlflow_service, head_service)]))
-    else:
-        cleanup.callback(stack.stop_pid, mlflow_process.pid)
-        cleanup.callback(stack.stop_pid, head_process.pid)
-    config = config.model_copy(update={
-        "mlflow": config.mlflow.model_copy(update={"tracking_uri": mlflow_service.url}),
-        "ray": config.ray.model_copy(update={"address": info["gcs_address"]}),
-        "monitor": config.monitor.model_copy(update={"jobs_api": head_service.url}),
-    })  # fmt: skip
-    return config, {"mlflow": mlflow_service.url, "ray_dashboard": head_service.url}
-
-
-def _deploy(config: LakeloopConfig) -> str:
-    from ray import serve
-
-    from pipelines.deploy import wait_ready
-    from serve.app import build_deployment
-
-    port = 8000 if not stack.port_open(8000) else stack.free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_deployment(config).bind(config.model_dump_json()), name="lakeloop", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    if not wait_ready(url, 120):
-        raise LakeloopError("the endpoint did not load the champion within 120 s")
-    return url
-
-
-def _logged_rows(config: LakeloopConfig, expected: int) -> int:
-    """Rows in the predictions log once it holds `expected` (or after 30 s: replicas flush every few seconds)."""
-    wait_logged(config, expected, timeout_s=30)
-    log = config.serving.prediction_log
-    return delta_tables.count(config.storage.table_uri(log.predictions_table), config.storage.storage_options)
-
-
-def _p_values(outcome: dict) -> str:
-    features = [r for r in outcome["reports"] if r["detector"] == "features"]
-    if not features:
-        return "-"
-    p_values = json.loads(features[-1]["details"])["p_values"]
-    top = sorted(p_values.items(), key=lambda kv: kv[1])[:3]
-    return ", ".join(f"{name} p={value:.1e}" for name, value in top)
+    parser.add_argument(
+        "--drift",
+        choices=("covariate", "concept"),
+        default="covariate",
+        help="what changes after the first model serves: the inputs (covariate) or the labelling rule "
+        "(concept: labels arrive through /feedback and retraining must learn the new rule)",
+    )
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    from ray import serve
+    from pipelines.scenarios.demo import DemoOptions, run_demo
 
-    timeline = Timeline()
-    features = config.dataset.feature_names
-    requests = WINDOWS_PER_PHASE * config.monitor.window_rows // ROWS_PER_REQUEST
-    with ExitStack() as cleanup:
-        config, urls = timeline.run("stack", lambda: _start_stack(config, args.keep_running, cleanup),
-                                    lambda r: f"MLflow {r[1]['mlflow']}, Ray {r[1]['ray_dashboard']}")
-        landing = argparse.Namespace(table=None, rows=args.rows, seed=args.seed, drift="none")
-        timeline.run("generate", lambda: generate_run(landing, config), lambda r: r.summary)
-        timeline.run("validate", lambda: validate_table(config), lambda r: f"version {r.version}, {r.rows} rows ok")
-        cleanup.enter_context(runtime.ray_session(config))
-        first = timeline.run(
-            "train + tune", lambda: train_and_register(config, tune=True),
-            lambda o: f"version {o.model_version}, test {config.gate.metric} {o.metrics[config.gate.metric]:.3f}, "
-                      f"{'promoted' if o.promoted else 'not promoted'}")  # fmt: skip
-        url = timeline.run("serve", lambda: _deploy(config), lambda u: f"{u}/docs")
-        if not args.keep_running:
-            cleanup.callback(serve.shutdown)
-        normal = Traffic(url, records(synthetic.generate(4000, 101).to_pandas(), features))
-        timeline.run("traffic", lambda: normal.send(requests), lambda s: dict(s))
-        _logged_rows(config, normal.served_rows)
-        calm = timeline.run("monitor (calm)", lambda: monitor.run_once(config), monitor.describe)
-        phase = _concept_phase if args.drift == "concept" else _covariate_phase
-        shifted = phase(args, config, url, timeline)
-        serve.delete("lakeloop")  # drain: replicas flush their prediction buffers
-        served = normal.served_rows + shifted.served_rows
-        logged = _logged_rows(config, served)
-        if args.keep_running:
-            _deploy(config)
-    failed = normal.failed + shifted.failed
-    serving_version = shifted.new_version if shifted.swapped else first.model_version
-    lines = ["", f"{'stage':<20} {'seconds':>8}", *(f"{n:<20} {s:8.1f}" for n, s, _ in timeline.stages), ""]
-    lines += [
-        f"before drift       version {first.model_version}: " + _metrics(first.metrics),
-        f"drift              calm windows: {_flags(calm)}; {shifted.detection}",
-        *shifted.lines,
-        f"serving            version {serving_version}",
-        f"requests           {sum(normal.statuses.values()) + shifted.requests} sent, {failed} failed",
-        f"predictions        {served} rows served, {logged} logged to Delta",
-        f"MLflow UI          {urls['mlflow']}",
-        f"Ray dashboard      {urls['ray_dashboard']}",
-        "still running: `lakeloop stack down` stops it" if args.keep_running else "everything started was stopped",
-    ]
-    data = {
-        "drift": args.drift, "stages": [{"stage": n, "seconds": s, "detail": d} for n, s, d in timeline.stages],
-        "first_version": first.model_version, "first_metrics": first.metrics, "first_promoted": first.promoted,
-        "calm_drift": [w["drift"] for w in calm["windows"]], **shifted.data, "swapped": shifted.swapped,
-        "serving_version": serving_version, "failed_requests": failed, "served_rows": served, "logged_rows": logged,
-        **urls,
-    }  # fmt: skip
-    ok = failed == 0 and served == logged and shifted.ok
-    return StepResult("\n".join(lines), data, exit_code=0 if ok else 1)
-
-
-@dataclass
-class PhaseResult:
-    detection: str  # one line: what the monitor saw
-    lines: list[str]  # summary lines of the phase
-    data: dict  # for --json
-    served_rows: int
-    requests: int
-    failed: int
-    swapped: bool
-    new_version: str | None
-    ok: bool
-
-
-def _covariate_phase(args: argparse.Namespace, config: LakeloopConfig, url: str, timeline: Timeline) -> PhaseResult:
-    """Covariate drift: drifted rows land in the events table and drifted traffic reaches the endpoint;
-    the monitor submits retraining, and Serve swaps while clients keep sending."""
-    requests = WINDOWS_PER_PHASE * config.monitor.window_rows // ROWS_PER_REQUEST
-    shifted = argparse.Namespace(table=None, rows=args.rows, seed=args.seed + 1, drift="covariate")
-    timeline.run("drifted data lands", lambda: generate_run(shifted, config), lambda r: r.summary)
-    drifted = Traffic(url, records(synthetic.generate(4000, 102, "covariate").to_pandas(), config.dataset.feature_names))
-    timeline.run("drifted traffic", lambda: drifted.send(requests), lambda s: dict(s))
-    _logged_rows(config, drifted.served_rows)
-    alarm = timeline.run("monitor (drift)", lambda: monitor.run_once(config), monitor.describe)
-    during_swap = drifted.start()
-    retrained = None
-    if alarm["submission_id"]:
-        retrained = timeline.run("retraining job", lambda: _follow(config, alarm["submission_id"]),
-                                 lambda o: f"version {o['version']}: {o['outcome']}: {o['reason']}")
-    promoted = bool(retrained and retrained["outcome"] == "promoted")
-    swapped = promoted and timeline.run(
-        "swap", lambda: wait_for_version(url, retrained["version"], 3 * config.serving.poll_interval_s + 30),
-        lambda ok: "serving the new champion" if ok else "the endpoint did not swap in time")
-    drifted.stop(during_swap)
-    retraining = f"{alarm['submission_id'] or 'not submitted'}" + (
-        f" ({retrained['outcome']}: {retrained['reason']})" if retrained else "")
-    return PhaseResult(
-        detection=f"shifted windows: {_flags(alarm)}; {_p_values(alarm)}",
-        lines=[f"retraining         {retraining}"],
-        data={"shifted_drift": [w["drift"] for w in alarm["windows"]], "submission_id": alarm["submission_id"],
-              "monitor_seconds": alarm["seconds"], "retrained": retrained},
-        served_rows=drifted.served_rows, requests=sum(drifted.statuses.values()), failed=drifted.failed,
-        swapped=bool(swapped), new_version=retrained["version"] if retrained else None,
-        ok=bool(alarm["submitted"] and retrained is not None))
-
-
-def _concept_phase(args: argparse.Namespace, config: LakeloopConfig, url: str, timeline: Timeline) -> PhaseResult:
-    """Concept drift: the labelling rule changes. Rounds of labelled traffic go through /predict and
-    /feedback, the monitor sees performance fall, retrains on the new regime, and Serve swaps;
-    clients keep sending throughout. Accuracy on held-out new-rule rows, before and after."""
-    dataset = config.dataset
-    background = Traffic(url, records(synthetic.generate(4000, 103, "concept").to_pandas(), dataset.feature_names))
-    loop = ClosedLoop(config, url, LabelledStream(url, dataset.feature_names, dataset.label), during_jobs=background)
-    rounds = []
-    for seed in range(CONCEPT_ROUNDS):  # rounds of 200 new-rule labels until a retrained model serves
-        rounds.append(timeline.run(f"concept round {seed + 1}",
-                                   lambda: loop.round(synthetic.generate(200, args.seed + 100 + seed, "concept").to_pandas()),
-                                   _describe_round))
-        if rounds[-1].swapped:
-            break
-    jobs = [r.job for r in rounds if r.job]
-    promoted = next((j for j in jobs if j["outcome"] == "promoted"), None)
-    swapped = bool(rounds and rounds[-1].swapped)
-    heldout = synthetic.generate(4000, args.seed + 999, "concept").to_pandas()
-    before = _accuracy(config, "1", heldout)
-    after = _accuracy(config, promoted["version"], heldout) if promoted else None
-    first_drift = next((i for i, r in enumerate(rounds) if r.check["triggered"]), None)
-    detection = (f"performance drift after {(first_drift + 1) * 200} new-rule labels" if first_drift is not None
-                 else "no drift detected")
-    lines = [f"retraining         " + ("; ".join(f"{j['submission_id']} {j['outcome']} ({j['reason']})" for j in jobs)
-                                       or "none"),
-             f"new-rule accuracy  version 1: {before:.3f}" + (f"; version {promoted['version']}: {after:.3f}" if promoted else "")]
-    return PhaseResult(
-        detection=detection, lines=lines,
-        data={"rounds": len(rounds), "jobs": jobs, "new_rule_accuracy": {"before": before, "after": after}},
-        served_rows=background.served_rows + sum(len(r.served) for r in rounds),
-        requests=sum(background.statuses.values()) + len(rounds), failed=background.failed + loop.stream.failed,
-        swapped=swapped, new_version=promoted["version"] if promoted else None,
-        ok=bool(swapped and after is not None and after > before))
-
-
-def _describe_round(result) -> str:
-    check = result.check
-    line = monitor.describe(check).split("\n")[0]
-    if result.job:
-        line += f"; job {result.job['outcome']} in {result.job['seconds']:.0f} s"
-    return line + ("; serving the new champion" if result.swapped else "")
-
-
-def _follow(config: LakeloopConfig, submission_id: str) -> dict:
-    state = Jobs(config.monitor.jobs_api, config.monitor.retries).wait(submission_id, timeout_s=900)
-    outcome, reason, version = monitor.job_outcome(config, submission_id) or ("running", "", None)
-    return {"submission_id": submission_id, "status": state.status, "outcome": outcome, "reason": reason,
-            "version": version}
-
-
-def _accuracy(config: LakeloopConfig, version: str, frame) -> float:
-    import mlflow
-
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
-    predicted = model.predict(frame[config.dataset.feature_names])["prediction"].astype(str).to_numpy()
-    return float((predicted == frame[config.dataset.label].astype(str).to_numpy()).mean())
-
-
-def _metrics(scores: dict) -> str:
-    return ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if k in ("roc_auc", "accuracy", "rmse", "r2"))
-
-
-def _flags(outcome: dict) -> str:
-    return " ".join("drift" if w["drift"] else "-" if w["drift"] is None else "ok" for w in outcome["windows"]) or "none"
+    result = run_demo(DemoOptions(args.rows, args.seed, args.drift, args.keep_running), config)
+    return StepResult(result.summary, result.data, exit_code=0 if result.ok else 1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    step_main("python -m pipelines.demo", add_arguments, run, argv)
+    step_main("python -m pipelines.demo", add_arguments, run, argv, joins_stack=JOINS_STACK)
 
 
 if __name__ == "__main__":

@@ -1,100 +1,89 @@
-"""Step: deploy the Serve application from conf/serve.yaml and print the URL.
+"""Step: deploy the Serve application conf/serve.yaml describes, and print its URL.
 
-    lakeloop serve [--serve-config conf/serve.yaml] [--foreground]
+    lakeloop serve [--serve-config conf/serve.yaml]
 
-With RAY_ADDRESS (or ray.address) set, the app is deployed onto that cluster and keeps running
-after this command exits. Without one, a local cluster is started and the command serves in the
-foreground until interrupted.
+It sends the file's contents to Serve's REST API on the Ray dashboard, as `serve deploy` does, with
+the application's arguments set to this exact lakeloop configuration (and the API key's SHA-256
+when LAKELOOP_API_KEY is set). On a cluster (the running `lakeloop stack`, found from stack.json, or
+RAY_ADDRESS with ray.dashboard) the app keeps running after this command exits. Without one, a
+private local cluster is started and the command serves in the foreground until Ctrl-C or SIGTERM,
+then shuts Serve and the cluster down.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import threading
 from pathlib import Path
 
-import httpx
-import yaml
-from ray import serve
-from ray.serve.schema import ServeDeploySchema
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.errors import LakeloopError
+from pipelines.step_runner import StepResult, step_main
 
-from pipelines import runtime
-from pipelines.config import LakeloopConfig, resolve_config_path
-from pipelines.errors import ConfigError, LakeloopError
-from pipelines.steps import StepResult, step_main
-
-DEFAULT_SERVE_CONFIG = Path("conf/serve.yaml")
-
-
-def load_serve_config(path: Path) -> ServeDeploySchema:
-    try:
-        return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: Serve config not found") from None
-    except Exception as exc:  # noqa: BLE001 - pydantic (v1 or v2) and YAML errors alike
-        raise ConfigError(f"{path}: not a valid Serve config: {exc}") from None
-
-
-def deploy(serve_config: ServeDeploySchema, config_path: Path) -> str:
-    """Start Serve's HTTP proxy as configured and run each application; return the base URL."""
-    from serve.app import build_deployment
-
-    from pipelines.config import load_config
-
-    http = serve_config.http_options
-    serve.start(http_options={"host": http.host, "port": http.port, "request_timeout_s": http.request_timeout_s})
-    config = load_config(config_path)
-    for app in serve_config.applications:
-        serve.run(build_deployment(config).bind(config.model_dump_json()), name=app.name,
-                  route_prefix=app.route_prefix, blocking=False)
-    return f"http://{http.host}:{http.port}"
-
-
-def wait_ready(url: str, timeout: float, path: str = "/health") -> bool:
-    """True once GET url+path answers 200 (a server that has loaded its model), False at timeout."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    return False
+API_KEY_ENV = "LAKELOOP_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--serve-config", type=Path, default=DEFAULT_SERVE_CONFIG)
-    parser.add_argument("--ready-timeout", type=float, default=120, help="seconds to wait for a loaded model")
+    parser.add_argument(
+        "--serve-config",
+        type=Path,
+        default=Path("conf/serve.yaml"),
+        help="Serve config file to deploy (default: conf/serve.yaml)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=120,
+        help="seconds to wait for a replica to load the model (default: 120)",
+    )
 
 
-def _serve_until_stopped() -> None:
+def _wait_for_signal() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
-    serve.shutdown()
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    serve_config = load_serve_config(args.serve_config)
-    config_path = resolve_config_path(args.config).resolve()
-    with runtime.ray_session(config):
-        url = deploy(serve_config, config_path)
-        ready = wait_ready(url, args.ready_timeout)
-        status = "ready" if ready else f"started, but no model loaded within {args.ready_timeout:.0f}s (see GET /health)"
-        summary = f"serving {config.mlflow.registered_model}@{config.serving.alias} at {url} ({status}); docs at {url}/docs"
-        if not config.ray.address:  # our own local cluster: it lives as long as this process
-            print(summary + "\nno RAY_ADDRESS: serving from this process until Ctrl-C or SIGTERM", flush=True)
-            _serve_until_stopped()
+    from pipelines.adapters import ray_cluster, serving
+
+    api_key = os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        raise LakeloopError(f"{API_KEY_ENV} is set but empty: unset it to serve without a key, or set a key")
+    serve_config = serving.with_lakeloop_config(serving.load_serve_config(args.serve_config), config, api_key)
+    if config.ray.address:  # a cluster: deploy through its dashboard, and leave it serving
+        return _deploy(serve_config, config, config.ray.dashboard, args.ready_timeout, config.ray.address)
+    with ray_cluster.ray_session(config) as dashboard:  # a private cluster, living as long as this process
+        result = _deploy(serve_config, config, dashboard, args.ready_timeout, "a private local cluster")
+        print(
+            result.summary + "\nno cluster to deploy onto (no running stack, no RAY_ADDRESS): serving from this "
+            "process until Ctrl-C or SIGTERM",
+            flush=True,
+        )
+        _wait_for_signal()
+        serving.shutdown(dashboard)  # replicas drain and flush their logs; the ingress stops
+    return result
+
+
+def _deploy(serve_config: dict, config: LakeloopConfig, dashboard: str, ready_timeout: float, where: str) -> StepResult:
+    from pipelines.adapters import local_services, serving
+
+    if not serving.running(dashboard):  # a Serve of our own would hold these ports; a leftover must not
+        local_services.require_free_ports(serving.ingress_ports(serve_config))
+    url = serving.deploy(serve_config, dashboard)
+    ready = serving.wait_ready(url, ready_timeout)
+    status = "ready" if ready else f"deployed, but no model loaded within {ready_timeout:.0f}s (see GET /health)"
+    summary = (
+        f"serving {config.mlflow.registered_model}@{config.serving.alias} at {url} ({status}); docs at "
+        f"{url}/docs; on {where} (dashboard {dashboard})"
+    )
     if not ready:
         raise LakeloopError(summary)
-    return StepResult(summary, {"url": url, "ready": ready})
+    return StepResult(summary, {"url": url, "ready": ready, "dashboard": dashboard})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,28 +1,16 @@
 """Step: append a version of synthetic churn data (optionally drifted) to a Delta table.
 
-    python -m pipelines.generate --rows 5000 --seed 1 --drift covariate
+python -m pipelines.generate --rows 5000 --seed 1 --drift covariate
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
 
-import pyarrow.compute as pc
-
-from pipelines import delta_tables, synthetic
-from pipelines.config import LakeloopConfig
-from pipelines.errors import LakeloopError
-from pipelines.steps import StepResult, step_main
-
-
-def _next_start(uri: str, storage_options: dict[str, str]):
-    """New rows continue after the newest event already in the table."""
-    if not delta_tables.table_exists(uri, storage_options):
-        return synthetic.DEFAULT_START
-    table = delta_tables.open_table(uri, storage_options)
-    newest = pc.max(delta_tables.arrow_dataset(table).to_table(columns=["event_time"]).column("event_time")).as_py()
-    return synthetic.DEFAULT_START if newest is None else newest + timedelta(seconds=1)
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.errors import LakeloopError
+from pipelines.step_runner import StepResult, step_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.rows < 1:
         raise LakeloopError(f"--rows must be at least 1, got {args.rows}")
-    uri = config.source_table(args.table)
-    options = config.storage.storage_options
-    data = synthetic.generate(args.rows, args.seed, args.drift, _next_start(uri, options))
-    version = delta_tables.append(uri, data, options)
-    positives = pc.mean(data.column("churned")).as_py()
+    from pipelines.training.data import land_demo_rows
+
+    landed = land_demo_rows(config, args.rows, args.seed, args.drift, args.table)
     return StepResult(
-        f"appended {data.num_rows} rows (drift: {args.drift}, seed {args.seed}, churn rate {positives:.1%}) "
-        f"to {uri} as version {version}",
-        {"table_uri": uri, "version": version, "rows": data.num_rows, "drift": args.drift, "seed": args.seed},
+        f"appended {landed.rows} rows (drift: {args.drift}, seed {args.seed}, churn rate {landed.positive_rate:.1%}) "
+        f"to {landed.uri} as version {landed.version}",
+        {
+            "table_uri": landed.uri,
+            "version": landed.version,
+            "rows": landed.rows,
+            "drift": args.drift,
+            "seed": args.seed,
+        },
     )
 
 

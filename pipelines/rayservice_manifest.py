@@ -39,7 +39,9 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-_NoAliases.add_representer(_Literal, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|"))
+_NoAliases.add_representer(
+    _Literal, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+)
 
 
 def serve_config_for_kubernetes(serve_config: dict) -> dict:
@@ -52,15 +54,18 @@ def serve_config_for_kubernetes(serve_config: dict) -> dict:
     return config
 
 
-def render(serve_yaml: Path = SERVE_CONFIG, cluster_yaml: Path = ROOT / "cluster" / "kuberay" / "raycluster.yaml") -> str:
+def render(
+    serve_yaml: Path = SERVE_CONFIG, cluster_yaml: Path = ROOT / "cluster" / "kuberay" / "raycluster.yaml"
+) -> str:
     cluster = yaml.safe_load(cluster_yaml.read_text())
     manifest = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": "lakeloop-serve", "labels": {"app.kubernetes.io/name": "lakeloop"}},
         "spec": {
-            "serveConfigV2": _Literal(yaml.safe_dump(
-                serve_config_for_kubernetes(yaml.safe_load(serve_yaml.read_text())), sort_keys=False)),
+            "serveConfigV2": _Literal(
+                yaml.safe_dump(serve_config_for_kubernetes(yaml.safe_load(serve_yaml.read_text())), sort_keys=False)
+            ),
             "rayClusterConfig": cluster["spec"],
         },
     }
@@ -68,7 +73,9 @@ def render(serve_yaml: Path = SERVE_CONFIG, cluster_yaml: Path = ROOT / "cluster
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.rayservice_manifest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.rayservice_manifest", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if the manifest is out of date")
     args = parser.parse_args(argv)
     text = render()

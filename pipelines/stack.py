@@ -1,220 +1,126 @@
-"""The embedded stack on one machine: an `mlflow server` and a Ray head, both on loopback.
+"""Step: the embedded stack on one machine: an `mlflow server` and a Ray head, both on loopback.
 
-    lakeloop stack up      # prints the MLflow and Ray dashboard URLs, records pids in <root>/stack.json
-    lakeloop stack down    # stops exactly the processes `stack up` started, by pid
+    lakeloop stack up      # prints the MLflow and Ray dashboard URLs, records them in <root>/stack.json
+    lakeloop stack down    # shuts Serve down, then stops exactly what `stack up` started
 
-Each service runs in its own process session so that stopping it never touches other processes.
+Each service runs in a process session of its own. Stopping the stack shuts Serve down through its
+REST API first (replicas drain and flush their logs; the HTTP ingress stops), stops each service,
+then stops whatever is still left in those sessions (Serve's HAProxy is a grandchild of the Ray
+head, re-parented to init when the head exits). Nothing outside those sessions is touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import httpx
+from pipelines.core.config import LakeloopConfig
+from pipelines.step_runner import StepResult, add_actions, step_main
 
-from pipelines.config import LakeloopConfig
-from pipelines.errors import LakeloopError
-from pipelines.steps import StepResult, step_main
-
-LOOPBACK = "127.0.0.1"
-STATE_FILE = "stack.json"
-
-
-class StackError(LakeloopError):
-    """An embedded service failed to start or stop."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((LOOPBACK, port)) == 0
-
-
-@dataclass
-class Service:
-    name: str
-    pid: int
-    url: str
-    log: str
-
-
-def _service_environment() -> dict[str, str]:
-    """As if this interpreter's virtualenv were activated: job entrypoints that say `python`
-    (e.g. `ray job submit -- python -m pipelines.train`) must find the same packages."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    env = {**os.environ, "PATH": path if path.split(os.pathsep)[0] == bin_dir else bin_dir + os.pathsep + path}
-    env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # measured default: see benchmarks/serve_load.py
-    return env
-
-
-def _spawn(name: str, command: list[str], log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=_service_environment()
-        )
-
-
-def ray_auth_headers() -> dict[str, str]:
-    """Ray 2.59+ clusters started by ray.init require the token it writes to ~/.ray/auth_token."""
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    token = os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.exists() else "")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _wait_healthy(
-    process: subprocess.Popen, url: str, name: str, log: Path, timeout: float, headers: dict | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise StackError(f"{name} exited with code {process.returncode} while starting; see {log}\n{tail}")
-        try:
-            if httpx.get(url, timeout=1.0, headers=headers).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_pid(process.pid)
-    raise StackError(f"{name} did not become healthy at {url} within {timeout:.0f}s; see {log}")
-
-
-def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90.0) -> tuple[subprocess.Popen, Service]:
-    """A real tracking server: SQLite backend store, proxied local artifact store, loopback only."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    if port_open(port):
-        raise StackError(f"port {port} on {LOOPBACK} is already in use; set another MLflow port")
-    log = root / "mlflow-server.log"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", LOOPBACK, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    process = _spawn("mlflow", command, log)
-    url = f"http://{LOOPBACK}:{port}"
-    _wait_healthy(process, f"{url}/health", "mlflow server", log, timeout)
-    return process, Service("mlflow", process.pid, url, str(log))
-
-
-def start_ray_head(root: Path, dashboard_port: int = 8265, num_cpus: int | None = None,
-                   timeout: float = 120.0) -> tuple[subprocess.Popen, Service, dict]:
-    """A Ray cluster owned by one background process (pipelines.ray_head), Jobs API on loopback."""
-    root.mkdir(parents=True, exist_ok=True)
-    if port_open(dashboard_port):
-        raise StackError(f"port {dashboard_port} on {LOOPBACK} is already in use (another Ray dashboard?)")
-    address_file = root / "ray-head.json"
-    address_file.unlink(missing_ok=True)
-    log = root / "ray-head.log"
-    command = [sys.executable, "-m", "pipelines.ray_head", "--address-file", str(address_file),
-               "--dashboard-port", str(dashboard_port)] + (["--num-cpus", str(num_cpus)] if num_cpus else [])
-    process = _spawn("ray", command, log)
-    deadline = time.monotonic() + timeout
-    while not address_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_pid(process.pid)
-            raise StackError(f"Ray head did not start; see {log}")
-        time.sleep(0.5)
-    info = json.loads(address_file.read_text())
-    _wait_healthy(process, f"{info['dashboard_url']}/api/version", "Ray dashboard", log, timeout, ray_auth_headers())
-    return process, Service("ray", process.pid, info["dashboard_url"], str(log)), info
-
-
-def stop_pid(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL it if it lingers."""
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    if group != pid:  # not a session leader we created: only signal the process itself
-        group = None
-    send = (lambda sig: os.killpg(group, sig)) if group else (lambda sig: os.kill(pid, sig))
-    try:
-        send(signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
-    try:
-        send(signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _state_path(config: LakeloopConfig) -> Path:
-    return Path(config.storage.table_uri(STATE_FILE))
+JOINS_STACK = False  # this step manages the stack itself
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--down", action="store_true", help="stop the services a previous `stack up` started")
-    parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--dashboard-port", type=int, default=8265)
+    actions = add_actions(
+        parser,
+        {
+            "up": "start an mlflow server and a Ray head on loopback; record them in stack.json",
+            "down": "shut Serve down and stop exactly what `stack up` started",
+        },
+    )
+    up = actions["up"]
+    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow tracking server port (default: 5000)")
+    up.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard and Jobs API port (default: 8265)")
+    up.add_argument(
+        "--serve-config",
+        type=Path,
+        default=Path("conf/serve.yaml"),
+        help="Serve config whose ports must be free for `lakeloop serve` (default: conf/serve.yaml)",
+    )
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    state = _state_path(config)
-    if args.down:
-        if not state.exists():
-            return StepResult("nothing to stop: no embedded stack recorded", {"stopped": []})
-        services = [Service(**s) for s in json.loads(state.read_text())]
-        for service in services:
-            stop_pid(service.pid)
-        state.unlink()
-        return StepResult("stopped " + ", ".join(f"{s.name} (pid {s.pid})" for s in services), {"stopped": [asdict(s) for s in services]})
-    if state.exists():
-        raise StackError(f"a stack is already recorded in {state}; run `lakeloop stack down` first")
-    root = state.parent
-    _, mlflow_service = start_mlflow_server(root / "mlflow", args.mlflow_port)
-    state.write_text(json.dumps([asdict(mlflow_service)]))
+    from pipelines.adapters.local_services import STATE_FILE
+
+    state_path = Path(config.storage.table_uri(STATE_FILE))
+    return _down(state_path) if args.action == "down" else _up(args, config, state_path)
+
+
+def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> StepResult:
+    from pipelines.adapters import local_services, serving
+
+    recorded = local_services.StackState.read(state_path)
+    if recorded is not None and recorded.alive():
+        raise local_services.StackError(f"a stack is already running ({state_path}); run `lakeloop stack down` first")
+    stale = recorded is not None  # recorded, but its processes are gone (a crash or a reboot)
+    local_services.require_free_ports(
+        {
+            args.mlflow_port: "MLflow",
+            args.dashboard_port: "Ray dashboard",
+            **serving.ingress_ports(serving.load_serve_config(args.serve_config)),
+        }
+    )
+    root = state_path.parent
+    _, mlflow_service = local_services.start_mlflow_server(root / "mlflow", args.mlflow_port)
+    state = local_services.StackState([mlflow_service], mlflow_url=mlflow_service.url)
+    state.write(state_path)
     try:
-        _, ray_service, info = start_ray_head(root / "ray", args.dashboard_port, config.ray.num_cpus)
-    except StackError:
-        stop_pid(mlflow_service.pid)
-        state.unlink()
+        _, ray_service, info = local_services.start_ray_head(root / "ray", args.dashboard_port, config.ray.num_cpus)
+    except local_services.StackError:
+        local_services.stop_pid(mlflow_service.pid)
+        state_path.unlink()
         raise
-    services = [mlflow_service, ray_service]
-    state.write_text(json.dumps([asdict(s) for s in services]))
-    summary = "\n".join([
-        f"MLflow UI:      {mlflow_service.url}  (pid {mlflow_service.pid})",
-        f"Ray dashboard:  {ray_service.url}  (pid {ray_service.pid}; Jobs API for `ray job submit`)",
-        "use them from this shell with:",
-        f"  export RAY_AUTH_MODE=token RAY_ADDRESS={info['gcs_address']} MLFLOW_TRACKING_URI={mlflow_service.url}"
-        f" LAKELOOP_STORAGE_ROOT={config.storage.root}",
-        f"  ray job submit --address {ray_service.url} --working-dir . -- python -m pipelines.train",
-        "(token auth is on: clients read ~/.ray/auth_token when RAY_AUTH_MODE=token)",
-    ])  # fmt: skip
-    return StepResult(summary, {"services": [asdict(s) for s in services], "gcs_address": info["gcs_address"]})
+    state = local_services.StackState(
+        [mlflow_service, ray_service], info["gcs_address"], ray_service.url, mlflow_service.url
+    )
+    state.write(state_path)
+    summary = "\n".join(
+        [
+            *(["(a stack recorded earlier was no longer running; replaced)"] if stale else []),
+            f"MLflow UI:      {mlflow_service.url}  (pid {mlflow_service.pid})",
+            f"Ray dashboard:  {ray_service.url}  (pid {ray_service.pid}; Jobs API and Serve REST API)",
+            f"recorded in {state_path}: lakeloop commands run with storage.root {config.storage.root} join this stack",
+            f"for `ray job submit` and `serve`: export RAY_AUTH_MODE=token RAY_ADDRESS={info['gcs_address']} "
+            f"MLFLOW_TRACKING_URI={mlflow_service.url} LAKELOOP_STORAGE_ROOT={config.storage.root}",
+            "(token auth is on: clients read ~/.ray/auth_token when RAY_AUTH_MODE=token)",
+        ]
+    )
+    return StepResult(
+        summary,
+        {
+            "services": [asdict(s) for s in state.services],
+            "gcs_address": info["gcs_address"],
+            "state_file": str(state_path),
+        },
+    )
+
+
+def _down(state_path: Path) -> StepResult:
+    from pipelines.adapters import local_services, serving
+
+    state = local_services.StackState.read(state_path)
+    if state is None:
+        return StepResult("nothing to stop: no embedded stack recorded", {"stopped": [], "left_over": []})
+    notes = []
+    if state.dashboard_url and state.alive():
+        try:
+            serving.shutdown(state.dashboard_url)
+        except Exception as exc:  # noqa: BLE001 - an unreachable dashboard must not keep the stack up
+            notes.append(f"Serve could not be shut down cleanly ({exc}); its processes are stopped below")
+    left_over = []
+    for service in reversed(state.services):  # Ray first: its jobs may still talk to MLflow
+        local_services.stop_pid(service.pid)
+        left_over += local_services.stop_session(service.pid)
+    state_path.unlink()
+    lines = ["stopped " + ", ".join(f"{s.name} (pid {s.pid})" for s in state.services), *notes]
+    if left_over:
+        lines.append(f"and {len(left_over)} processes they had left behind: " + "; ".join(left_over))
+    return StepResult("\n".join(lines), {"stopped": [asdict(s) for s in state.services], "left_over": left_over})
 
 
 def main(argv: list[str] | None = None) -> None:
-    step_main("python -m pipelines.stack", add_arguments, run, argv)
+    step_main("python -m pipelines.stack", add_arguments, run, argv, joins_stack=JOINS_STACK)
 
 
 if __name__ == "__main__":

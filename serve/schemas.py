@@ -21,7 +21,7 @@ from pydantic import (
     create_model,
 )
 
-from pipelines.config import DatasetConfig
+from pipelines.core.config import DatasetConfig
 
 MLFLOW_FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 
@@ -89,19 +89,27 @@ class RecordValidator:
 
 def _describe(error: dict) -> str:
     loc = list(error["loc"])
-    path = f"records[{loc[0]}]" + "".join(f".{p}" for p in loc[1:]) if loc and isinstance(loc[0], int) else ".".join(map(str, loc))
+    path = (
+        f"records[{loc[0]}]" + "".join(f".{p}" for p in loc[1:])
+        if loc and isinstance(loc[0], int)
+        else ".".join(map(str, loc))
+    )
     message = "unknown field (not a configured feature)" if error["type"] == "extra_forbidden" else error["msg"]
     return f"{path}: {message}"
 
 
 def _split_records(payload: Any) -> list:
-    if not isinstance(payload, dict) or not isinstance(payload.get("columns"), list) or not isinstance(payload.get("data"), list):
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("columns"), list)
+        or not isinstance(payload.get("data"), list)
+    ):
         raise RequestError(422, "dataframe_split needs 'columns' (list) and 'data' (list of rows)")
     columns = payload["columns"]
     bad = [i for i, row in enumerate(payload["data"]) if not isinstance(row, list) or len(row) != len(columns)]
     if bad:
         raise RequestError(422, f"dataframe_split.data[{bad[0]}]: expected a list of {len(columns)} values")
-    return [dict(zip(columns, row)) for row in payload["data"]]
+    return [dict(zip(columns, row, strict=True)) for row in payload["data"]]
 
 
 def mlflow_records(body: Any) -> list:
@@ -119,5 +127,5 @@ def mlflow_records(body: Any) -> list:
         lengths = {len(v) if isinstance(v, list) else -1 for v in payload.values()}
         if len(lengths) != 1 or -1 in lengths:
             raise RequestError(422, f"{key}: columnar input needs lists of equal length")
-        return [dict(zip(payload, values)) for values in zip(*payload.values())]
+        return [dict(zip(payload, values, strict=True)) for values in zip(*payload.values(), strict=True)]
     return payload

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import LakeloopConfig, parse_config
+from pipelines.core.config import LakeloopConfig, parse_config
 from tests.helpers import demo_raw_config
 
-ENV_OVERRIDES = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LAKELOOP_STORAGE_ROOT", "LAKELOOP_CONFIG",
-                 "LAKELOOP_CONFIG_YAML", "LAKELOOP_API_KEY")
+ENV_OVERRIDES = (
+    "RAY_ADDRESS",
+    "MLFLOW_TRACKING_URI",
+    "LAKELOOP_STORAGE_ROOT",
+    "LAKELOOP_CONFIG",
+    "LAKELOOP_CONFIG_YAML",
+    "LAKELOOP_API_KEY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +44,9 @@ def ray_local() -> Iterator[str]:
     take jobs, because Ray's dashboard agent always listens on the same port."""
     import ray
 
-    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                       logging_level=logging.WARNING)
+    context = ray.init(
+        address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING
+    )
     yield f"http://{context.dashboard_url}"
     ray.shutdown()
 
@@ -47,7 +54,7 @@ def ray_local() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` subprocess on loopback with a SQLite backend, stopped by pid."""
-    from pipelines.stack import start_mlflow_server, stop_pid
+    from pipelines.adapters.local_services import start_mlflow_server, stop_pid
 
     process, service = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     yield service.url

@@ -25,22 +25,47 @@ def write_config(raw: dict, path: Path) -> Path:
 
 
 def served_log(config, frame, start: datetime, rows_per_request: int = 5) -> tuple[pa.Table, pa.Table]:
-    """What the Serve app would have logged for these rows: a predictions table (requests of
-    `rows_per_request` rows, one second apart) and a feedback table labelling every row with the
-    frame's label column, received in the same order."""
-    from serve.prediction_log import FEEDBACK_SCHEMA, predictions_schema
+    """What the Serve app would have logged for these rows (its own row format): a predictions table
+    (requests of `rows_per_request` rows, one second apart) and a feedback table labelling every row
+    with the frame's label column, an hour after it was served."""
+    from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
 
     dataset = config.dataset
     served, labels = [], []
-    for i, record in enumerate(frame.to_dict(orient="records")):
-        request_id, row = f"q{i // rows_per_request}", i % rows_per_request
-        at = start + timedelta(seconds=i // rows_per_request)
-        served.append({"request_id": request_id, "row": row, "served_at": at,
-                       "model_name": config.mlflow.registered_model, "model_version": "1",
-                       **{f: (None if record[f] != record[f] else float(record[f]) if f in dataset.numeric
-                              else str(record[f])) for f in dataset.feature_names},
-                       "prediction": "0", "output": "{}"})
-        labels.append({"request_id": request_id, "row": row, "received_at": at + timedelta(hours=1),
-                       "label": str(record[dataset.label])})
-    return (pa.Table.from_pylist(served, schema=predictions_schema(dataset)),
-            pa.Table.from_pylist(labels, schema=FEEDBACK_SCHEMA))
+    records = frame.to_dict(orient="records")
+    for first in range(0, len(records), rows_per_request):
+        request_id, at = f"q{first // rows_per_request}", start + timedelta(seconds=first // rows_per_request)
+        chunk = records[first : first + rows_per_request]
+        features = [{f: r[f] for f in dataset.feature_names} for r in chunk]
+        served += prediction_rows(
+            request_id, config.mlflow.registered_model, "1", at, features, [{"prediction": 0} for _ in chunk], dataset
+        )
+        labels += [
+            feedback_row(request_id, row, r[dataset.label], at + timedelta(hours=1)) for row, r in enumerate(chunk)
+        ]
+    return (
+        pa.Table.from_pylist(served, schema=predictions_schema(dataset)),
+        pa.Table.from_pylist(labels, schema=FEEDBACK_SCHEMA),
+    )
+
+
+def deploy_endpoint(config, dashboard: str, port: int, *extra_apps: dict, api_key: str | None = None) -> str:
+    """conf/serve.yaml with this configuration, deployed the one way lakeloop deploys (Serve's REST
+    API), plus `extra_apps` (from pipelines.adapters.serving.application); returns the base URL."""
+    from pipelines.adapters import serving
+
+    serve_config = serving.with_lakeloop_config(
+        serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key, http_port=port
+    )
+    serve_config["applications"] += list(extra_apps)
+    return serving.deploy(serve_config, dashboard)
+
+
+def serve_app(config, name: str, route_prefix: str, api_key: str | None = None, **deployment_options) -> dict:
+    """An application of conf/serve.yaml under another name and route, with options replaced."""
+    from pipelines.adapters import serving
+
+    serve_config = serving.with_lakeloop_config(
+        serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key
+    )
+    return serving.application(serve_config, name, route_prefix, **deployment_options)

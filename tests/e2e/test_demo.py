@@ -22,10 +22,13 @@ def test_demo_closes_the_loop_with_no_failed_request(tmp_path: Path) -> None:
     conf = write_config(raw, tmp_path / "lakeloop.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "demo", "--rows", "4000", "--json",
-         "--config", str(conf)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**env, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        [sys.executable, "-m", "pipelines.cli", "demo", "--rows", "4000", "--json", "--config", str(conf)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["first_promoted"] is True and summary["first_version"] == "1"

@@ -15,18 +15,19 @@ import os
 # `ray start` turns token auth on; a driver must be in token mode before Ray is imported.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-import json  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import httpx  # noqa: E402
-import ray  # noqa: E402
+import httpx
+import ray
 
-from pipelines.stack import free_port  # noqa: E402
+from pipelines.adapters.local_services import free_port
 
 HEAD_CPUS = 1
 WORKER_CPUS = 1
@@ -38,19 +39,37 @@ def cluster_config(gcs_address: str) -> dict:
     return {
         "cluster_name": "lakeloop-autoscaling-test",
         "max_workers": MAX_WORKERS,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs_address},
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": HEAD_CPUS}, "node_config": {}, "max_workers": 0},
-            "cpu_worker": {"resources": {"CPU": WORKER_CPUS}, "node_config": {}, "min_workers": 0,
-                           "max_workers": MAX_WORKERS},
+            "cpu_worker": {
+                "resources": {"CPU": WORKER_CPUS},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": MAX_WORKERS,
+            },
         },
         "head_node_type": "ray.head.default",
         "idle_timeout_minutes": 0.1,  # idle workers go after ~6 s
         "upscaling_speed": 1.0,
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
@@ -62,8 +81,10 @@ def our_pids(marker: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if (marker.encode() in (entry / "cmdline").read_bytes()
-                        or f"{MARKER_ENV}={marker}".encode() in (entry / "environ").read_bytes()):
+                if (
+                    marker.encode() in (entry / "cmdline").read_bytes()
+                    or f"{MARKER_ENV}={marker}".encode() in (entry / "environ").read_bytes()
+                ):
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -92,18 +113,14 @@ def stop(marker: str, seen: set[int]) -> int:
     (with its descendants) while the worker nodes were up."""
     pids = sorted(with_descendants(set(our_pids(marker))) | seen)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
         time.sleep(0.5)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return len(pids)
 
 
@@ -119,7 +136,8 @@ JOB = (
     "def work():\n"
     "    time.sleep(8)\n"
     "    return ray.get_runtime_context().get_node_id()\n"
-    f"print('NODES=' + json.dumps(sorted(set(ray.get([work.remote() for _ in range({HEAD_CPUS + MAX_WORKERS * WORKER_CPUS})])))))\n"
+    f"tasks = [work.remote() for _ in range({HEAD_CPUS + MAX_WORKERS * WORKER_CPUS})]\n"
+    "print('NODES=' + json.dumps(sorted(set(ray.get(tasks)))))\n"
 )
 
 
@@ -133,10 +151,24 @@ def main() -> None:
     config_file = Path(temp_dir) / "autoscaling.json"
     config_file.write_text(json.dumps(cluster_config(address)))
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", MARKER_ENV: temp_dir}
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-                    f"--num-cpus={HEAD_CPUS}", f"--temp-dir={temp_dir}", f"--autoscaling-config={config_file}",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                    f"--dashboard-agent-listen-port={free_port()}"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--num-cpus={HEAD_CPUS}",
+            f"--temp-dir={temp_dir}",
+            f"--autoscaling-config={config_file}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     facts: dict = {}
     seen: set[int] = set()
     try:

@@ -3,6 +3,7 @@ the first checkpoints, and print the run's outcome as JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,10 +16,12 @@ from pathlib import Path
 import ray
 from ray.util.state import list_actors
 
-from pipelines import delta_tables, synthetic, training
-from pipelines.config import HyperParams, parse_config
-from pipelines.preprocess import prepare
-from pipelines.stack import free_port
+from pipelines.adapters import delta
+from pipelines.adapters.local_services import free_port
+from pipelines.core import synthetic
+from pipelines.core.config import HyperParams, parse_config
+from pipelines.training import loop
+from pipelines.training.data import prepare
 from tests.helpers import demo_raw_config
 
 
@@ -43,31 +46,47 @@ def main(root: str) -> None:
     # kill lands mid-run.
     raw["train"].update(max_epochs=6, patience=6, cache_rows=0, hyperparams=HyperParams(batch_size=16).model_dump())
     config = parse_config(raw)
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=free_port(), logging_level=logging.WARNING)
-    delta_tables.append(config.table_uri, synthetic.generate(20000, 2))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        logging_level=logging.WARNING,
+    )
+    delta.append(config.table_uri, synthetic.generate(20000, 2))
     prepared = prepare(config)
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(trained=training.fit(
-        config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, name="kill-test")))
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            trained=loop.fit(
+                config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, name="kill-test"
+            )
+        )
+    )
     thread.start()
     storage = Path(config.train_storage_path) / "kill-test"
     deadline = time.monotonic() + 240
-    # Two checkpoint folders mean the first one has been fully reported and registered.
-    while len(list(storage.glob("checkpoint_*"))) < 2 and time.monotonic() < deadline:
+    # A folder appears when its upload starts and rank 0 reports again only once the controller has
+    # taken the previous report: three folders mean the second checkpoint is registered.
+    while len(list(storage.glob("checkpoint_*"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(3)  # a folder appears when the upload starts; the controller registers it a moment later
     killed = sorted(train_worker_pids())
     for pid in killed:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     thread.join(timeout=400)
     trained = outcome["trained"]
-    print(json.dumps({"killed": killed, "resumed_from_epoch": trained.resumed_from_epoch,
-                      "epochs": [h["epoch"] for h in trained.history]}))
+    print(
+        json.dumps(
+            {
+                "killed": killed,
+                "resumed_from_epoch": trained.resumed_from_epoch,
+                "epochs": [h["epoch"] for h in trained.history],
+            }
+        )
+    )
     ray.shutdown()
 
 

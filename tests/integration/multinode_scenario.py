@@ -19,15 +19,23 @@ from mlflow import MlflowClient
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from pipelines import batch_inference, delta_tables, synthetic
-from pipelines.config import parse_config
-from pipelines.stack import free_port
-from pipelines.train import train_and_register
-from serve.app import build_deployment
-from tests.helpers import demo_raw_config
+from pipelines.adapters import delta, serving
+from pipelines.adapters.local_services import free_port
+from pipelines.core import synthetic
+from pipelines.core.config import parse_config
+from pipelines.inference import batch as batch_inference
+from pipelines.training.workflow import train_and_register
+from tests.helpers import demo_raw_config, serve_app
 
-RECORD = {"tenure_months": 3, "monthly_charges": 80.0, "support_calls": 1, "age": 40, "plan": "basic",
-          "contract": "one-year", "region": "north"}
+RECORD = {
+    "tenure_months": 3,
+    "monthly_charges": 80.0,
+    "support_calls": 1,
+    "age": 40,
+    "plan": "basic",
+    "contract": "one-year",
+    "region": "north",
+}
 
 
 def replicas(url: str, calls: int = 40) -> dict[str, str]:
@@ -46,8 +54,17 @@ def replicas(url: str, calls: int = 40) -> dict[str, str]:
 
 
 def main(root: str, tracking_uri: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "dashboard_agent_listen_port": free_port()})
+    dashboard_port = free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": free_port(),
+        },
+    )
     workers = [cluster.add_node(num_cpus=1, resources={"worker": 1}) for _ in range(2)]
     ray.init(address=cluster.address, logging_level="WARNING")
     facts: dict = {"nodes": {"head": cluster.head_node.node_id, "workers": [w.node_id for w in workers]}}
@@ -56,10 +73,10 @@ def main(root: str, tracking_uri: str) -> None:
         raw["ray"]["address"] = cluster.address
         raw["mlflow"].update(tracking_uri=tracking_uri, registered_model=f"multinode-{uuid.uuid4().hex[:8]}")
         raw["train"].update(max_epochs=2, num_workers=2, placement_strategy="STRICT_SPREAD")
-        raw["batch_inference"].update(min_actors=2, max_actors=2, batch_size=500)
+        raw["batch_inference"].update(min_actors=2, max_actors=2, cpus_per_actor=1, batch_size=500)  # one node each
         raw["serving"]["prediction_log"].update(flush_rows=20, flush_interval_s=0.5)
         config = parse_config(raw)
-        delta_tables.append(config.table_uri, synthetic.generate(3000, 1))
+        delta.append(config.table_uri, synthetic.generate(3000, 1))
 
         outcome = train_and_register(config)
         tags = MlflowClient(tracking_uri).get_run(outcome.run_id).data.tags
@@ -70,12 +87,23 @@ def main(root: str, tracking_uri: str) -> None:
         used = re.findall(r"(\d+) nodes used", scored.stats())
         facts["batch_nodes_used"] = max(int(n) for n in used) if used else 0
 
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        app = build_deployment(config).options(
-            num_replicas=2, autoscaling_config=None, ray_actor_options={"num_cpus": 0.25, "resources": {"worker": 0.1}})
-        serve.run(app.bind(config.model_dump_json()), name="lakeloop", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
+        # conf/serve.yaml, deployed the one way lakeloop deploys, with two fixed replicas on the worker nodes
+        app = serve_app(
+            config,
+            "lakeloop",
+            "/",
+            num_replicas=2,
+            autoscaling_config=None,
+            ray_actor_options={"num_cpus": 0.25, "resources": {"worker": 0.1}},
+        )
+        url = serving.deploy(
+            {
+                "proxy_location": "HeadOnly",
+                "http_options": {"host": "127.0.0.1", "port": free_port()},
+                "applications": [app],
+            },
+            f"http://127.0.0.1:{dashboard_port}",
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and httpx.get(f"{url}/health", timeout=10).status_code != 200:
             time.sleep(0.5)
@@ -120,8 +148,8 @@ def main(root: str, tracking_uri: str) -> None:
 
 def _remove_a_replica_node(cluster: Cluster, workers: list, before: set[str], url: str, statuses: list) -> dict:
     """Remove the node of one replica while the client calls; wait for a replacement replica to
-    answer from a live node, then let traffic run 5 s more."""
-    time.sleep(3)
+    answer from a live node, then let 100 more requests run."""
+    _wait_for_requests(statuses, 50)  # traffic flows before the node goes
     victim = next(w for w in workers if w.node_id in before)
     removed_at = time.monotonic()
     cluster.remove_node(victim)
@@ -132,9 +160,19 @@ def _remove_a_replica_node(cluster: Cluster, workers: list, before: set[str], ur
             recovered_at = time.monotonic()
             break
         time.sleep(1)
-    time.sleep(5)
-    return {"removed": victim.node_id, "removed_at": removed_at, "recovered_at": recovered_at,
-            "recovered_after_s": None if recovered_at is None else recovered_at - removed_at}
+    _wait_for_requests(statuses, len(statuses) + 100)  # and after the replacement answers
+    return {
+        "removed": victim.node_id,
+        "removed_at": removed_at,
+        "recovered_at": recovered_at,
+        "recovered_after_s": None if recovered_at is None else recovered_at - removed_at,
+    }
+
+
+def _wait_for_requests(statuses: list, count: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(statuses) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _running_replicas() -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -14,22 +16,28 @@ import pytest
 import ray
 from deltalake import write_deltalake
 
-from pipelines import delta_tables, synthetic
-from pipelines.config import LakeloopConfig, parse_config
-from pipelines.errors import ValidationFailed
-from pipelines.features import FEATURES_COLUMN, TARGET_COLUMN
-from pipelines.preprocess import prepare
-from pipelines.errors import LakeloopError
-from pipelines.labelled_feedback import labelled_rows, refresh_training_table
-from pipelines.validate import validate_table
+from pipelines.adapters import delta
+from pipelines.adapters.prediction_log import labelled_rows, refresh_training_table
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.core.errors import LakeloopError, ValidationFailed
+from pipelines.training.data import prepare
+from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN
+from pipelines.training.validation import validate_table
+from pipelines.training.workflow import train_and_register
 from tests.helpers import ROOT, served_log, write_config
 
 pytestmark = pytest.mark.integration
 
 
 def lakeloop(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_generate_then_validate_cli(raw_config: dict, tmp_path: Path) -> None:
@@ -60,17 +68,20 @@ def test_unreadable_delta_features_are_named(config: LakeloopConfig) -> None:
         validate_table(config)
 
 
-def test_validation_runs_before_any_ray_work(config: LakeloopConfig) -> None:
-    delta_tables.append(config.table_uri, synthetic.generate(200, 1).drop_columns(["plan"]))
-    assert not ray.is_initialized()
+def test_validation_runs_before_any_ray_work(config: LakeloopConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    delta.append(config.table_uri, synthetic.generate(200, 1).drop_columns(["plan"]))
+
+    def no_ray_work(*args, **kwargs):
+        raise AssertionError("Ray Data was asked to read a table that failed validation")
+
+    monkeypatch.setattr(ray.data, "read_delta", no_ray_work)
     with pytest.raises(ValidationFailed, match="column 'plan': missing"):
         prepare(config)
-    assert not ray.is_initialized()
 
 
 def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> None:
-    delta_tables.append(config.table_uri, synthetic.generate(500, 1))
-    delta_tables.append(config.table_uri, synthetic.generate(700, 2))
+    delta.append(config.table_uri, synthetic.generate(500, 1))
+    delta.append(config.table_uri, synthetic.generate(700, 2))
     old = prepare(config, version=0)
     assert old.lineage.tables[0].version == 0
     assert sum(old.lineage.rows.values()) == 500
@@ -97,7 +108,7 @@ def sort_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def test_ray_preprocessing_matches_single_process_reference(config: LakeloopConfig, ray_local: None) -> None:
-    delta_tables.append(config.table_uri, synthetic.generate(3000, 5))
+    delta.append(config.table_uri, synthetic.generate(3000, 5))
     prepared = prepare(config)
     train_raw = prepared.raw["train"].to_pandas()
     for split in ("train", "test"):
@@ -110,49 +121,77 @@ def test_ray_preprocessing_matches_single_process_reference(config: LakeloopConf
     # The in-process path used by serving gives the same numbers as Ray Data.
     test_raw = prepared.raw["test"].to_pandas()
     np.testing.assert_allclose(
-        prepared.pipeline.transform_frame(test_raw), reference_features(train_raw, test_raw, config), rtol=1e-4, atol=1e-4
+        prepared.pipeline.transform_frame(test_raw),
+        reference_features(train_raw, test_raw, config),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
-def test_a_differently_named_table_works_by_changing_only_conf(raw_config: dict, ray_local: None) -> None:
-    renames = {"tenure_months": "months_active", "plan": "tier", "churned": "left", "event_time": "ts",
-               "customer_id": "account"}
+def test_a_differently_named_table_trains_by_changing_only_conf(
+    raw_config: dict, ray_local: None, mlflow_server: str
+) -> None:
+    renames = {
+        "tenure_months": "months_active",
+        "plan": "tier",
+        "churned": "left",
+        "event_time": "ts",
+        "customer_id": "account",
+    }
     table = synthetic.generate(2000, 9).rename_columns([renames.get(n, n) for n in synthetic.SCHEMA.names])
-    table = table.set_column(table.schema.get_field_index("left"), "left",
-                             pa.array(np.where(table.column("left").to_numpy(), "yes", "no")))
+    table = table.set_column(
+        table.schema.get_field_index("left"), "left", pa.array(np.where(table.column("left").to_numpy(), "yes", "no"))
+    )
     dataset = raw_config["dataset"]
-    dataset.update(label="left", classes=["no", "yes"], event_time="ts",
-                   split={"strategy": "hash", "key": "account", "validation_fraction": 0.2, "test_fraction": 0.2})
+    dataset.update(
+        label="left",
+        classes=["no", "yes"],
+        event_time="ts",
+        split={"strategy": "hash", "key": "account", "validation_fraction": 0.2, "test_fraction": 0.2},
+    )
     for feature in dataset["features"]:
         feature["name"] = renames.get(feature["name"], feature["name"])
     config = parse_config(raw_config)
-    delta_tables.append(config.table_uri, table)
+    delta.append(config.table_uri, table)
     prepared = prepare(config)
     assert sum(prepared.lineage.rows.values()) == 2000
     assert prepared.lineage.rows["test"] == pytest.approx(400, abs=60)
     targets = prepared.splits["train"].to_pandas()[TARGET_COLUMN]
     assert set(targets) == {0, 1}
+    raw_config["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"renamed-{uuid.uuid4().hex[:8]}")
+    raw_config["train"].update(max_epochs=2)
+    outcome = train_and_register(parse_config(raw_config))
+    assert outcome.promoted and outcome.metrics["roc_auc"] > 0.7
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{raw_config['mlflow']['registered_model']}/{outcome.model_version}")
+    scored = model.predict(table.to_pandas().head(5)[[f["name"] for f in dataset["features"]]])
+    assert set(scored["prediction"]) <= {"no", "yes"}
+    assert list(scored.columns)[1:] == ["probability_no", "probability_yes"]
 
 
-def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(config: LakeloopConfig, ray_local: None) -> None:
+def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(
+    config: LakeloopConfig, ray_local: None
+) -> None:
     with pytest.raises(LakeloopError, match="no row of 'predictions' has a label in 'feedback'"):
         refresh_training_table(config)
-    delta_tables.append(config.table_uri, synthetic.generate(1000, 1))
+    delta.append(config.table_uri, synthetic.generate(1000, 1))
     frame = synthetic.generate(300, 2).to_pandas()
     served, feedback = served_log(config, frame, datetime(2026, 6, 1, tzinfo=UTC))
     write_deltalake(config.storage.table_uri("predictions"), served)
     write_deltalake(config.storage.table_uri("feedback"), feedback.slice(0, 200))  # 200 of 300 rows labelled
     relabel = feedback.slice(0, 1).to_pylist()[0]
     relabel.update(label=str(1 - int(relabel["label"])), received_at=relabel["received_at"] + timedelta(days=1))
-    write_deltalake(config.storage.table_uri("feedback"), pa.Table.from_pylist([relabel], schema=feedback.schema), mode="append")
+    write_deltalake(
+        config.storage.table_uri("feedback"), pa.Table.from_pylist([relabel], schema=feedback.schema), mode="append"
+    )
     rows = labelled_rows(config)
     assert len(rows) == 200  # the relabelled row counts once, with its newest label
     first = rows.set_index(["request_id", "row"]).loc[("q0", 0)]
     assert first["churned"] == 1 - frame["churned"].iloc[0]
     assert first["monthly_charges"] == pytest.approx(frame["monthly_charges"].iloc[0])
     uri = refresh_training_table(config)
-    events_types = delta_tables.arrow_dataset(delta_tables.open_table(config.table_uri)).schema
-    labelled_types = delta_tables.arrow_dataset(delta_tables.open_table(uri)).schema
+    events_types = delta.arrow_dataset(delta.open_table(config.table_uri)).schema
+    labelled_types = delta.arrow_dataset(delta.open_table(uri)).schema
     assert labelled_types.field("tenure_months").type == events_types.field("tenure_months").type == pa.int64()
     reports = [validate_table(config), validate_table(config, uri)]
     prepared = prepare(config, reports=reports)

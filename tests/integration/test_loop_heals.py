@@ -12,15 +12,15 @@ import mlflow
 import pytest
 from ray import serve
 
-from pipelines import delta_tables, synthetic
-from pipelines.closed_loop import ClosedLoop
-from pipelines.config import LakeloopConfig, parse_config
-from pipelines.deploy import wait_ready
-from pipelines.stack import free_port
-from pipelines.traffic import LabelledStream
-from pipelines.train import train_and_register
-from serve.app import build_deployment
-from tests.helpers import demo_raw_config
+from pipelines.adapters import delta
+from pipelines.adapters.endpoint import LabelledStream
+from pipelines.adapters.local_services import free_port
+from pipelines.adapters.serving import wait_ready
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.monitoring.closed_loop import ClosedLoop
+from pipelines.training.workflow import train_and_register
+from tests.helpers import demo_raw_config, deploy_endpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,22 +32,22 @@ def loop_config(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ra
     raw["train"].update(max_epochs=6)
     raw["serving"].update(poll_interval_s=0.5)
     raw["serving"]["prediction_log"].update(flush_rows=100, flush_interval_s=0.5)
-    raw["monitor"].update(jobs_api=ray_local, retrain_entrypoint=f"{sys.executable} -m pipelines.train --json")
+    raw["ray"].update(dashboard=ray_local)
+    raw["monitor"].update(retrain_entrypoint=f"{sys.executable} -m pipelines.train --json")
     config = parse_config(raw)
-    delta_tables.append(config.table_uri, synthetic.generate(4000, 1))  # the old rule
+    delta.append(config.table_uri, synthetic.generate(4000, 1))  # the old rule
     assert train_and_register(config).promoted
     return config
 
 
 @pytest.fixture(scope="module")
-def endpoint(loop_config: LakeloopConfig) -> Iterator[str]:
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_deployment(loop_config).bind(loop_config.model_dump_json()), name="heals", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    assert wait_ready(url, 120), "the endpoint never loaded the champion"
-    yield url
-    serve.shutdown()
+def endpoint(loop_config: LakeloopConfig, ray_local: str) -> Iterator[str]:
+    url = deploy_endpoint(loop_config, ray_local, free_port())
+    try:
+        assert wait_ready(url, 120), "the endpoint never loaded the champion"
+        yield url
+    finally:
+        serve.shutdown()
 
 
 def accuracy(version: str, config: LakeloopConfig, frame) -> float:
@@ -58,7 +58,8 @@ def accuracy(version: str, config: LakeloopConfig, frame) -> float:
 
 
 def test_after_a_concept_change_the_loop_retrains_and_serves_a_model_good_on_the_new_rule(
-        loop_config: LakeloopConfig, endpoint: str) -> None:
+    loop_config: LakeloopConfig, endpoint: str
+) -> None:
     dataset = loop_config.dataset
     loop = ClosedLoop(loop_config, endpoint, LabelledStream(endpoint, dataset.feature_names, dataset.label))
     calm = loop.round(synthetic.generate(400, 11).to_pandas())
@@ -83,7 +84,9 @@ def test_after_a_concept_change_the_loop_retrains_and_serves_a_model_good_on_the
     assert new - old >= gap / 2, (old, new, gap)
     # the retraining split the new regime on its own, and says so in its lineage
     run = mlflow.MlflowClient(loop_config.mlflow.tracking_uri).get_run(
-        mlflow.MlflowClient(loop_config.mlflow.tracking_uri).get_model_version(
-            loop_config.mlflow.registered_model, job["version"]).run_id)
+        mlflow.MlflowClient(loop_config.mlflow.tracking_uri)
+        .get_model_version(loop_config.mlflow.registered_model, job["version"])
+        .run_id
+    )
     assert run.data.params["split_policy"] == "regime"
     assert int(run.data.params["split_regime_rows"]) >= loop_config.train.regime.min_rows

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 from deltalake import write_deltalake
 
-from pipelines import delta_tables, synthetic
-from pipelines.config import LakeloopConfig, parse_config
-from pipelines.drift import DriftSuite
-from pipelines.jobs import Jobs
-from pipelines.monitor import describe, load_champion, run_once
-from pipelines.registry import Registry
-from pipelines.registry import run as registry_step
-from pipelines.train import train_and_register
+from pipelines.adapters import delta
+from pipelines.adapters.jobs import Jobs
+from pipelines.adapters.registry import Registry
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.models import run as models_step
+from pipelines.monitoring.champion import load_champion
+from pipelines.monitoring.check import describe, run_once
+from pipelines.training.detectors import DriftSuite
+from pipelines.training.workflow import train_and_register
 from tests.helpers import demo_raw_config, served_log
 
 pytestmark = pytest.mark.integration
@@ -36,10 +38,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, jobs_a
     raw = demo_raw_config(tmp_path_factory.mktemp("monitor") / "data")
     raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"monitor-{uuid.uuid4().hex[:8]}")
     raw["train"].update(max_epochs=3)
-    raw["monitor"].update(window_rows=500, jobs_api=jobs_api, retrain_entrypoint=f"{sys.executable} -c \"print('retrain')\"",
-                          retries=4)
+    raw["ray"].update(dashboard=jobs_api)
+    raw["monitor"].update(window_rows=500, retrain_entrypoint=f"{sys.executable} -c \"print('retrain')\"", retries=4)
     config = parse_config(raw)
-    delta_tables.append(config.table_uri, synthetic.generate(4000, 1))
+    delta.append(config.table_uri, synthetic.generate(4000, 1))
     train_and_register(config)
     return raw
 
@@ -61,11 +63,16 @@ def with_traffic(raw: dict, root: Path, drift: str, seed: int, labels: str | Non
 def retraining_jobs(jobs_api: str, model: str) -> list:
     from ray.job_submission import JobSubmissionClient
 
-    return [j for j in JobSubmissionClient(jobs_api).list_jobs() if (j.submission_id or "").startswith(
-        f"lakeloop-retrain-{model}-")]
+    return [
+        j
+        for j in JobSubmissionClient(jobs_api).list_jobs()
+        if (j.submission_id or "").startswith(f"lakeloop-retrain-{model}-")
+    ]
 
 
-def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(trained: dict, tmp_path: Path, jobs_api: str) -> None:
+def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(
+    trained: dict, tmp_path: Path, jobs_api: str
+) -> None:
     config = with_traffic(trained, tmp_path / "drifted", "covariate", seed=5)
     first = run_once(config)
     assert [w["drift"] for w in first["windows"]] == [True, True, True]
@@ -96,7 +103,7 @@ def test_detectors_saved_with_the_model_load_and_agree(trained: dict, tmp_path: 
     window = synthetic.generate(500, 8, "covariate").to_pandas()[config.dataset.feature_names]
     suite = champion.suite
     reloaded = DriftSuite.load(suite.save(tmp_path / "copy"), suite.model)
-    for ours, theirs in zip(suite.check(window), reloaded.check(window)):
+    for ours, theirs in zip(suite.check(window), reloaded.check(window), strict=True):
         assert ours.detector == theirs.detector and ours.is_drift == theirs.is_drift
         if ours.detector != "multivariate":  # the MMD p-value comes from random permutations
             assert ours.p_value == pytest.approx(theirs.p_value)
@@ -124,18 +131,24 @@ def test_true_labels_are_no_performance_drift(trained: dict, tmp_path: Path) -> 
 
 
 def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is_degraded(
-        tmp_path: Path, mlflow_server: str, jobs_api: str) -> None:
+    tmp_path: Path, mlflow_server: str, jobs_api: str
+) -> None:
     """Real retraining jobs through the Jobs API, refused by a gate no model can pass."""
     raw = demo_raw_config(tmp_path / "data")
     raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"degrade-{uuid.uuid4().hex[:8]}")
     raw["train"].update(max_epochs=4)
-    raw["tune"].update(num_samples=1)
     config = parse_config(raw)
-    delta_tables.append(config.table_uri, synthetic.generate(3000, 1))
+    delta.append(config.table_uri, synthetic.generate(3000, 1))
     assert train_and_register(config).promoted
+    # the retraining jobs: as small as a job can be, and refused by a gate no model can pass
+    raw["train"].update(max_epochs=1)
+    raw["tune"].update(num_samples=1)
     raw["gate"].update(thresholds={"roc_auc": 0.999}, when_champion_fails="require_thresholds")
-    raw["monitor"].update(jobs_api=jobs_api, retrain_entrypoint=f"{sys.executable} -m pipelines.train --json",
-                          retry={"after_rows": 100, "max_attempts": 2, "tune_from_attempt": 2})
+    raw["ray"].update(dashboard=jobs_api)
+    raw["monitor"].update(
+        retrain_entrypoint=f"{sys.executable} -m pipelines.train --json",
+        retry={"after_rows": 100, "max_attempts": 2, "tune_from_attempt": 2},
+    )
     config = with_traffic(raw, tmp_path / "data", "covariate", seed=5)
     jobs = Jobs(jobs_api)
 
@@ -147,7 +160,7 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     assert "below the floor" in refused["retraining"]["attempts"][0]["reason"]
     assert refused["retraining"]["action"] == "wait" and not refused["submitted"]  # no new rows yet: not live, waiting
 
-    delta_tables.append(config.table_uri, synthetic.generate(150, 2))  # new training rows arrive
+    delta.append(config.table_uri, synthetic.generate(150, 2))  # new training rows arrive
     retry = run_once(config)
     assert retry["submitted"] and retry["submission_id"] != first["submission_id"]
     second = retry["retraining"]["attempts"][1]
@@ -161,6 +174,6 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     assert "DEGRADED" in describe(degraded)
     champion = next(v for v in Registry.from_config(config).versions() if "champion" in v["aliases"])
     assert champion["health"] == "degraded" and "did not replace it" in champion["health_reason"]
-    listing = registry_step(argparse.Namespace(rollback=False), config).summary
+    listing = models_step(argparse.Namespace(action="list"), config).summary
     assert "DEGRADED" in listing
     assert not run_once(config)["submitted"]  # degraded: no further attempts for this champion

@@ -17,9 +17,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_work_spreads_over_nodes_and_serving_survives_losing_one(tmp_path: Path, mlflow_server: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "tests.integration.multinode_scenario", str(tmp_path / "data"),
-                           mlflow_server], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.multinode_scenario", str(tmp_path / "data"), mlflow_server],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     facts = json.loads(done.stdout.strip().splitlines()[-1])
     all_nodes = {facts["nodes"]["head"], *facts["nodes"]["workers"]}

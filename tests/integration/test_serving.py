@@ -20,13 +20,14 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 from ray import serve
 
-from pipelines import delta_tables, synthetic
-from pipelines.batch_inference import predict
-from pipelines.config import LakeloopConfig, parse_config
-from pipelines.stack import free_port
-from pipelines.train import train_and_register
-from serve.app import build_deployment
-from tests.helpers import demo_raw_config
+from pipelines.adapters import delta
+from pipelines.adapters.local_services import free_port
+from pipelines.adapters.serving import wait_ready
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.inference.batch import predict
+from pipelines.training.workflow import train_and_register
+from tests.helpers import demo_raw_config, deploy_endpoint, serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray
     raw["serving"].update(poll_interval_s=0.5)
     raw["serving"]["prediction_log"].update(flush_rows=50, flush_interval_s=0.5)
     config = parse_config(raw)
-    delta_tables.append(config.table_uri, synthetic.generate(2000, 3))
+    delta.append(config.table_uri, synthetic.generate(2000, 3))
     outcome = train_and_register(config)
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.register_model(f"runs:/{outcome.run_id}/model", config.mlflow.registered_model)
@@ -50,21 +51,17 @@ def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray
 
 
 @pytest.fixture(scope="module")
-def endpoint(registered: LakeloopConfig) -> Iterator[str]:
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_deployment(registered).bind(registered.model_dump_json()), name="lakeloop", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    yield url
-    serve.shutdown()
+def endpoint(registered: LakeloopConfig, ray_local: str) -> Iterator[str]:
+    url = deploy_endpoint(registered, ray_local, free_port())
+    try:
+        assert wait_ready(url, 120), "the endpoint never loaded the champion"
+        yield url
+    finally:
+        serve.shutdown()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 def rows(n: int, seed: int = 5) -> pd.DataFrame:
@@ -72,15 +69,19 @@ def rows(n: int, seed: int = 5) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def logged_rows(config: LakeloopConfig) -> int:
-    uri = config.storage.table_uri("predictions")
-    return DeltaTable(uri).count() if DeltaTable.is_deltatable(uri) else 0
+def logged_rows(config: LakeloopConfig, table: str = "predictions") -> int:
+    return delta.count(config.storage.table_uri(table))
 
 
-def settled_rows(config: LakeloopConfig) -> int:
+def replica_log(url: str) -> dict:
+    """The (only) replica's log counters: rows accepted, written and pending, per log."""
+    return httpx.get(f"{url}/model").json()["log"]
+
+
+def settled_rows(config: LakeloopConfig, table: str = "predictions") -> int:
     """The logged row count once earlier tests' buffered rows have landed (two equal reads a flush apart)."""
     previous = -1
-    while (current := logged_rows(config)) != previous:
+    while (current := logged_rows(config, table)) != previous:
         previous = current
         time.sleep(1.0)
     return current
@@ -125,8 +126,15 @@ def test_health_model_and_docs(endpoint: str) -> None:
     assert set(schema["properties"]) == set(FEATURES)
 
 
-GOOD = {"tenure_months": 3, "monthly_charges": 80.0, "support_calls": 1, "age": 40, "plan": "basic",
-        "contract": "one-year", "region": "north"}  # fmt: skip
+GOOD = {
+    "tenure_months": 3,
+    "monthly_charges": 80.0,
+    "support_calls": 1,
+    "age": 40,
+    "plan": "basic",
+    "contract": "one-year",
+    "region": "north",
+}
 
 
 def _post(endpoint: str, path: str, body: object, content_type: str = "application/json") -> httpx.Response:
@@ -137,14 +145,44 @@ def _post(endpoint: str, path: str, body: object, content_type: str = "applicati
 @pytest.mark.parametrize(
     ("path", "body", "content_type", "status", "message"),
     [
-        ("/predict", {"records": [{k: v for k, v in GOOD.items() if k != "age"}]}, "application/json", 422, "records.0.age: Field required"),
+        (
+            "/predict",
+            {"records": [{k: v for k, v in GOOD.items() if k != "age"}]},
+            "application/json",
+            422,
+            "records.0.age: Field required",
+        ),
         ("/predict", {"records": [{**GOOD, "colour": "red"}]}, "application/json", 422, "colour"),
         ("/predict", {"records": [{**GOOD, "age": "forty"}]}, "application/json", 422, "age"),
         ("/predict", {"records": []}, "application/json", 422, "records"),
-        ("/invocations", {"dataframe_records": [{k: v for k, v in GOOD.items() if k != "age"}]}, "application/json", 422, "records[0].age: Field required"),
-        ("/invocations", {"dataframe_records": [{**GOOD, "colour": "red"}]}, "application/json", 422, "records[0].colour: unknown field"),
-        ("/invocations", {"dataframe_records": [{**GOOD, "support_calls": "many"}]}, "application/json", 422, "records[0].support_calls: Input should be a valid number"),
-        ("/invocations", '{"dataframe_records": [' + json.dumps(GOOD).replace('80.0', 'NaN') + "]}", "application/json", 422, "records[0].monthly_charges: Input should be a finite number"),
+        (
+            "/invocations",
+            {"dataframe_records": [{k: v for k, v in GOOD.items() if k != "age"}]},
+            "application/json",
+            422,
+            "records[0].age: Field required",
+        ),
+        (
+            "/invocations",
+            {"dataframe_records": [{**GOOD, "colour": "red"}]},
+            "application/json",
+            422,
+            "records[0].colour: unknown field",
+        ),
+        (
+            "/invocations",
+            {"dataframe_records": [{**GOOD, "support_calls": "many"}]},
+            "application/json",
+            422,
+            "records[0].support_calls: Input should be a valid number",
+        ),
+        (
+            "/invocations",
+            '{"dataframe_records": [' + json.dumps(GOOD).replace("80.0", "NaN") + "]}",
+            "application/json",
+            422,
+            "records[0].monthly_charges: Input should be a finite number",
+        ),
         ("/invocations", {"dataframe_records": []}, "application/json", 422, "empty batch"),
         ("/invocations", {"dataframe_records": [GOOD] * 1001}, "application/json", 413, "exceeds the limit of 1000"),
         ("/invocations", '{"dataframe_records": [', "application/json", 400, "malformed JSON"),
@@ -156,12 +194,15 @@ def _post(endpoint: str, path: str, body: object, content_type: str = "applicati
 def test_bad_input_is_a_4xx_naming_the_problem_and_logs_nothing(
     endpoint: str, registered: LakeloopConfig, path: str, body: object, content_type: str, status: int, message: str
 ) -> None:
-    before = settled_rows(registered)
+    log = "feedback" if path == "/feedback" else "predictions"
+    table_before = settled_rows(registered, log)
+    accepted_before = replica_log(endpoint)[log]["accepted"]
     response = _post(endpoint, path, body, content_type)
     assert response.status_code == status, response.text
     assert message in response.text
-    time.sleep(0.6)  # one flush interval: a wrongly logged row would have landed by now
-    assert logged_rows(registered) == before
+    # Logging happens before the response: a wrongly logged row would already be in the replica's log.
+    assert replica_log(endpoint)[log]["accepted"] == accepted_before
+    assert logged_rows(registered, log) == table_before
 
 
 def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> None:
@@ -169,15 +210,20 @@ def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> N
     response = httpx.post(f"{endpoint}/feedback", json={"request_id": answer["request_id"], "label": 1})
     assert response.status_code == 202
     uri = registered.storage.table_uri("feedback")
-    assert wait_for(lambda: DeltaTable.is_deltatable(uri) and answer["request_id"] in
-                    DeltaTable(uri).to_pandas()["request_id"].tolist())
+    assert wait_for(
+        lambda: (
+            DeltaTable.is_deltatable(uri) and answer["request_id"] in DeltaTable(uri).to_pandas()["request_id"].tolist()
+        )
+    )
 
 
-def test_batch_api_matches_http_for_path_dataset_and_frame(endpoint: str, registered: LakeloopConfig, tmp_path: Path) -> None:
+def test_batch_api_matches_http_for_path_dataset_and_frame(
+    endpoint: str, registered: LakeloopConfig, tmp_path: Path
+) -> None:
     source = registered.table_uri
     table = DeltaTable(source).to_pandas().head(40)
     http = httpx.post(f"{endpoint}/invocations", json={"dataframe_records": rows_of(table)}).json()["predictions"]
-    expected = dict(zip(table["customer_id"], (p["probability_1"] for p in http)))
+    expected = dict(zip(table["customer_id"], (p["probability_1"] for p in http), strict=True))
     output = str(tmp_path / "scored")
     for scored in (
         predict(source, output=output, config=registered),
@@ -198,7 +244,9 @@ def rows_of(frame: pd.DataFrame) -> list[dict]:
     return features.astype(object).where(features.notna(), None).to_dict(orient="records")
 
 
-def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(endpoint: str, registered: LakeloopConfig) -> None:
+def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(
+    endpoint: str, registered: LakeloopConfig
+) -> None:
     """Last in the module: it ends by shutting Serve down to prove the drain flushes the log."""
     served_before = logged_rows(registered)
     assert wait_for(lambda: logged_rows(registered) == served_before, 5)
@@ -222,11 +270,12 @@ def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(en
     threads = [threading.Thread(target=client) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(2)
+    assert wait_for(lambda: versions["1"] >= 20, 30)  # traffic on the old version first
     MlflowClient(registered.mlflow.tracking_uri).set_registered_model_alias(
-        registered.mlflow.registered_model, "champion", "2")
+        registered.mlflow.registered_model, "champion", "2"
+    )
     assert wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "2", 15)
-    time.sleep(2)
+    assert wait_for(lambda: versions["2"] >= 20, 30)  # and on the new one, under the same load
     stop.set()
     for thread in threads:
         thread.join()
@@ -234,12 +283,20 @@ def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(en
     assert versions["1"] > 0 and versions["2"] > 0
     serve.delete("lakeloop")  # drains the replica, whose shutdown flushes its buffer
     assert wait_for(lambda: logged_rows(registered) - served_before == served[0], 30), (
-        logged_rows(registered) - served_before, served[0])
+        logged_rows(registered) - served_before,
+        served[0],
+    )
 
 
-def test_with_an_api_key_an_unauthenticated_predict_is_401_and_not_logged(endpoint: str, registered: LakeloopConfig) -> None:
-    serve.run(build_deployment(registered, api_key="integration-key").bind(registered.model_dump_json()),
-              name="secured", route_prefix="/secured")
+def test_with_an_api_key_an_unauthenticated_predict_is_401_and_not_logged(
+    endpoint: str, registered: LakeloopConfig, ray_local: str
+) -> None:
+    deploy_endpoint(
+        registered,
+        ray_local,
+        port_of(endpoint),
+        serve_app(registered, "secured", "/secured", api_key="integration-key"),
+    )
     try:
         assert wait_for(lambda: httpx.get(f"{endpoint}/secured/health").status_code == 200, 60)
         before = settled_rows(registered)
@@ -248,8 +305,9 @@ def test_with_an_api_key_an_unauthenticated_predict_is_401_and_not_logged(endpoi
         assert refused.status_code == 401 and "predictions" not in refused.json()
         wrong = httpx.post(f"{endpoint}/secured/predict", json=body, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
-        allowed = httpx.post(f"{endpoint}/secured/predict", json=body,
-                             headers={"Authorization": "Bearer integration-key"})
+        allowed = httpx.post(
+            f"{endpoint}/secured/predict", json=body, headers={"Authorization": "Bearer integration-key"}
+        )
         assert allowed.status_code == 200 and len(allowed.json()["predictions"]) == 1
         assert wait_for(lambda: logged_rows(registered) == before + 1, 15)  # only the authorised row
     finally:
@@ -260,11 +318,22 @@ def _running(app: str) -> int:
     return serve.status().applications[app].deployments["ModelServer"].replica_states.get("RUNNING", 0)
 
 
-def test_serve_autoscaling_adds_replicas_under_load_and_removes_them_after(endpoint: str, registered: LakeloopConfig) -> None:
-    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
-                   "downscale_delay_s": 3}
-    serve.run(build_deployment(registered).options(autoscaling_config=autoscaling).bind(registered.model_dump_json()),
-              name="autoscaled", route_prefix="/autoscaled")
+def test_serve_autoscaling_adds_replicas_under_load_and_removes_them_after(
+    endpoint: str, registered: LakeloopConfig, ray_local: str
+) -> None:
+    autoscaling = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 3,
+    }
+    deploy_endpoint(
+        registered,
+        ray_local,
+        port_of(endpoint),
+        serve_app(registered, "autoscaled", "/autoscaled", autoscaling_config=autoscaling),
+    )
     stop = threading.Event()
 
     def client() -> None:

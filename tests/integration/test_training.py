@@ -14,14 +14,17 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import delta_tables, synthetic
-from pipelines.config import HyperParams, LakeloopConfig, parse_config
-from pipelines.gate import GateDecision
-from pipelines.registry import Registry
-from pipelines.train import train_and_register
+from pipelines.adapters import delta
+from pipelines.adapters.registry import Registry
+from pipelines.core import synthetic
+from pipelines.core.config import HyperParams, LakeloopConfig, parse_config
+from pipelines.core.gate import GateDecision
+from pipelines.training import search
+from pipelines.training.workflow import train_and_register
 from tests.helpers import ROOT, write_config
 
 pytestmark = pytest.mark.integration
@@ -36,17 +39,33 @@ def small_config(raw: dict, tracking_uri: str, **train: object) -> LakeloopConfi
 def records() -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"tenure_months": 2, "monthly_charges": 110.0, "support_calls": 5, "age": 30, "plan": "basic",
-             "contract": "month-to-month", "region": "north"},
-            {"tenure_months": 70, "monthly_charges": None, "support_calls": 0, "age": 50, "plan": "premium",
-             "contract": "two-year", "region": "east"},
+            {
+                "tenure_months": 2,
+                "monthly_charges": 110.0,
+                "support_calls": 5,
+                "age": 30,
+                "plan": "basic",
+                "contract": "month-to-month",
+                "region": "north",
+            },
+            {
+                "tenure_months": 70,
+                "monthly_charges": None,
+                "support_calls": 0,
+                "age": 50,
+                "plan": "premium",
+                "contract": "two-year",
+                "region": "east",
+            },
         ]
-    )  # fmt: skip
+    )
 
 
-def test_train_registers_promotes_and_gate_refuses_a_worse_model(raw_config: dict, mlflow_server: str, ray_local: None) -> None:
+def test_train_registers_promotes_and_gate_refuses_a_worse_model(
+    raw_config: dict, mlflow_server: str, ray_local: None
+) -> None:
     config = small_config(raw_config, mlflow_server)
-    delta_tables.append(config.table_uri, synthetic.generate(3000, 1))
+    delta.append(config.table_uri, synthetic.generate(3000, 1))
     first = train_and_register(config)
     assert first.promoted and first.model_version == "1"
     assert "first model" in first.reason
@@ -70,8 +89,13 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(raw_config: dic
     assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
     assert client.list_artifacts(first.run_id, "preprocessor")[0].path == "preprocessor/pipeline.pkl"
 
-    worse = config.model_copy(update={"train": config.train.model_copy(
-        update={"max_epochs": 1, "hyperparams": HyperParams(lr=1e-5, hidden=2, depth=1)})})
+    worse = config.model_copy(
+        update={
+            "train": config.train.model_copy(
+                update={"max_epochs": 1, "hyperparams": HyperParams(lr=1e-5, hidden=2, depth=1)}
+            )
+        }
+    )
     second = train_and_register(worse)
     assert not second.promoted
     assert second.champion_version == "1"
@@ -125,8 +149,8 @@ def test_two_trainings_finishing_at_once_cannot_both_win(mlflow_server: str) -> 
 def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow_server: str, ray_local: None) -> None:
     raw_config["tune"].update(num_samples=3, grace_period=1)
     config = small_config(raw_config, mlflow_server, num_workers=1, cpus_per_worker=1)
-    delta_tables.append(config.table_uri, synthetic.generate(2000, 4))
-    outcome = train_and_register(config, tune=True)
+    delta.append(config.table_uri, synthetic.generate(2000, 4))
+    outcome = train_and_register(config, search.search, "tune")
     client = MlflowClient(mlflow_server)
     children = client.search_runs(
         [client.get_run(outcome.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'"
@@ -140,9 +164,14 @@ def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow
 
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     """In a fresh process with its own local cluster, so no state from earlier tests interferes."""
-    done = subprocess.run([sys.executable, "-m", "tests.integration.kill_and_resume", str(tmp_path / "data")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.kill_and_resume", str(tmp_path / "data")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["killed"], "no train worker was found to kill"
@@ -152,12 +181,22 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
 def test_training_a_bad_table_fails_validation_before_ray_or_mlflow(raw_config: dict, tmp_path: Path) -> None:
     config = parse_config(raw_config)
-    delta_tables.append(config.table_uri, synthetic.generate(300, 1).drop_columns(["contract"]))
+    delta.append(config.table_uri, synthetic.generate(300, 1).drop_columns(["contract"]))
     conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
     # Unreachable Ray and MLflow addresses: reaching either would fail differently than validation.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
-    done = subprocess.run([sys.executable, "-m", "pipelines.train", "--config", str(conf)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_ADDRESS": "127.0.0.1:9",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "column 'contract': missing from the table" in done.stderr
     assert "Traceback" not in done.stderr
@@ -184,8 +223,8 @@ def test_after_a_rollback_a_better_model_can_still_be_promoted(mlflow_server: st
 CRASH_MID_PROMOTION = """
 import os, signal, sys
 from mlflow import MlflowClient
-from pipelines.gate import GateDecision
-from pipelines.registry import Registry
+from pipelines.core.gate import GateDecision
+from pipelines.adapters.registry import Registry
 uri, name, version = sys.argv[1:]
 registry = Registry(MlflowClient(uri), name)
 Registry._move = lambda self, *args: os.kill(os.getpid(), signal.SIGKILL)  # die after claiming, before the alias
@@ -199,8 +238,14 @@ def test_a_promotion_killed_between_claim_and_alias_move_leaves_the_registry_pro
     first, crashed, later = _register_dummy_versions(client, name, 3)
     registry = Registry(client, name, claim_lease_s=2.0)
     assert registry.promote(first, registry.state(), GateDecision(True, "first")).promote
-    done = subprocess.run([sys.executable, "-c", CRASH_MID_PROMOTION, mlflow_server, name, crashed],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH_MID_PROMOTION, mlflow_server, name, crashed],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == -9, done.stderr[-2000:]
     assert registry.champion().version == first  # claimed, never moved
     claim = client.search_registered_models(filter_string=f"name LIKE '{name}.promotion.1.%'")  # epoch 1: after `first`
@@ -225,14 +270,38 @@ def wait_until(condition, timeout: float, poll_s: float = 0.2) -> bool:
     return True
 
 
-def test_feedback_as_a_source_with_no_labels_yet_trains_on_the_events_table(raw_config: dict, mlflow_server: str,
-                                                                            ray_local: None) -> None:
+def test_feedback_as_a_source_with_no_labels_yet_trains_on_the_events_table(
+    raw_config: dict, mlflow_server: str, ray_local: None
+) -> None:
     raw_config["train"].update(source="both")
     config = small_config(raw_config, mlflow_server, max_epochs=1)
-    delta_tables.append(config.table_uri, synthetic.generate(1500, 2))
+    delta.append(config.table_uri, synthetic.generate(1500, 2))
     outcome = train_and_register(config)
     assert outcome.promoted
     assert [t["uri"] for t in outcome.lineage["tables"]] == [config.table_uri]
     assert any("no row of 'predictions' has a label" in n and "trained on the events table" in n for n in outcome.notes)
     run = MlflowClient(mlflow_server).get_run(outcome.run_id)
     assert "trained on the events table" in run.data.tags["lakeloop.notes"]
+
+
+def test_a_regression_model_trains_registers_gates_and_predicts(
+    raw_config: dict, mlflow_server: str, ray_local: None
+) -> None:
+    """Monthly charges from the other features: the plan sets the mean (45/70/95), the rest is noise
+    of SD 12, so the best possible RMSE is about 12 and a constant predictor's about 23."""
+    dataset = raw_config["dataset"]
+    dataset.update(task="regression", label="monthly_charges")
+    dataset.pop("classes")
+    dataset["features"] = [f for f in dataset["features"] if f["name"] != "monthly_charges"]
+    raw_config["gate"].update(metric="rmse", min_improvement=0.0, thresholds={"rmse": 20.0})
+    config = small_config(raw_config, mlflow_server, max_epochs=8, patience=3)
+    rows = synthetic.generate(3000, 6).to_pandas().dropna(subset=["monthly_charges"])
+    delta.append(config.table_uri, pa.Table.from_pandas(rows, preserve_index=False))
+    outcome = train_and_register(config)
+    assert outcome.promoted, outcome.reason
+    assert outcome.metrics["rmse"] < 16 and outcome.metrics["r2"] > 0.4, outcome.metrics
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}@champion")
+    basic, premium = rows.head(1).assign(plan="basic"), rows.head(1).assign(plan="premium")
+    predicted = model.predict(pd.concat([basic, premium])[config.dataset.feature_names])["prediction"].to_numpy()
+    assert predicted[1] - predicted[0] > 25  # the plans' means are 50 apart

@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import delta_tables, synthetic, training
-from pipelines.config import LakeloopConfig, parse_config
-from pipelines.preprocess import prepare
-from pipelines.scoring import LakeloopModel
+from pipelines.adapters import delta
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.training import loop
+from pipelines.training.bundle import LakeloopModel
+from pipelines.training.data import prepare
 from tests.helpers import demo_raw_config
 
 pytestmark = pytest.mark.integration
@@ -30,10 +32,10 @@ def model(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Iterator
     raw = demo_raw_config(tmp_path_factory.mktemp("behaviour") / "data")
     raw["train"].update(max_epochs=12, patience=3)
     config: LakeloopConfig = parse_config(raw)
-    delta_tables.append(config.table_uri, synthetic.generate(8000, 21))
+    delta.append(config.table_uri, synthetic.generate(8000, 21))
     prepared = prepare(config)
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
-    trained = training.fit(config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, "behaviour")
+    trained = loop.fit(config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, "behaviour")
     yield LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
 
 
@@ -57,9 +59,13 @@ def test_quality_is_close_to_the_best_achievable(model: LakeloopModel, customers
     ("column", "low", "high", "direction"),
     [("support_calls", 0, 5, +1), ("tenure_months", 2, 60, -1), ("monthly_charges", 40.0, 110.0, +1)],
 )
-def test_directional_expectations(model: LakeloopModel, customers: pd.DataFrame, column: str, low, high, direction: int) -> None:
+def test_directional_expectations(
+    model: LakeloopModel, customers: pd.DataFrame, column: str, low, high, direction: int
+) -> None:
     base = customers.head(300)
-    change = churn_probability(model, base.assign(**{column: high})) - churn_probability(model, base.assign(**{column: low}))
+    change = churn_probability(model, base.assign(**{column: high})) - churn_probability(
+        model, base.assign(**{column: low})
+    )
     assert np.mean(np.sign(change) == direction) >= 0.9, f"{column}: {np.mean(np.sign(change) == direction):.2f}"
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.config import LakeloopConfig
-from serve.app import api_key_digest, create_api
+from pipelines.adapters.serving import api_key_digest
+from pipelines.core.config import LakeloopConfig
+from serve.app import create_api
 
 
 @pytest.fixture

@@ -19,16 +19,23 @@ from tests.helpers import ROOT
 
 CRDS = ROOT.parent / "shared" / "kuberay-crds"
 KUBERAY = sorted((ROOT / "cluster" / "kuberay").glob("*.yaml"))
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-             "RayService": "ray.io_rayservices.yaml", "RayCronJob": "ray.io_raycronjobs.yaml"}
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+    "RayCronJob": "ray.io_raycronjobs.yaml",
+}
 
 
 def strict(schema: dict) -> dict:
     """Forbid unknown fields wherever the CRD lists the fields and does not ask to keep unknown ones."""
     if isinstance(schema, dict):
         schema = {k: strict(v) for k, v in schema.items()}
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
     elif isinstance(schema, list):
         return [strict(item) for item in schema]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config, parse_config
-from pipelines.errors import ConfigError
+from pipelines.core.config import load_config, parse_config
+from pipelines.core.errors import ConfigError
 from tests.helpers import DEMO_CONFIG, write_config
 
 
@@ -106,3 +106,20 @@ def test_credentials_in_the_config_are_refused_without_echoing_them(raw_config: 
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME") as refused:
         parse_config(raw_config)
     assert "hunter2" not in str(refused.value)
+
+
+def test_the_gate_metric_and_thresholds_must_fit_the_task(raw_config: dict) -> None:
+    raw_config["dataset"].update(task="regression", label="monthly_charges")
+    raw_config["dataset"].pop("classes")
+    raw_config["dataset"]["features"] = [f for f in raw_config["dataset"]["features"] if f["name"] != "monthly_charges"]
+    with pytest.raises(
+        ConfigError,
+        match=r"test: gate.metric: 'roc_auc' is not a regression metric; choose one of "
+        r"rmse, mae, r2",
+    ):
+        parse_config(raw_config, "test")
+    raw_config["gate"].update(metric="rmse", thresholds={"roc_auc": 0.7})
+    with pytest.raises(ConfigError, match="gate.thresholds: roc_auc not regression metrics"):
+        parse_config(raw_config, "test")
+    raw_config["gate"].update(thresholds={"r2": 0.5})
+    assert parse_config(raw_config, "test").gate.metric == "rmse"

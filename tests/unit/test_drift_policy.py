@@ -7,20 +7,31 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from pipelines.drift_policy import drift_start, row_windows, trigger_start, should_retrain, submission_id, submission_prefix, time_windows
+from pipelines.core.drift_policy import (
+    drift_start,
+    row_windows,
+    should_retrain,
+    submission_id,
+    submission_prefix,
+    time_windows,
+    trigger_start,
+)
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def served(requests: list[tuple[int, int]]) -> pd.DataFrame:
     """(second offset, rows in the request) -> prediction rows sharing the request's timestamp."""
-    rows = [{"request_id": f"r{i}", "row": j, "served_at": T0 + timedelta(seconds=s)}
-            for i, (s, n) in enumerate(requests) for j in range(n)]
+    rows = [
+        {"request_id": f"r{i}", "row": j, "served_at": T0 + timedelta(seconds=s)}
+        for i, (s, n) in enumerate(requests)
+        for j in range(n)
+    ]
     return pd.DataFrame(rows).sample(frac=1, random_state=0)  # arrival order must not matter
 
 
 def test_row_windows_never_split_a_request_and_keep_leftovers() -> None:
-    windows = row_windows(served([(1, 3), (2, 3), (3, 3), (4, 3), (5, 1)]), size=5)
+    windows = row_windows(served([(1, 3), (2, 3), (3, 3), (4, 3), (5, 1)]), 5, "served_at", ["request_id", "row"])
     assert [len(w.rows) for w in windows] == [6, 6]  # cut after whole requests
     assert windows[0].end < windows[1].start
     assert all(w.rows.groupby("request_id").size().eq(3).all() for w in windows)
@@ -29,8 +40,8 @@ def test_row_windows_never_split_a_request_and_keep_leftovers() -> None:
 
 def test_restarting_after_the_last_window_end_neither_skips_nor_repeats() -> None:
     rows = served([(s, 2) for s in range(1, 21)])
-    first = row_windows(rows, size=10)
-    later = row_windows(rows[rows["served_at"] > first[-1].end], size=10)
+    first = row_windows(rows, 10, "served_at", ["request_id", "row"])
+    later = row_windows(rows[rows["served_at"] > first[-1].end], 10, "served_at", ["request_id", "row"])
     seen = pd.concat([w.rows for w in first + later])
     assert len(seen) == len(rows) - len(rows[rows["served_at"] > (first + later)[-1].end])
     assert not seen.duplicated(["request_id", "row"]).any()
@@ -38,7 +49,7 @@ def test_restarting_after_the_last_window_end_neither_skips_nor_repeats() -> Non
 
 def test_time_windows_with_too_few_rows_are_undecidable() -> None:
     rows = served([(10, 50), (70, 2)])
-    windows = time_windows(rows, 60, min_rows=10, after=T0, now=T0 + timedelta(seconds=130))
+    windows = time_windows(rows, "served_at", 60, min_rows=10, after=T0, now=T0 + timedelta(seconds=130))
     assert [(len(w.rows), w.decidable) for w in windows] == [(50, True), (2, False)]
     assert windows[1].end == T0 + timedelta(seconds=120)  # the open window (120-130 s) is not judged yet
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import metrics
-from pipelines.config import GateConfig
-from pipelines.gate import decide
+from pipelines.core import metrics
+from pipelines.core.config import GateConfig
+from pipelines.core.gate import decide
 
 GATE = GateConfig(metric="roc_auc", min_improvement=0.01, thresholds={"roc_auc": 0.7, "log_loss": 0.6})
 
@@ -72,7 +72,10 @@ def test_a_failing_champion_lets_a_better_candidate_below_the_floor_through_when
     # a candidate that does not beat the failing champion by the margin is still refused
     assert not decide({"roc_auc": 0.555, "log_loss": 0.5}, failing, GATE).promote
     # a champion that passes the floors keeps every floor in force for the candidate
-    healthy = decide(candidate, {"roc_auc": 0.65, "log_loss": 0.5, "accuracy": 0.9}, GATE.model_copy(
-        update={"thresholds": {"roc_auc": 0.6}}))
+    healthy = decide(
+        candidate,
+        {"roc_auc": 0.65, "log_loss": 0.5, "accuracy": 0.9},
+        GATE.model_copy(update={"thresholds": {"roc_auc": 0.6}}),
+    )
     assert healthy.promote  # 0.68 passes 0.6 and beats 0.65
     assert not decide(candidate, {"roc_auc": 0.75, "log_loss": 0.5}, GATE).promote

@@ -7,17 +7,27 @@ from datetime import UTC, datetime
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.config import LakeloopConfig
-from pipelines.labelled_feedback import training_table
+from pipelines.adapters.prediction_log import training_table
+from pipelines.core.config import LakeloopConfig
 
 
 def rows(tenure: list[float]) -> pd.DataFrame:
     n = len(tenure)
-    return pd.DataFrame({"request_id": [f"q{i}" for i in range(n)], "row": [0] * n,
-                         "served_at": [datetime(2026, 6, 1, tzinfo=UTC)] * n, "tenure_months": tenure,
-                         "monthly_charges": [80.0] * n, "support_calls": [1.0] * n, "age": [40.0] * n,
-                         "plan": ["basic"] * n, "contract": ["one-year"] * n, "region": ["north"] * n,
-                         "churned": [1] * n})
+    return pd.DataFrame(
+        {
+            "request_id": [f"q{i}" for i in range(n)],
+            "row": [0] * n,
+            "served_at": [datetime(2026, 6, 1, tzinfo=UTC)] * n,
+            "tenure_months": tenure,
+            "monthly_charges": [80.0] * n,
+            "support_calls": [1.0] * n,
+            "age": [40.0] * n,
+            "plan": ["basic"] * n,
+            "contract": ["one-year"] * n,
+            "region": ["north"] * n,
+            "churned": [1] * n,
+        }
+    )
 
 
 def test_columns_take_the_event_tables_types_where_the_values_allow(config: LakeloopConfig) -> None:

@@ -7,9 +7,9 @@ import time
 import pandas as pd
 import pytest
 
-from pipelines.config import LakeloopConfig
+from pipelines.adapters.registry import ModelRef
+from pipelines.core.config import LakeloopConfig
 from serve.app import ModelWatcher
-from serve.model_source import ModelRef
 
 
 class FakePredictor:

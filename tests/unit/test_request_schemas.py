@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import LakeloopConfig
+from pipelines.core.config import LakeloopConfig
 from serve.schemas import RecordValidator, RequestError, mlflow_records, predict_request_model
 
-GOOD = {"tenure_months": 3, "monthly_charges": 80.5, "support_calls": 1, "age": 40, "plan": "basic",
-        "contract": "one-year", "region": "north"}  # fmt: skip
+GOOD = {
+    "tenure_months": 3,
+    "monthly_charges": 80.5,
+    "support_calls": 1,
+    "age": 40,
+    "plan": "basic",
+    "contract": "one-year",
+    "region": "north",
+}
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pipelines.config import RetryConfig
-from pipelines.retry_policy import (
+from pipelines.core.config import RetryConfig
+from pipelines.core.retry_policy import (
     Attempt,
     fold_attempts,
     health,
@@ -18,8 +18,15 @@ T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
 def event(attempt: int, kind: str, minute: int, rows: int = 1000, **extra) -> dict:
-    return {"attempt": attempt, "event": kind, "at": T0 + timedelta(minutes=minute), "submission_id": f"s{attempt}",
-            "tune": attempt > 1, "training_rows": rows, **extra}
+    return {
+        "attempt": attempt,
+        "event": kind,
+        "at": T0 + timedelta(minutes=minute),
+        "submission_id": f"s{attempt}",
+        "tune": attempt > 1,
+        "training_rows": rows,
+        **extra,
+    }
 
 
 def refused(number: int, rows: int) -> Attempt:
@@ -74,8 +81,12 @@ def test_a_failed_job_counts_as_an_attempt() -> None:
 
 
 def test_fold_takes_the_newest_outcome_and_the_submission_facts() -> None:
-    events = [event(2, "submitted", 5, rows=1300), event(1, "refused", 3, reason="worse", candidate_version="4"),
-              event(1, "submitted", 1, rows=1000), event(2, "submitted", 6, rows=9999)]  # a duplicate submission
+    events = [
+        event(2, "submitted", 5, rows=1300),
+        event(1, "refused", 3, reason="worse", candidate_version="4"),
+        event(1, "submitted", 1, rows=1000),
+        event(2, "submitted", 6, rows=9999),
+    ]  # a duplicate submission
     attempts = fold_attempts(events)
     assert [(a.number, a.outcome, a.training_rows) for a in attempts] == [(1, "refused", 1000), (2, "submitted", 1300)]
     assert attempts[0].reason == "worse" and attempts[0].candidate_version == "4"

@@ -5,8 +5,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines import splits, synthetic
-from pipelines.config import RegimeConfig, SplitConfig
+from pipelines.core import splits, synthetic
+from pipelines.core.config import RegimeConfig, SplitConfig
 
 
 def test_time_split_puts_newest_rows_in_test() -> None:
@@ -15,7 +15,9 @@ def test_time_split_puts_newest_rows_in_test() -> None:
     cutoffs = splits.time_cutoffs(table.column("event_time"), config)
     labels = splits.by_time(table.column("event_time").to_pandas(), cutoffs)
     frame = table.to_pandas().assign(split=labels)
-    assert (frame["split"].value_counts(normalize=True) - pd.Series({"train": 0.7, "validation": 0.15, "test": 0.15})).abs().max() < 0.01
+    assert (
+        frame["split"].value_counts(normalize=True) - pd.Series({"train": 0.7, "validation": 0.15, "test": 0.15})
+    ).abs().max() < 0.01
     assert frame[frame.split == "train"].event_time.max() < frame[frame.split == "validation"].event_time.min()
     assert frame[frame.split == "validation"].event_time.max() < frame[frame.split == "test"].event_time.min()
 
@@ -51,12 +53,14 @@ def test_regime_split_puts_new_rows_in_every_split_and_weighs_old_ones() -> None
     frame = synthetic.generate(3000, 1).to_pandas()
     start = frame["event_time"].iloc[2000]  # the newest 1,000 rows are the new regime
     micros = _micros(frame)
-    plan = splits.plan_split(micros, SplitConfig(), start, RegimeConfig(min_rows=300, old_rows_weight_share=0.1,
-                                                                        max_old_rows=1500))
+    plan = splits.plan_split(
+        micros, SplitConfig(), start, RegimeConfig(min_rows=300, old_rows_weight_share=0.1, max_old_rows=1500)
+    )
     labels, weights = splits.assign(micros, None, SplitConfig(), plan)
     new = frame["event_time"] >= start
     assert pd.Series(labels[new.to_numpy()]).value_counts().to_dict() == pytest.approx(
-        {"train": 700, "validation": 150, "test": 150}, abs=2)
+        {"train": 700, "validation": 150, "test": 150}, abs=2
+    )
     old = ~new.to_numpy()
     assert set(labels[old]) == {"train", splits.DROPPED}
     assert (labels[old] == "train").sum() == 1500  # only the newest older rows are kept

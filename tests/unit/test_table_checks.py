@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines import synthetic
-from pipelines.config import LakeloopConfig
-from pipelines.table_checks import check_table, collect_stats, schema_fingerprint
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.table_checks import check_table, collect_stats, schema_fingerprint
 
 
 def problems(table: pa.Table, config: LakeloopConfig) -> list[str]:
@@ -71,11 +71,12 @@ def test_empty_table(good: pa.Table, config: LakeloopConfig) -> None:
 
 
 def test_regression_label_must_be_numeric(good: pa.Table, raw_config: dict) -> None:
-    from pipelines.config import parse_config
+    from pipelines.core.config import parse_config
 
     raw_config["dataset"].update(task="regression", label="plan")
     raw_config["dataset"]["features"] = [f for f in raw_config["dataset"]["features"] if f["name"] != "plan"]
     raw_config["dataset"].pop("classes")
+    raw_config["gate"].update(metric="rmse", thresholds={})
     found = problems(good, parse_config(raw_config))
     assert found == ["column 'plan': expected a numeric type for regression, found string"]
 

@@ -1,0 +1,99 @@
+"""The Ray Jobs API: submit a job once per id, read its state, wait for it to end.
+
+Every request has a timeout (Ray's client has none: a Jobs API that accepts the connection and
+never answers would hang the monitor forever) and is retried `retries` times.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pipelines.core.retrying import ServiceUnavailable, with_retries
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class JobState:
+    status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED
+    message: str
+    entrypoint: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Jobs:
+    def __init__(self, address: str, retries: int = 3, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.address, self.retries, self.timeout_s = address, retries, timeout_s
+        self._client = None
+
+    def _connect(self):
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            timeout = self.timeout_s
+
+            class _Client(JobSubmissionClient):
+                def _do_request(self, method, endpoint, **kwargs):
+                    kwargs.setdefault("timeout", timeout)
+                    return super()._do_request(method, endpoint, **kwargs)
+
+            self._client = with_retries(
+                f"connecting to the Ray Jobs API at {self.address}", self.retries, lambda: _Client(self.address)
+            )
+        return self._client
+
+    def submit(self, entrypoint: str, submission_id: str, env: dict[str, str], metadata: dict[str, str]) -> bool:
+        """True if submitted now; False if a job with this id already exists (someone submitted it first)."""
+        client = self._connect()
+
+        def submit() -> bool:
+            try:
+                client.submit_job(
+                    entrypoint=entrypoint, submission_id=submission_id, runtime_env={"env_vars": env}, metadata=metadata
+                )
+            except RuntimeError as exc:
+                if "already exists" in str(exc):
+                    return False
+                raise
+            return True
+
+        return with_retries(f"submitting {submission_id} to the Ray Jobs API at {self.address}", self.retries, submit)
+
+    def state(self, submission_id: str) -> JobState | None:
+        """The job's state, or None if the Jobs API does not know the id."""
+        client = self._connect()
+
+        def read() -> JobState | None:
+            try:
+                info = client.get_job_info(submission_id)
+            except RuntimeError as exc:
+                if "status code 404" in str(exc):
+                    return None
+                raise
+            return JobState(str(info.status.value), info.message or "", info.entrypoint or "")
+
+        return with_retries(f"reading the state of job {submission_id}", self.retries, read)
+
+    def logs(self, submission_id: str) -> str:
+        client = self._connect()
+        return with_retries(
+            f"reading the logs of job {submission_id}", self.retries, lambda: client.get_job_logs(submission_id)
+        )
+
+    def wait(self, submission_id: str, timeout_s: float, poll_s: float = 2.0) -> JobState:
+        """Poll until the job ends; ServiceUnavailable if it is unknown or still running at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.state(submission_id)
+            if state is None:
+                raise ServiceUnavailable(f"job {submission_id} is unknown to the Ray Jobs API at {self.address}")
+            if state.finished:
+                return state
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"job {submission_id} still {state.status} after {timeout_s:.0f} s")
+            time.sleep(poll_s)

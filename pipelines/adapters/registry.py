@@ -1,0 +1,302 @@
+"""The MLflow model registry, for training, the monitor, batch inference and serving alike:
+champion/previous/challenger aliases, promotion, rollback, health marks, listing, and loading a
+version as a predictor.
+
+Promotion is compare-and-set. Every move of the champion alias (a promotion or a rollback) bumps
+the registered model's `lakeloop.champion_epoch` tag. A candidate compared against the champion of
+epoch E first claims that epoch by creating a uniquely named registered model
+(`<name>.promotion.<E>.<n>`); the tracking server's database makes that creation atomic, so when two
+trainings finish at once only one moves the alias, and the other stays a challenger and says why.
+A claim that never led to an alias move (the process died between the two, or MLflow failed) is
+abandoned once older than `gate.claim_lease_s`: the next promotion claims `<E>.<n+1>` instead, so
+the registry never wedges. Claims of older epochs are deleted after each move.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.errors import LakeloopError
+from pipelines.core.gate import GateDecision
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+EPOCH_TAG = "lakeloop.champion_epoch"
+CLAIM = ".promotion."
+LEGACY_CLAIM = ".succession."  # claims of lakeloop before epochs; pruned, never consulted
+HEALTH_TAG, HEALTH_REASON_TAG = "lakeloop.health", "lakeloop.health_reason"
+DEGRADED = "degraded"
+TRIGGER_TAG = "lakeloop.trigger_id"  # the monitor's submission id, on the training run and its model version
+
+
+class RegistryError(LakeloopError):
+    """The registry is unreachable or not in the state an operation needs."""
+
+
+class Predictor(Protocol):
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    health: str = ""  # "degraded" when the monitor found it failing and retraining did not fix it
+    health_reason: str = ""
+
+
+class _PyfuncPredictor:
+    """Any registered pyfunc, for models not logged by lakeloop."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.model.predict(frame))
+
+
+def require_tracking_server(uri: str) -> None:
+    """Fail before any Ray work when the tracking server is down, naming the URI."""
+    if not uri.startswith("http"):
+        return
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    try:
+        httpx.get(
+            f"{uri.rstrip('/')}/health", timeout=5.0, auth=(user, password or "") if user else None
+        ).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise LakeloopError(
+            f"MLflow tracking server {uri} is not reachable ({exc.__class__.__name__}); "
+            "start one with `lakeloop stack up` or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+@dataclass(frozen=True)
+class ChampionState:
+    """What a promotion compares and sets: the champion version and how often the alias has moved."""
+
+    version: str | None
+    epoch: int
+
+
+@dataclass
+class Registry:
+    client: MlflowClient
+    name: str
+    claim_lease_s: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: LakeloopConfig) -> Registry:
+        return cls(MlflowClient(config.mlflow.tracking_uri), config.mlflow.registered_model, config.gate.claim_lease_s)
+
+    @classmethod
+    def connect(cls, tracking_uri: str, name: str) -> Registry:
+        return cls(MlflowClient(tracking_uri), name)
+
+    def resolve(self, alias: str) -> ModelRef | None:
+        """Which version `alias` points at now (with its health mark), or None."""
+        version = self.version_by_alias(alias)
+        if version is None:
+            return None
+        return ModelRef(
+            self.name,
+            str(version.version),
+            alias,
+            version.run_id,
+            version.tags.get(HEALTH_TAG, ""),
+            version.tags.get(HEALTH_REASON_TAG, ""),
+        )
+
+    def load(self, ref: ModelRef) -> Predictor:
+        """A registered version, ready to predict on raw feature frames."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
+        try:
+            python_model = model.unwrap_python_model()
+        except Exception:  # noqa: BLE001 - not a PythonModel flavour
+            python_model = None
+        # lakeloop's own models (a pyfunc wrapping a predictor) skip MLflow's schema enforcement: the
+        # caller has validated the rows. Anything else goes through the pyfunc.
+        inner = getattr(python_model, "model", None)
+        return inner if hasattr(inner, "predict_frame") else _PyfuncPredictor(model)
+
+    def state(self) -> ChampionState:
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return ChampionState(None, 0)
+            raise
+        version = model.aliases.get(CHAMPION)
+        return ChampionState(None if version is None else str(version), int(model.tags.get(EPOCH_TAG, 0)))
+
+    def version_by_alias(self, alias: str) -> ModelVersion | None:
+        try:
+            return self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    def champion(self) -> ModelVersion | None:
+        return self.version_by_alias(CHAMPION)
+
+    def _claims(self, prefix: str) -> list:
+        found = self.client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+        return [m for m in found if m.name.startswith(prefix)]
+
+    def _claim(self, epoch: int, holder: str) -> bool:
+        """Atomically claim the right to move the alias away from epoch `epoch`."""
+        prefix = f"{self.name}{CLAIM}{epoch}."
+        taken = {int(m.name[len(prefix) :]): m for m in self._claims(prefix) if m.name[len(prefix) :].isdigit()}
+        number = 0
+        if taken:
+            newest = max(taken)
+            if time.time() - taken[newest].creation_timestamp / 1000 < self.claim_lease_s:
+                return False  # another promotion holds it (or died less than a lease ago)
+            number = newest + 1  # abandoned: claim the next number, never delete the old one
+        try:
+            self.client.create_registered_model(
+                f"{prefix}{number}",
+                tags={"lakeloop.claim_holder": holder},
+                description=f"lakeloop promotion lock of {self.name} (champion epoch {epoch}): {holder}",
+            )
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise
+        return True
+
+    def _take_over(self, compared: ChampionState, holder: str) -> str | None:
+        """Claim the champion as it was compared; the reason it cannot be replaced, or None."""
+        current = self.state()
+        if current != compared:
+            return f"champion moved from {compared.version} to {current.version} during evaluation; not promoted"
+        if not self._claim(compared.epoch, holder):
+            return f"another promotion is replacing champion {compared.version} right now; not promoted"
+        if self.state() != compared:  # moved between our read and our claim
+            return f"champion moved from {compared.version} during the claim; not promoted"
+        return None
+
+    def _move(self, version: str, compared: ChampionState) -> None:
+        """Alias first, then the epoch: a reader between the two still sees the old epoch, whose claim
+        is held, so it cannot promote too."""
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        self.client.set_registered_model_tag(self.name, EPOCH_TAG, str(compared.epoch + 1))
+        self._prune_claims(compared.epoch)
+
+    def _prune_claims(self, used_epoch: int) -> None:
+        """Delete claims of epochs before the one just used (nobody can claim those any more); the
+        used epoch's claim stays, so a promotion that read that epoch late still finds it taken."""
+        for claim in self._claims(f"{self.name}{CLAIM}") + self._claims(f"{self.name}{LEGACY_CLAIM}"):
+            epoch = claim.name[len(self.name) :].split(".")[2]
+            if LEGACY_CLAIM in claim.name or (epoch.isdigit() and int(epoch) < used_epoch):
+                try:
+                    self.client.delete_registered_model(claim.name)
+                except MlflowException as exc:
+                    if not _not_found(exc):
+                        raise
+
+    def record(self, version: str, decision: GateDecision) -> None:
+        self.client.set_model_version_tag(
+            self.name, version, "lakeloop.gate", "promoted" if decision.promote else "refused"
+        )
+        self.client.set_model_version_tag(self.name, version, "lakeloop.gate_reason", decision.reason)
+
+    def promote(self, version: str, compared: ChampionState, decision: GateDecision) -> GateDecision:
+        """Apply a gate decision made against `compared`; refuse if the champion moved since."""
+        if decision.promote:
+            refused = self._take_over(compared, f"version {version} replaces {compared.version or 'no champion'}")
+            if refused:
+                decision = GateDecision(False, refused)
+        self.record(version, decision)
+        if decision.promote:
+            if compared.version:
+                self.client.set_registered_model_alias(self.name, PREVIOUS, compared.version)
+            self._move(version, compared)
+        else:
+            self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+        return decision
+
+    def rollback(self) -> tuple[str, str]:
+        current, previous = self.state(), self.version_by_alias(PREVIOUS)
+        if current.version is None:
+            raise RegistryError(f"model '{self.name}' has no champion to roll back")
+        if previous is None:
+            raise RegistryError(f"model '{self.name}' has no 'previous' version to roll back to")
+        refused = self._take_over(current, f"rollback from {current.version} to {previous.version}")
+        if refused:
+            raise RegistryError(f"model '{self.name}': {refused.removesuffix('; not promoted')}; try again")
+        self.client.delete_registered_model_alias(self.name, PREVIOUS)
+        self.client.set_model_version_tag(self.name, current.version, "lakeloop.rolled_back", "true")
+        self._move(str(previous.version), current)
+        return current.version, str(previous.version)
+
+    def set_health(self, version: str, reason: str | None) -> None:
+        """Mark a champion degraded (failing on recent data and retraining did not fix it), or clear it."""
+        self.client.set_model_version_tag(self.name, version, HEALTH_TAG, DEGRADED if reason else "ok")
+        self.client.set_model_version_tag(self.name, version, HEALTH_REASON_TAG, reason or "")
+
+    def versions_tagged(self, key: str, value: str) -> list[ModelVersion]:
+        return self.client.search_model_versions(f"name = '{self.name}' and tags.`{key}` = '{value}'")
+
+    def versions(self) -> list[dict]:
+        try:
+            aliases = self.client.get_registered_model(self.name).aliases
+        except MlflowException as exc:
+            if _not_found(exc):
+                return []
+            raise
+        rows = []
+        for mv in self.client.search_model_versions(f"name = '{self.name}'"):
+            run = self.client.get_run(mv.run_id) if mv.run_id else None
+            test_metrics = {
+                k: round(v, 4) for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")
+            }
+            rows.append(
+                {
+                    "version": mv.version,
+                    "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+                    "gate": mv.tags.get("lakeloop.gate", ""),
+                    "reason": mv.tags.get("lakeloop.gate_reason", ""),
+                    "health": mv.tags.get(HEALTH_TAG, ""),
+                    "health_reason": mv.tags.get(HEALTH_REASON_TAG, ""),
+                    "run_id": mv.run_id,
+                    "metrics": test_metrics,
+                }
+            )
+        return sorted(rows, key=lambda r: int(r["version"]))
+
+
+@contextmanager
+def mlflow_errors(tracking_uri: str) -> Iterator[None]:
+    """MLflow's errors become one line naming the tracking server (a user error, not a traceback)."""
+    try:
+        yield
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow at {tracking_uri}: {exc.message}") from None
+
+
+def registry_call(config: LakeloopConfig, fn):
+    """fn(registry) with MLflow's errors as one line."""
+    with mlflow_errors(config.mlflow.tracking_uri):
+        return fn(Registry.from_config(config))

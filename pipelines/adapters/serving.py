@@ -1,0 +1,142 @@
+"""Ray Serve: deploy the application conf/serve.yaml describes, the way `serve deploy` does (through
+the dashboard's Serve REST API), and wait until it answers.
+
+There is one deployment path: `lakeloop serve`, the demo, the benchmarks and the tests all send a
+Serve config file's contents, so editing conf/serve.yaml changes all of them. What lakeloop adds is
+the application's arguments: the exact lakeloop configuration (as YAML text, so any node can build
+the app) and, when an API key is set, only its SHA-256.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from pipelines.core.config import LakeloopConfig, dump_config
+from pipelines.core.errors import ConfigError, LakeloopError
+
+DEFAULT_SERVE_CONFIG = Path("conf/serve.yaml")
+
+
+class DeployError(LakeloopError):
+    """Serve refused the application or never reported it running."""
+
+
+def load_serve_config(path: Path) -> dict[str, Any]:
+    """The file's contents, checked against Serve's own schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+        ServeDeploySchema.model_validate(raw)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: Serve config not found") from None
+    except Exception as exc:  # noqa: BLE001 - pydantic (v1 or v2) and YAML errors alike
+        raise ConfigError(f"{path}: not a valid Serve config: {exc}") from None
+    return raw
+
+
+def api_key_digest(api_key: str | None) -> str | None:
+    """Replicas keep only the key's SHA-256: the key itself never enters a deployment's arguments,
+    the dashboard or the logs."""
+    return hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
+
+
+def with_lakeloop_config(
+    serve_config: dict, config: LakeloopConfig, api_key: str | None = None, http_port: int | None = None
+) -> dict:
+    """The Serve config with every application given this exact lakeloop configuration."""
+    result = copy.deepcopy(serve_config)
+    args = {"config_yaml": dump_config(config)}
+    if api_key:
+        args["api_key_sha256"] = api_key_digest(api_key)
+    for app in result["applications"]:
+        app["args"] = dict(args)
+    if http_port is not None:
+        result.setdefault("http_options", {})["port"] = http_port
+    return result
+
+
+def application(serve_config: dict, name: str, route_prefix: str, **deployment_options: Any) -> dict:
+    """A copy of the config's first application under another name and route, with deployment
+    options replaced (e.g. autoscaling_config): to serve a variant next to the main app."""
+    app = copy.deepcopy(serve_config["applications"][0])
+    app.update(name=name, route_prefix=route_prefix)
+    for deployment in app.get("deployments", []):
+        deployment.update(deployment_options)
+    return app
+
+
+def base_url(serve_config: dict) -> str:
+    http = serve_config.get("http_options", {})
+    host = http.get("host", "127.0.0.1")
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
+
+
+def deploy(serve_config: dict, dashboard_url: str) -> str:
+    """Send the whole config (every application in it; applications not in it are removed, as with
+    `serve deploy`) and return the HTTP base URL."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    try:
+        ServeSubmissionClient(dashboard_url).deploy_applications(serve_config)
+    except Exception as exc:  # noqa: BLE001 - HTTP errors, refused configs
+        raise DeployError(f"Serve at {dashboard_url} refused the application: {exc}") from None
+    return base_url(serve_config)
+
+
+def running(dashboard_url: str) -> bool:
+    """Whether Serve is already running on that cluster (its controller answers with proxies)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    try:
+        details = ServeSubmissionClient(dashboard_url).get_serve_details()
+    except Exception:  # noqa: BLE001 - no Serve yet, or no dashboard: the deploy will say which
+        return False
+    return bool(details.get("proxies"))
+
+
+def application_status(dashboard_url: str, name: str) -> dict | None:
+    """The deployed application's details from the Serve REST API (status, deployed config), or None."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(dashboard_url).get_serve_details()
+    return (details.get("applications") or {}).get(name)
+
+
+def shutdown(dashboard_url: str) -> None:
+    """Shut Serve down through the Serve REST API, as `serve shutdown` does: replicas drain (and flush
+    their buffered log rows), and the HTTP ingress (Serve's HAProxy included) stops."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    ServeSubmissionClient(dashboard_url).delete_applications()
+
+
+def ingress_ports(serve_config: dict) -> dict[int, str]:
+    """The ports Serve's ingress listens on: its HTTP port and, with the HAProxy ingress, HAProxy's
+    stats page and Prometheus exporter (Ray's defaults 8404 and 9101, or as configured)."""
+    ports = {int(serve_config.get("http_options", {}).get("port", 8000)): "Serve HTTP"}
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "1":
+        ports[int(os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404"))] = "Serve HAProxy stats"
+        ports[int(os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101"))] = "Serve HAProxy metrics"
+    return ports
+
+
+def wait_ready(url: str, timeout: float, path: str = "/health") -> bool:
+    """True once GET url+path answers 200 (a server that has loaded its model), False at timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False

@@ -1,0 +1,424 @@
+"""Typed configuration loaded from YAML; unknown keys and bad values are errors naming file and key.
+
+The ecosystem's own environment variables win over the file where they exist
+(RAY_ADDRESS, MLFLOW_TRACKING_URI), so the same conf/ works on a laptop and on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.core.errors import ConfigError
+from pipelines.core.metrics import known_metrics
+
+DEFAULT_CONFIG_PATH = Path("conf/lakeloop.yaml")
+CONFIG_YAML_ENV = "LAKELOOP_CONFIG_YAML"
+CONFIG_ENV = "LAKELOOP_CONFIG"
+STORAGE_ROOT_ENV = "LAKELOOP_STORAGE_ROOT"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SECRET_WORDS = re.compile(r"secret|password|token|access_key|account_key|sas|credential", re.IGNORECASE)
+
+
+class StorageConfig(StrictModel):
+    root: str = "./lakeloop-data"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        """The config travels to jobs, replicas and MLflow; credentials must not ride along."""
+        secret = sorted(k for k in options if SECRET_WORDS.search(k))
+        if secret:
+            raise ValueError(
+                f"{', '.join(secret)}: credentials do not belong in the config; set them in the "
+                f"environment (e.g. {secret[0].upper()}), where deltalake reads them"
+            )
+        return options
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str) -> str:
+        """A local relative root is fixed against the working directory at load time, so Serve
+        replicas and Ray workers (whose working directories differ) see the same tables."""
+        return root if "://" in root else str(Path(root).expanduser().resolve())
+
+    def table_uri(self, name: str) -> str:
+        """A table name relative to the root, or a full path/URI used as is."""
+        if "://" in name or name.startswith("/"):
+            return name
+        if name.startswith((".", "~")) or "/" in name:  # a path the user typed, relative to where they are
+            return str(Path(name).expanduser().resolve())
+        if "://" in self.root:
+            return f"{self.root.rstrip('/')}/{name}"
+        return str(Path(self.root).resolve() / name)
+
+
+class FeatureSpec(StrictModel):
+    name: str = Field(min_length=1)
+    kind: Literal["numeric", "categorical"]
+
+
+class SplitConfig(StrictModel):
+    strategy: Literal["time", "hash"] = "time"
+    key: str | None = None
+    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.strategy == "hash" and not self.key:
+            raise ValueError("split.key is required when split.strategy is 'hash'")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+    @property
+    def train_fraction(self) -> float:
+        return 1.0 - self.validation_fraction - self.test_fraction
+
+
+class DatasetConfig(StrictModel):
+    table: str = "events"
+    features: list[FeatureSpec] = Field(min_length=1)
+    label: str = Field(min_length=1)
+    task: Literal["classification", "regression"]
+    classes: list[str | int] | None = None
+    event_time: str = Field(min_length=1)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)}")
+        for reserved in (self.label, self.event_time):
+            if reserved in names:
+                raise ValueError(f"column '{reserved}' cannot be both a feature and the label/event time")
+        if self.task == "classification":
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError("classes must list at least two label values for classification")
+            if len(set(map(str, self.classes))) != len(self.classes):
+                raise ValueError("classes must be unique")
+        elif self.classes is not None:
+            raise ValueError("classes is only valid for task 'classification'")
+        return self
+
+    @property
+    def class_index(self) -> dict[str, int]:
+        """Each class label (as text, however the table or a client typed it) -> its index: the
+        network's output column, the probability column's position."""
+        return {str(c): i for i, c in enumerate(self.classes or [])}
+
+    def encode_labels(self, labels: pd.Series) -> np.ndarray:
+        """Class indices of labels (-1 for a value that is not a class)."""
+        return labels.astype(str).map(self.class_index).fillna(-1).to_numpy(np.int64)
+
+    @property
+    def numeric(self) -> list[str]:
+        return [f.name for f in self.features if f.kind == "numeric"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [f.name for f in self.features if f.kind == "categorical"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def required_columns(self) -> list[str]:
+        cols = [*self.feature_names, self.label, self.event_time]
+        if self.split.strategy == "hash" and self.split.key not in cols:
+            cols.append(self.split.key)  # type: ignore[arg-type]
+        return cols
+
+
+class RayConfig(StrictModel):
+    address: str | None = None
+    dashboard: str = "http://127.0.0.1:8265"  # the dashboard's HTTP address: Jobs API and Serve REST API
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_memory_mb: int | None = Field(None, ge=64)
+
+
+class MLflowConfig(StrictModel):
+    tracking_uri: str = "http://127.0.0.1:5000"
+    experiment: str = "lakeloop"
+    registered_model: str = "lakeloop-churn"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_userinfo(cls, uri: str) -> str:
+        if re.match(r"^[a-z+]+://[^/@]*@", uri):  # the value is not echoed: it holds a password
+            raise ValueError(
+                "credentials in the URI are not accepted; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD instead"
+            )
+        return uri
+
+
+class HyperParams(StrictModel):
+    """The knobs Tune may search over; the defaults are what a plain train uses."""
+
+    lr: float = Field(3e-3, gt=0)
+    hidden: int = Field(64, ge=1)
+    depth: int = Field(2, ge=1, le=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(256, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class RegimeConfig(StrictModel):
+    """How a retraining after drift uses its rows. The monitor passes when the drift began (the
+    first drifted window of the trigger); rows from then on are the current regime."""
+
+    # Rows since the drift began are split by time on their own, so the new concept reaches training,
+    # validation and test; older rows only train, with a weight. A time split over everything put every
+    # new-regime row into validation and test and the model learned only the old rule (issue 11).
+    min_rows: int = Field(300, ge=20)  # fewer rows since the drift began: one time split over everything
+    # Older rows together weigh this share of the new rows: 0.1 kept a 280-row new regime within 1 point
+    # of training on the new rows alone, 0.5 cost 3-4 points, an unweighted union 20 (benchmarks/recovery.py).
+    old_rows_weight_share: float = Field(0.1, ge=0)
+    max_old_rows: int = Field(50_000, ge=0)  # only the newest older rows are kept
+
+
+class TrainConfig(StrictModel):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    # how workers spread over nodes: PACK fills a node first; SPREAD / STRICT_SPREAD use one node per worker
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_epochs: int = Field(15, ge=1)
+    patience: int = Field(3, ge=1)
+    max_failures: int = Field(2, ge=0)
+    cache_rows: int = Field(
+        5_000_000, ge=0
+    )  # a worker keeps a shard this small in memory after epoch 1; 0: stream always
+    seed: int = 0
+    storage_path: str | None = None  # default: <storage.root>/ray_results
+    # what training reads: the dataset table, served rows labelled through /feedback, or both
+    source: Literal["events", "feedback", "both"] = "both"
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
+    hyperparams: HyperParams = Field(default_factory=HyperParams)
+
+
+SearchKind = Literal["loguniform", "uniform", "choice", "randint"]
+
+
+class SearchDomain(StrictModel):
+    kind: SearchKind
+    values: list[float | int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchDomain:
+        if self.kind != "choice" and len(self.values) != 2:
+            raise ValueError(f"'{self.kind}' takes exactly two values [low, high]")
+        return self
+
+
+class TuneConfig(StrictModel):
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    search_space: dict[Literal["lr", "hidden", "depth", "dropout", "batch_size", "weight_decay"], SearchDomain] = Field(
+        default_factory=dict
+    )
+
+
+class GateConfig(StrictModel):
+    metric: str = "roc_auc"
+    min_improvement: float = 0.0
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    # When the champion itself fails the thresholds on the newest rows (it is failing, e.g. after a
+    # concept change): promote_better serves a candidate that beats it by min_improvement even if the
+    # candidate is below a floor; require_thresholds keeps every floor.
+    when_champion_fails: Literal["promote_better", "require_thresholds"] = "promote_better"
+    claim_lease_s: float = Field(60.0, gt=0)  # a promotion claim older than this without an alias move was abandoned
+
+
+class PredictionLogConfig(StrictModel):
+    predictions_table: str = "predictions"
+    feedback_table: str = "feedback"
+    labelled_table: str = "labelled_feedback"  # served rows joined with their labels, for retraining
+    flush_rows: int = Field(500, ge=1)
+    flush_interval_s: float = Field(2.0, gt=0)
+
+
+class ServingConfig(StrictModel):
+    alias: str = "champion"
+    poll_interval_s: float = Field(5.0, gt=0)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_rows_per_request: int = Field(1000, ge=1)
+    prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
+
+
+class BatchInferenceConfig(StrictModel):
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    batch_size: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchInferenceConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be at least min_actors")
+        return self
+
+
+class DebounceConfig(StrictModel):
+    k: int = Field(2, ge=1)
+    n: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DebounceConfig:
+        if self.k > self.n:
+            raise ValueError("debounce.k cannot exceed debounce.n")
+        return self
+
+
+class RetryConfig(StrictModel):
+    """After a retraining whose candidate was refused (or whose job failed): when to try again."""
+
+    after_rows: int = Field(200, ge=1)  # new training rows (events or labels) needed before the next attempt ...
+    backoff: float = Field(2.0, ge=1)  # ... times this for each further attempt
+    max_attempts: int = Field(3, ge=1)  # per champion; then the loop reports itself degraded
+    tune_from_attempt: int = Field(2, ge=1)  # this attempt and later ones search hyperparameters (--tune)
+
+
+class MonitorConfig(StrictModel):
+    window_rows: int = Field(500, ge=10)
+    window_seconds: float | None = Field(None, gt=0)
+    min_rows: int = Field(200, ge=10)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    reference_rows: int = Field(2000, ge=50)
+    mmd_rows: int = Field(300, ge=20)
+    mmd_reference_rows: int = Field(1000, ge=20)
+    mmd_permutations: int = Field(100, ge=10)
+    debounce: DebounceConfig = Field(default_factory=DebounceConfig)
+    feedback_window_rows: int = Field(200, ge=10)  # labelled rows per performance window
+    max_metric_drop: float = Field(0.05, ge=0)  # performance drift: gate metric this much worse than at test
+    interval_s: float = Field(60, gt=0)
+    drift_reports_table: str = "drift_reports"
+    retrain_entrypoint: str = "python -m pipelines.train --json"
+    retries: int = Field(3, ge=1)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    attempts_table: str = "retraining_attempts"
+
+
+class LakeloopConfig(StrictModel):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    dataset: DatasetConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    batch_inference: BatchInferenceConfig = Field(default_factory=BatchInferenceConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @model_validator(mode="after")
+    def _gate_fits_the_task(self) -> LakeloopConfig:
+        task, known = self.dataset.task, known_metrics(self.dataset.task)
+        if self.gate.metric not in known:
+            raise ValueError(
+                f"gate.metric: '{self.gate.metric}' is not a {task} metric; choose one of {', '.join(known)}"
+            )
+        unknown = sorted(set(self.gate.thresholds) - set(known))
+        if unknown:
+            raise ValueError(
+                f"gate.thresholds: {', '.join(unknown)} not {task} metrics; choose from {', '.join(known)}"
+            )
+        return self
+
+    @property
+    def table_uri(self) -> str:
+        return self.storage.table_uri(self.dataset.table)
+
+    def source_table(self, given: str | None) -> str:
+        """A --table argument (a name under storage.root, or a path/URI), else the dataset table."""
+        return self.storage.table_uri(given) if given else self.table_uri
+
+    @property
+    def train_storage_path(self) -> str:
+        return self.train.storage_path or self.storage.table_uri("ray_results")
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {loc}: {message}" if item["loc"] else f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def _apply_environment(raw: dict[str, Any]) -> dict[str, Any]:
+    overrides = {
+        ("ray", "address"): os.environ.get("RAY_ADDRESS"),
+        ("ray", "dashboard"): os.environ.get("RAY_API_SERVER_ADDRESS"),  # what `ray job submit` reads too
+        ("mlflow", "tracking_uri"): os.environ.get("MLFLOW_TRACKING_URI"),
+        ("storage", "root"): os.environ.get(STORAGE_ROOT_ENV),
+    }
+    for (section, key), value in overrides.items():
+        if value:
+            current = raw.get(section) or {}
+            if isinstance(current, dict):
+                raw[section] = {**current, key: value}
+    return raw
+
+
+def parse_config(raw: Any, source: str = "<config>") -> LakeloopConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return LakeloopConfig.model_validate(_apply_environment(dict(raw)))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LakeloopConfig:
+    """From `path`, else the YAML text in $LAKELOOP_CONFIG_YAML (how the monitor hands its exact
+    configuration to a retraining job on any node), else the file $LAKELOOP_CONFIG or the default."""
+    if path is None and os.environ.get(CONFIG_YAML_ENV):
+        return parse_config_text(os.environ[CONFIG_YAML_ENV], f"${CONFIG_YAML_ENV}")
+    source = resolve_config_path(path)
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: configuration file not found (pass --config or set {CONFIG_ENV})") from None
+    return parse_config_text(text, str(source))
+
+
+def dump_config(config: LakeloopConfig) -> str:
+    """The configuration as YAML text, as `parse_config_text` reads it: how it travels to jobs and replicas."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_config_text(text: str, source: str) -> LakeloopConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return parse_config(raw, source)

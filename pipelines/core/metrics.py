@@ -1,0 +1,56 @@
+"""Evaluation metrics for each task, and which direction is better."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASSIFICATION_METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOWER_IS_BETTER = {"log_loss", "rmse", "mae", "loss"}
+
+
+def greater_is_better(metric: str) -> bool:
+    return metric.removeprefix("val_").removeprefix("test_") not in LOWER_IS_BETTER
+
+
+def classification(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """targets: class indices; probabilities: (n, n_classes)."""
+    from sklearn import metrics as skm  # scikit-learn is imported only when scoring (the config needs the names)
+
+    n_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    labels = list(range(n_classes))
+    present = np.unique(targets)
+    if len(present) < 2:
+        auc = float("nan")  # undefined with one class present
+    elif n_classes == 2:
+        auc = float(skm.roc_auc_score(targets, probabilities[:, 1]))
+    else:
+        auc = float(skm.roc_auc_score(targets, probabilities, multi_class="ovr", average="macro", labels=labels))
+    return {
+        "roc_auc": auc,
+        "accuracy": float(skm.accuracy_score(targets, predicted)),
+        "f1": float(skm.f1_score(targets, predicted, average="binary" if n_classes == 2 else "macro", zero_division=0)),
+        "log_loss": float(skm.log_loss(targets, _clipped(probabilities), labels=labels)),
+    }
+
+
+def _clipped(probabilities: np.ndarray) -> np.ndarray:
+    """Away from 0 (log 0) and summing to 1 in float64: float32 softmax rows miss 1 by ~1e-7, and
+    scikit-learn warns on every such call."""
+    clipped = np.clip(probabilities.astype(np.float64), 1e-7, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+def regression(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as skm
+
+    return {
+        "rmse": float(np.sqrt(skm.mean_squared_error(targets, predictions))),
+        "mae": float(skm.mean_absolute_error(targets, predictions)),
+        "r2": float(skm.r2_score(targets, predictions)),
+    }
+
+
+def known_metrics(task: str) -> tuple[str, ...]:
+    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS

@@ -1,0 +1,67 @@
+"""The loop run as production runs it, round by round: a labelled stream through the endpoint, a
+monitor pass, and when the monitor submits retraining, the job through the Ray Jobs API and the
+endpoint's swap. The demo's concept-drift phase, the recovery benchmark and the loop tests drive it.
+
+A round stands for one monitor interval; a submitted job is waited for before the next round, as if
+retraining finished within one interval (the measured job time is reported beside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from pipelines.adapters.endpoint import LabelledStream, ServedRow, Traffic, wait_for_version, wait_logged
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.errors import LakeloopError
+from pipelines.monitoring.check import run_once
+from pipelines.monitoring.retraining import follow
+
+
+@dataclass
+class Round:
+    served: list[ServedRow]
+    check: dict  # the monitor pass after this round's rows landed
+    job: dict | None = None  # {"submission_id", "status", "outcome", "reason", "version", "seconds"}
+    swapped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class ClosedLoop:
+    def __init__(
+        self,
+        config: LakeloopConfig,
+        url: str,
+        stream: LabelledStream,
+        job_timeout_s: float = 900,
+        during_jobs: Traffic | None = None,
+    ) -> None:
+        """`during_jobs`: unlabelled traffic kept flowing while a retraining job runs and Serve swaps."""
+        self.config, self.url, self.stream, self.job_timeout_s = config, url, stream, job_timeout_s
+        self.during_jobs = during_jobs
+        self.labelled = 0
+
+    def rounds(self, frames: Iterable[pd.DataFrame]) -> Iterator[Round]:
+        for frame in frames:
+            yield self.round(frame)
+
+    def round(self, frame: pd.DataFrame) -> Round:
+        served = self.stream.send(frame)
+        self.labelled += len(served)
+        if not wait_logged(self.config, self.labelled, self.labelled, timeout_s=60):
+            raise LakeloopError("served rows or labels did not reach the Delta logs within 60 s")
+        check = run_once(self.config)
+        result = Round(served, check)
+        if check["submitted"]:
+            clients = self.during_jobs.start() if self.during_jobs else []
+            try:
+                result.job = follow(self.config, check["submission_id"], self.job_timeout_s)
+                result.swapped = result.job["outcome"] == "promoted" and wait_for_version(
+                    self.url, result.job["version"], 3 * self.config.serving.poll_interval_s + 60, self.stream.headers
+                )
+            finally:
+                if self.during_jobs:
+                    self.during_jobs.stop(clients)
+        return result

@@ -1,0 +1,132 @@
+"""What every step shares: the entry invariants, --config/--json flags, joining the running stack,
+the summary/JSON output, and error handling.
+
+A step module provides `add_arguments(parser)` and `run(args, config) -> StepResult` and imports its
+library inside `run`, so `--help` never pays for torch and the invariants are in place before Ray is
+imported. The same pair backs `python -m pipelines.<step>`, the `lakeloop` CLI and `ray job submit`,
+so there is one way to run each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.config import LakeloopConfig, load_config
+from pipelines.core.errors import LakeloopError
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace, LakeloopConfig], "StepResult"]
+
+# Read by Ray when a client or cluster starts, so set before any step imports Ray:
+ENTRY_DEFAULTS = {
+    # Ray 2.59+ clusters require token auth; the token itself comes from ~/.ray/auth_token.
+    "RAY_AUTH_MODE": "token",
+    # Serve's bundled HAProxy ingress: 1.6x the default proxy's throughput with a lower p99 here
+    # (benchmarks/serve_load.py). Set it to 0 to use the Python proxy.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+
+
+def set_entry_invariants() -> None:
+    """The environment every entry point runs with, whether `lakeloop X`, `python -m pipelines.X`
+    or a Ray job; a value already set wins."""
+    for name, value in ENTRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@dataclass
+class StepResult:
+    summary: str
+    data: dict[str, Any] = field(default_factory=dict)
+    exit_code: int = 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="configuration file (default: $LAKELOOP_CONFIG or conf/lakeloop.yaml)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a summary")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --json, on the parser that takes the step's options (each action's, if it has actions)."""
+    if not parser.get_default("_actions"):
+        _common(parser)
+
+
+def add_actions(parser: argparse.ArgumentParser, actions: dict[str, str]) -> dict[str, argparse.ArgumentParser]:
+    """A step with several modes gets one sub-command per mode (`stack up`, `stack down`), each with
+    the common options; returns their parsers, to add each mode's own options."""
+    parser.set_defaults(_actions=tuple(actions))
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(actions) + "}")
+    made = {}
+    for name, about in actions.items():
+        made[name] = sub.add_parser(name, help=about, description=about)
+        _common(made[name])
+    return made
+
+
+def join_stack(config: LakeloopConfig) -> tuple[LakeloopConfig, str | None]:
+    """With RAY_ADDRESS and MLFLOW_TRACKING_URI unset, the stack recorded by `lakeloop stack up` under
+    storage.root (if it is running) supplies the Ray cluster, the tracking server and the Jobs API."""
+    from pipelines.adapters.local_services import STATE_FILE, StackState
+
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("MLFLOW_TRACKING_URI") or "://" in config.storage.root:
+        return config, None
+    state = StackState.read(Path(config.storage.root) / STATE_FILE)
+    if state is None or not state.alive() or not state.gcs_address:
+        return config, None
+    joined = config.model_copy(
+        update={
+            "mlflow": config.mlflow.model_copy(update={"tracking_uri": state.mlflow_url or config.mlflow.tracking_uri}),
+            "ray": config.ray.model_copy(
+                update={"address": state.gcs_address, "dashboard": state.dashboard_url or config.ray.dashboard}
+            ),
+        }
+    )
+    return (
+        joined,
+        f"joined the stack in {Path(config.storage.root) / STATE_FILE}: Ray {state.gcs_address}, "
+        f"MLflow {joined.mlflow.tracking_uri}",
+    )
+
+
+def execute(run: Run, args: argparse.Namespace, joins_stack: bool = True) -> int:
+    """Run a step; user errors become one clear message per line and a non-zero exit."""
+    set_entry_invariants()
+    # With --json, stdout carries only the JSON document; library chatter goes to stderr.
+    chatter = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
+    try:
+        with chatter:
+            config = load_config(args.config)
+            if joins_stack:
+                config, joined = join_stack(config)
+                if joined:
+                    print(joined, file=sys.stderr)
+            result = run(args, config)
+    except LakeloopError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "errors": str(exc).splitlines()}))
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print(json.dumps({"ok": result.exit_code == 0, **result.data}, default=str))
+    else:
+        print(result.summary)
+    return result.exit_code
+
+
+def step_main(
+    prog: str, add_arguments: AddArguments, run: Run, argv: list[str] | None = None, joins_stack: bool = True
+) -> None:
+    parser = argparse.ArgumentParser(prog=prog)
+    add_arguments(parser)
+    add_common_arguments(parser)
+    sys.exit(execute(run, parser.parse_args(argv), joins_stack))

@@ -1,0 +1,94 @@
+"""Raw feature records in, predictions out: the fitted feature pipeline and network as one unit.
+
+`LakeloopModel` is what evaluation, batch inference and serving call; `LakeloopPyfunc` wraps it
+for MLflow so `mlflow.pyfunc.load_model` and `mlflow models serve` run it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from pipelines.core import metrics
+from pipelines.core.config import DatasetConfig
+from pipelines.core.network import NetworkSpec, TabularMLP
+from pipelines.training.features import FeaturePipeline
+
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"
+
+
+class LakeloopModel:
+    def __init__(self, pipeline: FeaturePipeline, spec: NetworkSpec, state_dict: dict) -> None:
+        self.pipeline = pipeline
+        self.spec = spec
+        self.network = TabularMLP(spec)
+        self.network.load_state_dict(state_dict)
+        self.network.eval()
+
+    @property
+    def task(self) -> str:
+        return self.pipeline.dataset.task
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.pipeline.feature_names
+
+    @torch.inference_mode()
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"input is missing feature columns: {', '.join(missing)}")
+        if frame.empty:
+            return pd.DataFrame({PREDICTION_COLUMN: []})
+        outputs = self.network(torch.from_numpy(self.pipeline.transform_frame(frame))).numpy()
+        if self.task == "regression":
+            return pd.DataFrame({PREDICTION_COLUMN: outputs[:, 0].astype(np.float64)})
+        probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy().astype(np.float64)
+        classes = np.asarray(self.pipeline.classes, dtype=object)
+        result = pd.DataFrame(probabilities, columns=probability_columns(self.pipeline.dataset))
+        result.insert(0, PREDICTION_COLUMN, classes[probabilities.argmax(axis=1)].tolist())
+        return result
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "pipeline.pkl").write_bytes(pickle.dumps(self.pipeline))
+        torch.save(self.network.state_dict(), directory / "network.pt")
+        (directory / "network.json").write_text(json.dumps(self.spec.to_dict()))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LakeloopModel:
+        directory = Path(directory)
+        pipeline = pickle.loads((directory / "pipeline.pkl").read_bytes())
+        spec = NetworkSpec(**json.loads((directory / "network.json").read_text()))
+        state = torch.load(directory / "network.pt", map_location="cpu", weights_only=True)
+        return cls(pipeline, spec, state)
+
+
+def probability_columns(dataset: DatasetConfig) -> list[str]:
+    return [f"{PROBABILITY_PREFIX}{c}" for c in dataset.classes or []]
+
+
+def evaluate_predictions(predictions: pd.DataFrame, labels: pd.Series, dataset: DatasetConfig) -> dict[str, float]:
+    """Metrics from a pyfunc's output frame, so the candidate and a champion are scored the same way."""
+    if dataset.task == "regression":
+        return metrics.regression(labels.to_numpy(float), predictions[PREDICTION_COLUMN].to_numpy(float))
+    probability = predictions[probability_columns(dataset)].to_numpy(float)
+    return metrics.classification(dataset.encode_labels(labels), probability)
+
+
+class LakeloopPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow wrapper: takes a DataFrame of the configured feature columns."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.model = LakeloopModel.load(context.artifacts["model"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.model.predict_frame(model_input)

@@ -1,0 +1,167 @@
+"""The data side of training: read pinned Delta versions with Ray Data, split (by time or hash, over
+everything or, after drift, per regime), fit the feature pipeline on the training split, transform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from pipelines.adapters import delta
+from pipelines.core import synthetic
+from pipelines.core.config import LakeloopConfig, SplitConfig
+from pipelines.core.errors import ValidationFailed
+from pipelines.core.splits import SPLIT_COLUMN, SPLITS, WEIGHT_COLUMN, SplitPlan, assign, epoch_micros, plan_split
+from pipelines.training.features import FeaturePipeline
+from pipelines.training.validation import ValidationReport, validate_table
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    uri: str
+    version: int
+    schema_fingerprint: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    tables: list[TableVersion]  # every table read, each pinned at the version read
+    rows: dict[str, int]  # per split
+    policy: dict = field(default_factory=dict)  # how rows were split and weighted (SplitPlan.describe)
+
+    def describe(self) -> str:
+        return " + ".join(f"{t.uri} version {t.version}" for t in self.tables)
+
+
+@dataclass
+class PreparedData:
+    splits: dict[str, ray.data.Dataset]  # transformed: features + target columns
+    raw: dict[str, ray.data.Dataset]  # untransformed rows of each split
+    pipeline: FeaturePipeline
+    lineage: Lineage
+
+
+# Tagging and filtering stay in Arrow: converting every block to pandas and back cost more than
+# the work itself (benchmarks/preprocessing.py).
+def _tag(batch: pa.Table, split: SplitConfig, event_time: str, plan: SplitPlan) -> pa.Table:
+    keys = batch.column(split.key).to_pandas() if split.strategy == "hash" else None
+    labels, weights = assign(epoch_micros(batch.column(event_time)), keys, split, plan)
+    return batch.append_column(SPLIT_COLUMN, pa.array(labels, pa.string())).append_column(
+        WEIGHT_COLUMN, pa.array(weights, pa.float32())
+    )
+
+
+def _keep(batch: pa.Table, name: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column(SPLIT_COLUMN), name)).drop_columns([SPLIT_COLUMN])
+
+
+def _since(batch: pa.Table, event_time: str, start: int) -> pa.Table:
+    return batch.filter(pc.greater_equal(pa.array(epoch_micros(batch.column(event_time))), start))
+
+
+def current_regime(config: LakeloopConfig, prepared: PreparedData, split: str) -> ray.data.Dataset:
+    """The raw rows of a split from the regime the run was trained for: all of them, or after drift
+    only the rows since the drift began."""
+    start = prepared.lineage.policy.get("regime_start")
+    rows = prepared.raw[split]
+    if start is None:
+        return rows
+    micros = int(pd.Timestamp(start).value // 1000)
+    return rows.map_batches(partial(_since, event_time=config.dataset.event_time, start=micros), batch_format="pyarrow")
+
+
+def _event_micros(config: LakeloopConfig, uri: str, version: int) -> pa.ChunkedArray:
+    table = delta.open_table(uri, config.storage.storage_options, version)
+    return epoch_micros(delta.arrow_dataset(table).to_table(columns=[config.dataset.event_time]).column(0))
+
+
+def split_plan(config: LakeloopConfig, tables: list[tuple[str, int]], regime_start: datetime | None) -> SplitPlan:
+    """Decided once from every event time of the pinned tables (one column, read in Arrow)."""
+    dataset = config.dataset
+    if dataset.split.strategy == "hash" and regime_start is None:
+        return SplitPlan(None)
+    micros = np.concatenate([_event_micros(config, uri, v) for uri, v in tables])
+    return plan_split(micros, dataset.split, regime_start, config.train.regime)
+
+
+def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]], plan: SplitPlan) -> dict[str, ray.data.Dataset]:
+    """The raw rows of each split (with their training weight), from the union of pinned
+    (uri, version) tables read once."""
+    dataset = config.dataset
+    options = config.storage.storage_options or None
+    reads = [
+        ray.data.read_delta(uri, version=v, columns=dataset.required_columns, storage_options=options)
+        for uri, v in tables
+    ]
+    source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
+    # Read and tag once, then filter three ways: lazily, each split would re-read the whole table.
+    tagged = source.map_batches(
+        partial(_tag, split=dataset.split, event_time=dataset.event_time, plan=plan), batch_format="pyarrow"
+    ).materialize()
+    return {name: tagged.map_batches(partial(_keep, name=name), batch_format="pyarrow") for name in SPLITS}
+
+
+def prepare(
+    config: LakeloopConfig,
+    uri: str | None = None,
+    version: int | None = None,
+    reports: list[ValidationReport] | None = None,
+    regime_start: datetime | None = None,
+) -> PreparedData:
+    """Validate (unless the caller already did), then read, split, fit on train only, and transform.
+    `reports` names several validated tables to train on their union (train.source: both);
+    `regime_start` (when drift began) splits the rows since then on their own (train.regime)."""
+    reports = reports or [validate_table(config, uri, version)]
+    tables = [(r.table_uri, r.version) for r in reports]
+    plan = split_plan(config, tables, regime_start)
+    raw = {name: ds.materialize() for name, ds in read_splits(config, tables, plan).items()}
+    rows = {name: ds.count() for name, ds in raw.items()}
+    lineage = Lineage([TableVersion(r.table_uri, r.version, r.fingerprint) for r in reports], rows, plan.describe())
+    empty = [name for name, count in rows.items() if count == 0]
+    if empty:
+        raise ValidationFailed(
+            [f"{lineage.describe()}: split '{name}' has no rows; add data or change dataset.split" for name in empty]
+        )
+    pipeline = FeaturePipeline(config.dataset).fit(raw["train"])
+    splits = {name: pipeline.transform(ds) for name, ds in raw.items()}
+    return PreparedData(splits=splits, raw=raw, pipeline=pipeline, lineage=lineage)
+
+
+def to_frame(ds: ray.data.Dataset) -> pd.DataFrame:
+    """Rows as a numpy-backed DataFrame (Ray's to_pandas keeps Arrow dtypes some consumers reject)."""
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_columns]
+    if not tables:
+        return pd.DataFrame()
+    names = tables[0].column_names  # blocks may order their columns differently
+    return pa.concat_tables([t.select(names) for t in tables], promote_options="permissive").to_pandas()
+
+
+@dataclass(frozen=True)
+class Landing:
+    uri: str
+    version: int
+    rows: int
+    positive_rate: float
+
+
+def land_demo_rows(
+    config: LakeloopConfig, rows: int, seed: int, drift: synthetic.Drift = "none", table: str | None = None
+) -> Landing:
+    """Append `rows` rows of the demo generator to a Delta table (default: the dataset table), their
+    event times continuing after the newest already there."""
+    uri = config.source_table(table)
+    options = config.storage.storage_options
+    newest = None
+    if delta.table_exists(uri, options):
+        times = delta.read(uri, options, [synthetic.EVENT_TIME]).column(0)
+        newest = pc.max(times).as_py()
+    start = synthetic.DEFAULT_START if newest is None else newest + timedelta(seconds=1)
+    data = synthetic.generate(rows, seed, drift, start)
+    version = delta.append(uri, data, options)
+    return Landing(uri, version, data.num_rows, pc.mean(data.column(synthetic.LABEL)).as_py())

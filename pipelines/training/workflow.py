@@ -1,0 +1,304 @@
+"""Train, evaluate, gate and register one model: what `lakeloop train`, `lakeloop train --tune`, the
+monitor's retraining jobs and the demo run. The fitting strategy is passed in (a plain fit, or the
+Tune search, which imports the plain fit: never the reverse)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, Schema
+
+import pipelines
+from pipelines.adapters import ray_cluster
+from pipelines.adapters.prediction_log import NoLabelledRows, refresh_training_table
+from pipelines.adapters.registry import TRIGGER_TAG, ChampionState, Registry, mlflow_errors, require_tracking_server
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.gate import GateDecision, decide
+from pipelines.training import loop, plots
+from pipelines.training.bundle import LakeloopModel, LakeloopPyfunc, evaluate_predictions
+from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
+from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
+from pipelines.training.validation import ValidationReport, validate_table
+
+# (config, datasets {train, validation}, input dim, MLflow run id) -> (the trained network, its hyperparameters)
+Fitter = Callable[[LakeloopConfig, dict, int, str], tuple[loop.TrainedNetwork, dict]]
+
+MODEL_ARTIFACT = "model"
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "ray[data]==2.60.0",
+    "mlflow==3.17.2",
+    "pandas",
+    "pyarrow",
+    "pydantic>=2.7",
+    "scikit-learn",
+]
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_version: str
+    metrics: dict[str, float]
+    champion_version: str | None
+    champion_metrics: dict[str, float] | None
+    promoted: bool
+    reason: str
+    lineage: dict
+    hyperparams: dict
+    resumed_from_epoch: int
+    seconds: dict[str, float]  # wall time per stage: prepare, fit, evaluate, gate (incl. registering)
+    notes: list[str] = field(default_factory=list)  # what the run chose to do differently, and why
+    trigger_id: str | None = None  # the monitor's submission id, when the monitor asked for this run
+
+    def summary(self, config: LakeloopConfig) -> str:
+        metric = config.gate.metric
+        verdict = "promoted to champion" if self.promoted else "not promoted (challenger)"
+        tables = " + ".join(f"{t['uri']} version {t['version']}" for t in self.lineage["tables"])
+        return (
+            f"model {config.mlflow.registered_model} version {self.model_version}: test {metric} "
+            f"{self.metrics.get(metric, float('nan')):.4f}; {verdict}: {self.reason}\nrun {self.run_id} on {tables}"
+            + "".join(f"\nnote: {note}" for note in self.notes)
+        )
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(pipelines.__file__).resolve().parent.parent
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _log_lineage(lineage: Lineage, trigger_id: str | None) -> None:
+    for table in lineage.tables:
+        source = DeltaDatasetSource(path=table.uri, delta_table_version=table.version)
+        name = f"{Path(table.uri.rstrip('/')).name}@v{table.version}"
+        mlflow.log_input(MetaDataset(source=source, name=name, digest=table.schema_fingerprint), context="training")
+    mlflow.log_params(
+        {
+            "tables": lineage.describe()[:6000],
+            "schema_fingerprint": ",".join(t.schema_fingerprint for t in lineage.tables),
+        }
+    )
+    mlflow.log_params({f"rows_{k}": v for k, v in lineage.rows.items()})
+    mlflow.log_params({f"split_{k}": v for k, v in lineage.policy.items() if v is not None})
+    mlflow.set_tags(
+        {
+            "lakeloop.git_commit": _git_commit(),
+            "lakeloop.tables": lineage.describe()[:5000],
+            **({TRIGGER_TAG: trigger_id} if trigger_id else {}),
+        }
+    )
+
+
+def training_tables(
+    config: LakeloopConfig, table: str | None, version: int | None
+) -> tuple[list[ValidationReport], list[str]]:
+    """Validate what this run trains on: --table if given, else what train.source names
+    (labelled feedback is first rebuilt from the serving logs); nothing runs on a bad table.
+    Returns the tables and a note when the run had to fall back to the events table."""
+    if table or config.train.source == "events":
+        return [validate_table(config, table, version)], []
+    try:
+        labelled = refresh_training_table(config)
+    except NoLabelledRows as exc:
+        return [validate_table(config)], [
+            f"train.source is {config.train.source}, but {exc}: trained on the events table {config.table_uri} alone"
+        ]
+    uris = [config.table_uri, labelled] if config.train.source == "both" else [labelled]
+    return [validate_table(config, uri) for uri in uris], []
+
+
+def _champion_metrics(
+    registry: Registry, version: str | None, test: pd.DataFrame, config: LakeloopConfig
+) -> dict | None:
+    """Score the champion on the candidate's held-out rows. A champion that cannot score them
+    (e.g. the table gained a feature) is no baseline: the candidate then faces the thresholds only."""
+    if version is None:
+        return None
+    dataset = config.dataset
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version}")
+        predictions = model.predict(test[dataset.feature_names])
+    except (MlflowException, ValueError, KeyError) as exc:
+        mlflow.set_tag("lakeloop.champion_error", str(exc)[:500])
+        print(f"warning: champion version {version} could not score the held-out data: {str(exc)[:300]}")
+        return None
+    return evaluate_predictions(predictions, test[dataset.label], dataset)
+
+
+def model_signature(example: pd.DataFrame, output: pd.DataFrame, config: LakeloopConfig) -> ModelSignature:
+    """Numeric features accept ints, floats and nulls (MLflow refuses int64 -> double as unsafe);
+    the feature pipeline coerces them and names any column that is not numeric."""
+    columns = [
+        ColSpec("string", name)
+        if example[name].dtype == object and name in config.dataset.categorical
+        else ColSpec(AnyType(), name)
+        for name in config.dataset.feature_names
+    ]
+    return ModelSignature(inputs=Schema(columns), outputs=infer_signature(example, output).outputs)
+
+
+def log_model(model: LakeloopModel, test: pd.DataFrame, config: LakeloopConfig) -> str:
+    """Log the pyfunc (preprocessor + network + package code), register it, return the version."""
+    example = test[config.dataset.feature_names].head(5).reset_index(drop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = model.save(Path(tmp) / "model")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=LakeloopPyfunc(),
+            artifacts={"model": str(directory)},
+            code_paths=[str(Path(pipelines.__file__).parent)],
+            signature=model_signature(example, model.predict_frame(example), config),
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=config.mlflow.registered_model,
+        )
+        mlflow.log_artifact(str(directory / "pipeline.pkl"), artifact_path="preprocessor")
+    return str(info.registered_model_version)
+
+
+def log_drift_reference(model: LakeloopModel, prepared: PreparedData, config: LakeloopConfig) -> None:
+    """Fit the drift detectors on a sample of the training rows and store them with the run."""
+    train = current_regime(config, prepared, "train").materialize()  # after drift: what the model was trained for
+    fraction = min(1.0, 2 * config.monitor.reference_rows / max(train.count(), 1))
+    sample = to_frame(train.random_sample(fraction, seed=config.train.seed) if fraction < 1 else train)
+    suite = DriftSuite.fit(sample[config.dataset.feature_names], model, config.monitor, seed=config.train.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifacts(str(suite.save(Path(tmp) / DRIFT_ARTIFACT)), artifact_path=DRIFT_ARTIFACT)
+
+
+def _datasets(prepared: PreparedData) -> dict:
+    return {name: prepared.splits[name].materialize() for name in ("train", "validation")}
+
+
+def _evaluate(
+    config: LakeloopConfig, prepared: PreparedData, trained: loop.TrainedNetwork
+) -> tuple[LakeloopModel, pd.DataFrame, dict]:
+    """The candidate as a model bundle, its test scores (logged with figures), and the test rows."""
+    dataset = config.dataset
+    model = LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
+    test = to_frame(prepared.raw["test"])
+    predictions = model.predict_frame(test[dataset.feature_names])
+    scores = evaluate_predictions(predictions, test[dataset.label], dataset)
+    mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+    plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
+    log_drift_reference(model, prepared, config)
+    return model, test, scores
+
+
+def _gate(
+    config: LakeloopConfig,
+    registry: Registry,
+    model: LakeloopModel,
+    test: pd.DataFrame,
+    scores: dict,
+    trigger_id: str | None,
+) -> tuple[str, ChampionState, dict | None, GateDecision]:
+    """Score the champion on the same rows, register the candidate, and apply the gate's decision."""
+    compared = registry.state()  # what the gate compares against, and what promotion must still find
+    champion_scores = _champion_metrics(registry, compared.version, test, config)
+    if champion_scores:
+        mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
+    version = log_model(model, test, config)
+    if trigger_id:
+        registry.client.set_model_version_tag(registry.name, version, TRIGGER_TAG, trigger_id)
+    decision = registry.promote(version, compared, decide(scores, champion_scores, config.gate, compared.version))
+    mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
+    return version, compared, champion_scores, decision
+
+
+def train_and_register(
+    config: LakeloopConfig,
+    fitter: Fitter = loop.fit_configured,
+    job: str = "train",
+    table: str | None = None,
+    version: int | None = None,
+    regime_start: datetime | None = None,
+    trigger_id: str | None = None,
+) -> TrainOutcome:
+    """`fitter`: loop.fit_configured, or the Tune search (job "tune"); `regime_start`: when the monitor
+    saw the drift begin (train.regime); `trigger_id`: the monitor's submission id, recorded on the run
+    and the model version."""
+    with mlflow_errors(config.mlflow.tracking_uri):
+        return _train_and_register(config, fitter, job, table, version, regime_start, trigger_id)
+
+
+def _train_and_register(
+    config: LakeloopConfig,
+    fitter: Fitter,
+    job: str,
+    table: str | None,
+    version: int | None,
+    regime_start: datetime | None,
+    trigger_id: str | None,
+) -> TrainOutcome:
+    reports, notes = training_tables(config, table, version)  # before any Ray or MLflow work
+    require_tracking_server(config.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    mlflow.set_experiment(config.mlflow.experiment)
+    registry = Registry.from_config(config)
+    clock = _Stopwatch()
+    with ray_cluster.ray_session(config):
+        prepared = prepare(config, reports=reports, regime_start=regime_start)
+        clock.lap("prepare")
+        if regime_start is not None:
+            notes.append(prepared.lineage.policy["note"])
+        with mlflow.start_run(run_name=f"{job}-{config.dataset.table}-v{reports[0].version}") as run:
+            mlflow.set_tag("lakeloop.job", job)
+            _log_lineage(prepared.lineage, trigger_id)
+            if notes:
+                mlflow.set_tag("lakeloop.notes", " | ".join(notes)[:5000])
+            trained, hyperparams = fitter(
+                config, _datasets(prepared), int(prepared.pipeline.output_dim or 0), run.info.run_id
+            )
+            clock.lap("fit")
+            mlflow.log_params({f"hp_{k}": v for k, v in hyperparams.items()})
+            mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
+            model, test, scores = _evaluate(config, prepared, trained)
+            clock.lap("evaluate")
+            model_version, compared, champion_scores, decision = _gate(
+                config, registry, model, test, scores, trigger_id
+            )
+            clock.lap("gate")
+            mlflow.log_metrics({f"seconds_{k}": v for k, v in clock.laps.items()})
+    return TrainOutcome(
+        run_id=run.info.run_id,
+        model_version=model_version,
+        metrics=scores,
+        champion_version=compared.version,
+        champion_metrics=champion_scores,
+        promoted=decision.promote,
+        reason=decision.reason,
+        lineage=asdict(prepared.lineage),
+        hyperparams=hyperparams,
+        resumed_from_epoch=trained.resumed_from_epoch,
+        seconds=clock.laps,
+        notes=notes,
+        trigger_id=trigger_id,
+    )

@@ -1,0 +1,123 @@
+"""`lakeloop stack up / serve / stack down`, twice, as a user runs them: nothing of the first cycle is
+left when the second starts (Serve's HAProxy ingress used to outlive the Ray head and hold ports
+8000, 8404 and 9101), and a port held by someone else is named in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.adapters.local_services import STATE_FILE, StackState, free_port, port_holder, session_processes
+from tests.helpers import ROOT, demo_raw_config, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SERVE_PORTS = (8000, 8404, 9101)  # conf/serve.yaml's HTTP port; HAProxy's stats page and metrics
+
+
+def lakeloop(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def user_env(tmp_path: Path) -> dict:
+    raw = demo_raw_config(tmp_path / "data")
+    raw["train"].update(max_epochs=2)
+    conf = write_config(raw, tmp_path / "lakeloop.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return {
+        **env,
+        "PYTHONPATH": str(ROOT),
+        "LAKELOOP_CONFIG": str(conf),
+        "LAKELOOP_STORAGE_ROOT": str(tmp_path / "data"),
+    }
+
+
+def stack_processes(root: Path) -> set[int]:
+    """Every process in the recorded services' sessions: what the stack started, grandchildren included."""
+    state = StackState.read(root / STATE_FILE)
+    assert state is not None
+    return {pid for service in state.services for pid in session_processes(service.pid)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def cycle(env: dict, train: bool) -> set[int]:
+    ports = ["--mlflow-port", str(free_port()), "--dashboard-port", str(free_port())]
+    up = lakeloop("stack", "up", *ports, env=env)
+    assert up.returncode == 0, up.stderr[-3000:]
+    if train:
+        assert lakeloop("data", "generate", "--rows", "2000", env=env).returncode == 0
+        trained = lakeloop("train", env=env)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        assert "joined the stack" in trained.stderr  # no RAY_ADDRESS or MLFLOW_TRACKING_URI: it found stack.json
+    served = lakeloop("serve", env=env)
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert "http://127.0.0.1:8000" in served.stdout and "(ready)" in served.stdout
+    record = {
+        "tenure_months": 3,
+        "monthly_charges": 80.0,
+        "support_calls": 1,
+        "age": 40,
+        "plan": "basic",
+        "contract": "one-year",
+        "region": "north",
+    }
+    for _ in range(20):
+        assert httpx.post("http://127.0.0.1:8000/predict", json={"records": [record]}, timeout=30).status_code == 200
+    started = stack_processes(Path(env["LAKELOOP_STORAGE_ROOT"]))
+    holders = {port: port_holder(port) for port in SERVE_PORTS}
+    assert all(holder and holder[0] in started for holder in holders.values()), holders  # the stack's own ingress
+    down = lakeloop("stack", "down", "--json", env=env)
+    assert down.returncode == 0, down.stderr[-3000:]
+    return started
+
+
+def test_two_stack_cycles_leave_nothing_behind(user_env: dict) -> None:
+    for first in (True, False):
+        started = cycle(user_env, train=first)
+        assert not [pid for pid in started if alive(pid)], "processes of the stack survived `stack down`"
+        assert all(port_holder(port) is None for port in SERVE_PORTS)
+        assert not (Path(user_env["LAKELOOP_STORAGE_ROOT"]) / STATE_FILE).exists()
+
+
+def test_a_held_port_is_named_in_one_line(user_env: dict) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 8404))
+        squatter.listen()
+        up = lakeloop(
+            "stack",
+            "up",
+            "--mlflow-port",
+            str(free_port()),
+            "--dashboard-port",
+            str(free_port()),
+            "--json",
+            env=user_env,
+        )
+    assert up.returncode == 1
+    errors = json.loads(up.stdout)["errors"]
+    assert len(errors) == 1 and errors[0].startswith(f"port 8404 (Serve HAProxy stats) is held by pid {os.getpid()} (")
+    assert f"kill {os.getpid()}" in errors[0] and "Traceback" not in up.stderr
+    assert not (Path(user_env["LAKELOOP_STORAGE_ROOT"]) / STATE_FILE).exists()  # nothing was started
