@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import threading
 from pathlib import Path
@@ -22,8 +21,6 @@ from pathlib import Path
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
 from pipelines.step_runner import StepResult, step_main
-
-API_KEY_ENV = "LAKELOOP_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +48,7 @@ def _wait_for_signal() -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     from pipelines.adapters import ray_cluster, serving
 
-    api_key = os.environ.get(API_KEY_ENV)
-    if api_key is not None and not api_key.strip():
-        raise LakeloopError(f"{API_KEY_ENV} is set but empty: unset it to serve without a key, or set a key")
+    api_key = serving.api_key_from_env()
     serve_config = serving.with_lakeloop_config(serving.load_serve_config(args.serve_config), config, api_key)
     if config.ray.address:  # a cluster: deploy through its dashboard, and leave it serving
         return _deploy(serve_config, config, config.ray.dashboard, args.ready_timeout, config.ray.address)

@@ -38,11 +38,13 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.once:
         outcome = run_once(config, submit=not args.no_submit)
         return StepResult(describe(outcome), outcome)
-    while True:
+    while True:  # until interrupted: no error ends the loop, each is reported and the next pass runs
         try:
             print(describe(run_once(config, submit=not args.no_submit)), flush=True)
-        except LakeloopError as exc:  # report and keep watching
+        except LakeloopError as exc:
             print(f"error: {exc}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - an unexpected one too: a watchdog must not die of it
+            print(f"error (unexpected, {type(exc).__name__}): {exc}", flush=True)
         time.sleep(config.monitor.interval_s)
 
 

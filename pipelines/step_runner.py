@@ -37,9 +37,14 @@ ENTRY_DEFAULTS = {
 
 def set_entry_invariants() -> None:
     """The environment every entry point runs with, whether `lakeloop X`, `python -m pipelines.X`
-    or a Ray job; a value already set wins."""
+    or a Ray job; a value already set wins. With the HAProxy ingress, Serve runs it through a wrapper
+    that keeps its stats page and metrics on loopback (Ray 2.60 binds them to every interface)."""
     for name, value in ENTRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ:
+        from pipelines.adapters.serving import loopback_haproxy
+
+        os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = loopback_haproxy()
 
 
 @dataclass

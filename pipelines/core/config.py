@@ -29,7 +29,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-SECRET_WORDS = re.compile(r"secret|password|token|access_key|account_key|sas|credential", re.IGNORECASE)
+# storage-option keys that hold credentials, in AWS, GCS and Azure spellings (e.g. aws_secret_access_key,
+# google_service_account_key, azure_storage_master_key, sas_token), whatever the case
+SECRET_WORDS = re.compile(
+    r"secret|password|token|access_key|account_key|master_key|private_key|sas|credential|signature", re.IGNORECASE
+)
 
 
 class StorageConfig(StrictModel):
@@ -162,7 +166,7 @@ class MLflowConfig(StrictModel):
     @field_validator("tracking_uri")
     @classmethod
     def _no_userinfo(cls, uri: str) -> str:
-        if re.match(r"^[a-z+]+://[^/@]*@", uri):  # the value is not echoed: it holds a password
+        if re.match(r"^[a-z0-9+.-]+://[^/@]*@", uri, re.IGNORECASE):  # the value is not echoed: it holds a password
             raise ValueError(
                 "credentials in the URI are not accepted; set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD instead"
@@ -256,6 +260,11 @@ class PredictionLogConfig(StrictModel):
     labelled_table: str = "labelled_feedback"  # served rows joined with their labels, for retraining
     flush_rows: int = Field(500, ge=1)
     flush_interval_s: float = Field(2.0, gt=0)
+    # Every served row is spooled to local disk before the response (it survives the replica being
+    # killed) and committed from there; default: <storage.root>/_spool, or /tmp/lakeloop-spool for
+    # object-store roots. Past max_spool_bytes (storage down) the endpoint answers 503, never drops rows.
+    spool_dir: str | None = None
+    max_spool_bytes: int = Field(1 << 30, ge=1 << 16)
 
 
 class ServingConfig(StrictModel):
@@ -264,6 +273,7 @@ class ServingConfig(StrictModel):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_rows_per_request: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies get 413 before they are read
     prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
 
 
@@ -311,6 +321,7 @@ class MonitorConfig(StrictModel):
     mmd_permutations: int = Field(100, ge=10)
     debounce: DebounceConfig = Field(default_factory=DebounceConfig)
     feedback_window_rows: int = Field(200, ge=10)  # labelled rows per performance window
+    label_join_wait_s: float = Field(600, ge=0)  # a label waits this long for its served row to land in Delta
     max_metric_drop: float = Field(0.05, ge=0)  # performance drift: gate metric this much worse than at test
     interval_s: float = Field(60, gt=0)
     drift_reports_table: str = "drift_reports"
@@ -353,6 +364,13 @@ class LakeloopConfig(StrictModel):
     def source_table(self, given: str | None) -> str:
         """A --table argument (a name under storage.root, or a path/URI), else the dataset table."""
         return self.storage.table_uri(given) if given else self.table_uri
+
+    @property
+    def spool_dir(self) -> Path:
+        configured = self.serving.prediction_log.spool_dir
+        if configured:
+            return Path(configured).expanduser()
+        return Path("/tmp/lakeloop-spool") if "://" in self.storage.root else Path(self.storage.root) / "_spool"
 
     @property
     def train_storage_path(self) -> str:

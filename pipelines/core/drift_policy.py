@@ -18,19 +18,20 @@ class Window:
     decidable: bool
 
 
-def row_windows(rows: pd.DataFrame, size: int, time_column: str, order: Sequence[str] = ()) -> list[Window]:
-    """Full windows of at least `size` rows (ordered by time, then `order`), cut only where the time
-    changes so a request's rows (which share a timestamp) never straddle two windows. Leftover rows
-    wait for the next call."""
-    ordered = rows.sort_values([time_column, *order], kind="stable").reset_index(drop=True)
+def row_windows(rows: pd.DataFrame, size: int, cut: Sequence[str], order: Sequence[str] = ()) -> list[Window]:
+    """Full windows of at least `size` rows, ordered by the `cut` columns then `order`, and cut only
+    where a `cut` value changes (rows that share them, e.g. a request's rows with their timestamp,
+    never straddle two windows). Leftover rows wait for the next call. Window bounds are the first
+    `cut` column's first and last values."""
+    ordered = rows.sort_values([*cut, *order], kind="stable").reset_index(drop=True)
+    keys = list(ordered[list(cut)].itertuples(index=False, name=None))
     windows, begin = [], 0
-    times = ordered[time_column].to_numpy()
     while begin + size <= len(ordered):
         stop = begin + size
-        while stop < len(ordered) and times[stop] == times[stop - 1]:
+        while stop < len(ordered) and keys[stop] == keys[stop - 1]:
             stop += 1
         chunk = ordered.iloc[begin:stop]
-        windows.append(Window(chunk[time_column].iloc[0], chunk[time_column].iloc[-1], chunk, True))
+        windows.append(Window(chunk[cut[0]].iloc[0], chunk[cut[0]].iloc[-1], chunk, True))
         begin = stop
     return windows
 

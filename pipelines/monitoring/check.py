@@ -4,48 +4,127 @@ champion, record them, and take the retraining step."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import KEY, RECEIVED_AT, REQUEST_ID, ROW, SERVED_AT, labelled_rows
+from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT, UTC_MICROS, join_labels
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.retrying import with_retries
 from pipelines.monitoring import reports
 from pipelines.monitoring.champion import Champion, load_champion
+from pipelines.monitoring.reports import RANK
 from pipelines.monitoring.retraining import retraining_step
 from pipelines.training.detectors import performance_check
 
 
-def _traffic_windows(config: LakeloopConfig) -> tuple[list[drift_policy.Window], int]:
-    """Full windows of the served rows after the last checked one, and how many rows still wait."""
-    monitor = config.monitor
-    after = reports.last_position(config)
-    rows = reports.unchecked_rows(config, after, [REQUEST_ID, ROW, SERVED_AT, *config.dataset.feature_names])
+@dataclass
+class Landed:
+    """Rows that landed in a source table after the monitor's position, cut into windows."""
+
+    windows: list[drift_policy.Window]
+    time_column: str
+    pending: int  # rows waiting for a full window
+    orphans: int = 0  # labels whose served row never landed within monitor.label_join_wait_s
+
+
+def _since(
+    uri: str, config: LakeloopConfig, performance: bool, columns: list[str], order: list[str]
+) -> pd.DataFrame | None:
+    """The rows of `uri` after the monitor's position (a commit version and how many of its rows, in
+    the canonical order, were checked), each ranked within its commit."""
+    version, offset = reports.position(config, performance)
+    landed = delta.changes(uri, config.storage.storage_options, None if version is None else version - 1, columns)
+    if landed is None:
+        return None
+    rows = landed[0].to_pandas().sort_values([delta.COMMIT_VERSION, *order], kind="stable")
+    rows[RANK] = rows.groupby(delta.COMMIT_VERSION).cumcount() + 1
+    if version is not None:
+        rows = rows[(rows[delta.COMMIT_VERSION] != version) | (rows[RANK] > offset)]
+    return rows.reset_index(drop=True)
+
+
+def _traffic(config: LakeloopConfig) -> Landed:
+    """Windows of the served rows that landed (by Delta commit) after the last checked window: a row
+    that lands late (another replica's flush, a retried append) is checked in a later window, and no row
+    twice. Row windows never split a request; time windows are by commit time."""
+    monitor, storage = config.monitor, config.storage
+    rows = _since(
+        storage.table_uri(config.serving.prediction_log.predictions_table),
+        config,
+        False,
+        [*KEY, SERVED_AT, *config.dataset.feature_names],
+        [SERVED_AT, *KEY],
+    )
+    if rows is None:
+        return Landed([], SERVED_AT, 0)
     if monitor.window_seconds:
-        now = datetime.now(UTC)
-        start = after or (rows[SERVED_AT].min() - pd.Timedelta(microseconds=1) if len(rows) else now)
-        windows = drift_policy.time_windows(rows, SERVED_AT, monitor.window_seconds, monitor.min_rows, start, now)
-    else:
-        windows = drift_policy.row_windows(rows, monitor.window_rows, SERVED_AT, KEY)
-    return windows, len(rows) - sum(len(w.rows) for w in windows)
+        _, last_end = reports.position_time(config)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        times = rows[delta.COMMIT_TIME]
+        start = (
+            last_end.replace(tzinfo=None)
+            if last_end is not None
+            else (times.min() - pd.Timedelta(microseconds=1) if len(rows) else now)
+        )
+        windows = drift_policy.time_windows(
+            rows, delta.COMMIT_TIME, monitor.window_seconds, monitor.min_rows, start, now
+        )
+        return Landed(windows, delta.COMMIT_TIME, len(rows) - sum(len(w.rows) for w in windows))
+    windows = drift_policy.row_windows(rows, monitor.window_rows, [delta.COMMIT_VERSION, SERVED_AT], [*KEY])
+    return Landed(windows, SERVED_AT, len(rows) - sum(len(w.rows) for w in windows))
 
 
-def _check(config: LakeloopConfig, champion: Champion, traffic: list, labelled: list) -> list[dict]:
+def _labels(config: LakeloopConfig) -> Landed:
+    """Windows of the labels that landed after the last checked performance window, joined with the
+    rows they label. A label whose row has not landed yet holds itself (and the labels after it) back
+    until it does, or until monitor.label_join_wait_s has passed (then it is counted as orphaned)."""
+    monitor, storage = config.monitor, config.storage
+    rows = _since(
+        storage.table_uri(config.serving.prediction_log.feedback_table),
+        config,
+        True,
+        [*KEY, RECEIVED_AT, LABEL],
+        [RECEIVED_AT, *KEY],
+    )
+    if rows is None:
+        return Landed([], RECEIVED_AT, 0)
+    joined, unjoined = join_labels(config, pa.Table.from_pandas(rows, preserve_index=False))
+    waiting_since = datetime.now(UTC) - timedelta(seconds=monitor.label_join_wait_s)
+    young = unjoined.filter(pc.greater(unjoined.column(RECEIVED_AT), pa.scalar(waiting_since, UTC_MICROS)))
+    if young.num_rows:  # check only the labels before the first one still waiting for its row
+        first = min(zip(young.column(delta.COMMIT_VERSION).to_pylist(), young.column(RANK).to_pylist(), strict=True))
+        before = (joined[delta.COMMIT_VERSION] < first[0]) | (
+            (joined[delta.COMMIT_VERSION] == first[0]) & (joined[RANK] < first[1])
+        )
+        joined = joined[before]
+    windows = drift_policy.row_windows(joined, monitor.feedback_window_rows, [delta.COMMIT_VERSION, RANK])
+    return Landed(
+        windows,
+        RECEIVED_AT,
+        len(joined) - sum(len(w.rows) for w in windows),
+        orphans=unjoined.num_rows - young.num_rows,
+    )
+
+
+def _check(config: LakeloopConfig, champion: Champion, traffic: Landed, labelled: Landed) -> list[dict]:
     """One report row per window and detector: the traffic detectors on served rows, the gate metric
     on labelled rows."""
     now, metric, found = datetime.now(UTC), config.gate.metric, []
-    for window in traffic:
+    for window in traffic.windows:
         results = champion.suite.check(window.rows[config.dataset.feature_names]) if window.decidable else []
-        found += reports.report_rows(window, champion, results, now)
-    for window in labelled:
+        found += reports.report_rows(window, traffic.time_column, champion, results, now)
+    for window in labelled.windows:
         result = performance_check(
             champion.suite.model, window.rows, metric, champion.test_metrics.get(metric), config.monitor.max_metric_drop
         )
-        found += reports.report_rows(window, champion, [result], now)
+        result.details["orphaned_labels"] = labelled.orphans
+        found += reports.report_rows(window, labelled.time_column, champion, [result], now)
     return found
 
 
@@ -55,38 +134,32 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
         "loading the champion's detectors from MLflow", monitor.retries, lambda: load_champion(config)
     )
     started = time.perf_counter()
-    traffic, pending = _traffic_windows(config)
-    labelled = drift_policy.row_windows(
-        labelled_rows(config, reports.last_position(config, performance=True)),
-        monitor.feedback_window_rows,
-        RECEIVED_AT,
-        KEY,
-    )
+    claim = reports.claim_pass(config)  # another monitor committing first makes this pass's reports void
+    traffic, labelled = _traffic(config), _labels(config)
     found = _check(config, champion, traffic, labelled)
-    if found:  # reports and the new positions land in one commit
-        delta.append(
-            config.storage.table_uri(monitor.drift_reports_table),
-            pa.Table.from_pylist(found, schema=reports.REPORT_SCHEMA),
-            config.storage.storage_options,
-            merge_schema=True,
-        )
+    recorded = bool(found) and reports.record(config, found, claim)
+    if recorded:
         with_retries("logging drift to MLflow", monitor.retries, lambda: reports.log_to_mlflow(config, champion, found))
     began = drift_policy.trigger_start(
         reports.window_decisions(config, champion.version), monitor.debounce.k, monitor.debounce.n
     )
     detected = time.perf_counter()
     retraining = retraining_step(config, champion, began, submit)
+    checked = found if recorded else []
     return {
         "model_version": champion.version,
-        "windows": reports.summaries(traffic, found, traffic=True),
-        "performance_windows": reports.summaries(labelled, found, traffic=False),
-        "pending_rows": pending,
+        "windows": reports.summaries(checked, performance=False),
+        "performance_windows": reports.summaries(checked, performance=True),
+        "pending_rows": traffic.pending,
+        "pending_labels": labelled.pending,
+        "orphaned_labels": labelled.orphans,
+        "concurrent_monitor": bool(found) and not recorded,
         "triggered": began is not None,
         "submission_id": retraining["submission_id"],
         "submitted": retraining["submitted"],
         "retraining": retraining,
         "seconds": {"detect": round(detected - started, 2), "submit": round(time.perf_counter() - detected, 2)},
-        "reports": [{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in found],
+        "reports": [{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in checked],
     }
 
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import SERVED_AT, UTC_MICROS
+from pipelines.adapters.prediction_log import SERVED_AT
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.monitoring.champion import Champion
 from pipelines.training.detectors import PERFORMANCE
+
+RANK = "_rank"  # a row's 1-based place within its commit (set by the check)
 
 REPORT_SCHEMA = pa.schema(
     [
@@ -32,48 +33,100 @@ REPORT_SCHEMA = pa.schema(
         pa.field("distance", pa.float64()),
         pa.field("details", pa.string()),
         pa.field("checked_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field(
-            "data_start", pa.timestamp("us", tz="UTC")
-        ),  # event time of the window's oldest row: where drift began
+        pa.field("data_start", pa.timestamp("us", tz="UTC")),  # event time of the window's oldest row
+        # the commits of the source table (predictions, or feedback for performance) the window covers: the
+        # monitor's position is the newest, so a row that lands late is still checked, and exactly once
+        pa.field("source_from", pa.int64()),
+        pa.field("source_to", pa.int64()),
+        pa.field("source_offset", pa.int64()),  # rows of commit source_to checked so far, in the canonical order
     ]
 )
 
 
-def last_position(config: LakeloopConfig, performance: bool = False) -> datetime | None:
-    """End of the newest checked window: of served traffic (by served_at), or with `performance`,
-    of labelled feedback (by received_at). Each advances independently."""
+def _checked(config: LakeloopConfig, performance: bool, columns: list[str]) -> pa.Table | None:
     kind = pc.field("detector") == PERFORMANCE
-    ends = delta.read(
+    return delta.read(
         config.storage.table_uri(config.monitor.drift_reports_table),
         config.storage.storage_options,
-        ["window_end"],
+        columns,
         kind if performance else ~kind,
     )
-    return None if ends is None else pc.max(ends.column(0)).as_py()
 
 
-def unchecked_rows(config: LakeloopConfig, after: datetime | None, columns: list[str]) -> pd.DataFrame:
-    condition = None if after is None else pc.field(SERVED_AT) > pa.scalar(after, UTC_MICROS)
-    rows = delta.read(
-        config.storage.table_uri(config.serving.prediction_log.predictions_table),
-        config.storage.storage_options,
-        columns,
-        condition,
-    )
-    return pd.DataFrame(columns=columns) if rows is None else rows.to_pandas()
+def position(config: LakeloopConfig, performance: bool = False) -> tuple[int | None, int]:
+    """Where the next check starts: the newest source-table commit checked (of the predictions table,
+    or with `performance` of the feedback table) and how many of its rows were; (None, 0) at first."""
+    checked = _checked(config, performance, ["source_to", "source_offset"])
+    if checked is None or "source_offset" not in checked.column_names:
+        return None, 0
+    frame = checked.to_pandas().dropna()
+    if frame.empty:
+        return None, 0
+    newest = int(frame["source_to"].max())
+    return newest, int(frame.loc[frame["source_to"] == newest, "source_offset"].max())
 
 
-def report_rows(window: drift_policy.Window, champion: Champion, results, now: datetime) -> list[dict]:
-    served = window.rows[SERVED_AT] if SERVED_AT in window.rows and len(window.rows) else None
+def position_time(config: LakeloopConfig) -> tuple[int | None, datetime | None]:
+    """For time windows: the end of the newest checked traffic window."""
+    checked = _checked(config, False, ["window_end"])
+    if checked is None or checked.num_rows == 0:
+        return None, None
+    return None, pc.max(checked.column("window_end")).as_py()
+
+
+def _monitor_app_id(config: LakeloopConfig) -> str:
+    return f"lakeloop-monitor:{config.mlflow.registered_model}"
+
+
+def claim_pass(config: LakeloopConfig) -> int:
+    """The number this pass commits its reports under (a Delta app transaction on the reports table):
+    the last committed one plus one."""
+    uri = config.storage.table_uri(config.monitor.drift_reports_table)
+    return (delta.transaction_version(uri, _monitor_app_id(config), config.storage.storage_options) or 0) + 1
+
+
+def record(config: LakeloopConfig, found: list[dict], claim: int) -> bool:
+    """Append the reports (and with them the new positions) in one commit, unless another monitor has
+    committed since this pass began: then it checked the same rows, and these reports are dropped."""
+    uri, options = config.storage.table_uri(config.monitor.drift_reports_table), config.storage.storage_options
+    app_id = _monitor_app_id(config)
+    if (delta.transaction_version(uri, app_id, options) or 0) + 1 != claim:
+        return False
+    try:
+        delta.append(
+            uri,
+            pa.Table.from_pylist(found, schema=REPORT_SCHEMA),
+            options,
+            merge_schema=True,
+            transaction=(app_id, claim),
+        )
+    except delta.TableError as exc:
+        if "Concurrent transaction" in str(exc):  # the other monitor won the race for this pass
+            return False
+        raise
+    return True
+
+
+def report_rows(
+    window: drift_policy.Window, time_column: str, champion: Champion, results, now: datetime
+) -> list[dict]:
+    rows = window.rows
+    grid = time_column == delta.COMMIT_TIME  # time windows: their bounds are the grid's, rows or not
+    times = rows[time_column] if len(rows) and not grid else None
+    versions = rows[delta.COMMIT_VERSION] if len(rows) else None
     base = {
-        "window_start": window.start,
-        "window_end": window.end,
-        "rows": len(window.rows),
+        "window_start": window.start if times is None else times.min(),
+        "window_end": window.end if times is None else times.max(),
+        "rows": len(rows),
         "model_name": champion.name,
         "model_version": champion.version,
         "checked_at": now,
-        "data_start": window.start if served is None else served.min(),
+        "data_start": (rows[SERVED_AT].min() if SERVED_AT in rows and len(rows) else None),
+        "source_from": None if versions is None else int(versions.min()),
+        "source_to": None if versions is None else int(versions.iloc[-1]),
+        "source_offset": None if versions is None else int(rows[RANK].iloc[-1]),
     }
+    base["data_start"] = base["data_start"] if base["data_start"] is not None else base["window_start"]
     if not window.decidable:
         return [
             {
@@ -117,7 +170,9 @@ def window_decisions(config: LakeloopConfig, version: str) -> dict[str, list[tup
         frame["data_start"] = frame["window_start"]
     frame["data_start"] = frame["data_start"].fillna(frame["window_start"])
     frame["kind"] = (frame["detector"] == PERFORMANCE).map({True: PERFORMANCE, False: "traffic"})
-    grouped = frame.groupby(["kind", "window_end"]).agg(
+    if "source_to" not in frame:  # reports written before versions were recorded
+        frame["source_to"] = -1
+    grouped = frame.groupby(["kind", "window_end", "source_to"], dropna=False).agg(
         drift=("is_drift", lambda s: None if s.isna().all() else bool(s.fillna(False).any())),
         start=("data_start", "min"),
     )
@@ -162,13 +217,16 @@ def log_to_mlflow(config: LakeloopConfig, champion: Champion, reports: list[dict
                 plt.close(figure)
 
 
-def summaries(windows: list[drift_policy.Window], reports: list[dict], traffic: bool) -> list[dict]:
-    def drifted(window: drift_policy.Window) -> bool | None:
-        decided = [
-            r["is_drift"]
-            for r in reports
-            if r["window_end"] == window.end and (r["detector"] != PERFORMANCE) == traffic and r["is_drift"] is not None
-        ]
-        return any(decided) if decided else None
-
-    return [{"start": str(w.start), "end": str(w.end), "rows": len(w.rows), "drift": drifted(w)} for w in windows]
+def summaries(found: list[dict], performance: bool) -> list[dict]:
+    """One line per checked window of a kind: its rows, time span, and verdict (None: no decision)."""
+    windows: dict[tuple, list[dict]] = {}
+    for report in found:
+        if (report["detector"] == PERFORMANCE) == performance:
+            windows.setdefault((report["window_start"], report["window_end"], report["source_to"]), []).append(report)
+    lines = []
+    for (start, end, _), rows in windows.items():
+        decided = [r["is_drift"] for r in rows if r["is_drift"] is not None]
+        lines.append(
+            {"start": str(start), "end": str(end), "rows": rows[0]["rows"], "drift": any(decided) if decided else None}
+        )
+    return lines

@@ -4,12 +4,16 @@ a real Ray Jobs API."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
@@ -23,7 +27,7 @@ from pipelines.monitoring.champion import load_champion
 from pipelines.monitoring.check import describe, run_once
 from pipelines.training.detectors import DriftSuite
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config, served_log
+from tests.helpers import ROOT, demo_raw_config, served_log, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +181,54 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     listing = models_step(argparse.Namespace(action="list"), config).summary
     assert "DEGRADED" in listing
     assert not run_once(config)["submitted"]  # degraded: no further attempts for this champion
+
+
+def test_rows_that_land_late_are_checked_and_none_twice(trained: dict, tmp_path: Path) -> None:
+    """The position is the Delta commit, not the clock: rows served earlier but landing later (another
+    replica's flush, a retried append) are still checked (the old served_at position skipped them)."""
+    config = parse_config({**trained, "storage": {**trained["storage"], "root": str(tmp_path / "late")}})
+    frame = synthetic.generate(1000, 9).to_pandas()
+    later, earlier = (
+        served_log(config, frame.iloc[:500], datetime(2026, 6, 2, tzinfo=UTC)),
+        served_log(config, frame.iloc[500:], datetime(2026, 6, 1, tzinfo=UTC)),
+    )
+    predictions = config.storage.table_uri("predictions")
+    delta.append(predictions, later[0])
+    first = run_once(config, submit=False)
+    assert [w["rows"] for w in first["windows"]] == [500]
+    delta.append(predictions, earlier[0])  # served a day before the rows already checked
+    second = run_once(config, submit=False)
+    assert [w["rows"] for w in second["windows"]] == [500] and second["pending_rows"] == 0
+    assert run_once(config, submit=False)["windows"] == []
+
+
+def test_a_label_that_arrives_before_its_row_waits_for_it(trained: dict, tmp_path: Path) -> None:
+    config = parse_config({**trained, "storage": {**trained["storage"], "root": str(tmp_path / "early")}})
+    served, feedback = served_log(config, synthetic.generate(200, 10).to_pandas(), datetime(2026, 6, 1, tzinfo=UTC))
+    labels = feedback.set_column(
+        feedback.schema.get_field_index("received_at"),
+        "received_at",
+        pa.array([datetime.now(UTC)] * feedback.num_rows, pa.timestamp("us", tz="UTC")),
+    )
+    delta.append(config.storage.table_uri("feedback"), labels)  # the labels land first
+    waiting = run_once(config, submit=False)
+    assert waiting["performance_windows"] == [] and waiting["orphaned_labels"] == 0
+    delta.append(config.storage.table_uri("predictions"), served)  # the rows they label land later
+    joined = run_once(config, submit=False)
+    assert [w["rows"] for w in joined["performance_windows"]] == [200]
+
+
+def test_two_monitors_at_once_record_each_window_once(trained: dict, tmp_path: Path) -> None:
+    config = with_traffic(trained, tmp_path / "twice", "none", seed=11)
+    conf = write_config(config.model_dump(mode="json"), tmp_path / "lakeloop.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pipelines.monitor", "--once", "--no-submit", "--json", "--config", str(conf)]
+    monitors = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outcomes = [json.loads(m.communicate(timeout=300)[0]) for m in monitors]
+    assert sorted(len(o["windows"]) for o in outcomes) == [0, 3]  # one checked the three windows, not both
+    checked = delta.read(config.storage.table_uri("drift_reports"), columns=["source_to", "source_offset", "detector"])
+    frame = checked.to_pandas()
+    assert not frame.duplicated().any() and frame["source_to"].notna().sum() == len(frame)

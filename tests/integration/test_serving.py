@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -189,6 +190,20 @@ def _post(endpoint: str, path: str, body: object, content_type: str = "applicati
         ("/invocations", {"dataframe_records": [GOOD]}, "text/csv", 415, "application/json"),
         ("/invocations", {"rows": [GOOD]}, "application/json", 422, "expected exactly one of"),
         ("/feedback", {"request_id": "x", "label": 7}, "application/json", 422, "label"),
+        # hostile or odd bodies: each a 4xx naming the problem, never a 500 (issue 13, items 4-7)
+        ("/feedback", {"request_id": "x", "row": 2**31, "label": 1}, "application/json", 422, "row"),
+        ("/predict", {"records": [GOOD] * 1001}, "application/json", 413, "exceeds the limit of 1000"),
+        ("/invocations", "[" * 100_000 + "]" * 100_000, "application/json", 400, "malformed JSON"),
+        ("/invocations", '{"dataframe_records": [{"age": ' + "9" * 5000 + "}]}", "application/json", 400, "malformed"),
+        ("/invocations", {"dataframe_records": [{**GOOD, "plan": "\ud800"}]}, "application/json", 422, "plan"),
+        ("/predict", {"records": [{**GOOD, "region": "\ud800"}]}, "application/json", 422, "lone surrogate"),
+        (
+            "/invocations",
+            {"dataframe_records": [{**GOOD, "note": "x" * 1_100_000}]},
+            "application/json",
+            413,
+            "Too Large",
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_problem_and_logs_nothing(
@@ -203,6 +218,34 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_logs_nothing(
     # Logging happens before the response: a wrongly logged row would already be in the replica's log.
     assert replica_log(endpoint)[log]["accepted"] == accepted_before
     assert logged_rows(registered, log) == table_before
+
+
+def test_every_route_answers_with_a_server_generated_request_id(endpoint: str) -> None:
+    chosen = {"X-Request-Id": "client-chosen"}
+    answers = [
+        httpx.post(f"{endpoint}/predict", json={"records": [GOOD]}, headers=chosen),
+        httpx.post(f"{endpoint}/invocations", json={"dataframe_records": [GOOD]}, headers=chosen),
+        httpx.post(f"{endpoint}/feedback", json={"request_id": "r", "label": 1}, headers=chosen),
+        httpx.post(f"{endpoint}/predict", json={"records": []}),  # refused ones too
+        httpx.get(f"{endpoint}/health"),
+        httpx.get(f"{endpoint}/model"),
+    ]
+    ids = [a.headers["x-lakeloop-request-id"] for a in answers]
+    assert len(set(ids)) == len(ids) and "client-chosen" not in ids  # unique per request, never the client's
+    assert all(a.json()["request_id"] == i for a, i in zip(answers[:4], ids[:4], strict=True))
+
+
+def test_one_clients_odd_value_never_fails_another_clients_request(endpoint: str) -> None:
+    """Requests are scored in batches: a value the model cannot take must fail only its own request."""
+    odd = {**GOOD, "plan": True}  # valid JSON, a bool where the model learned strings
+    bodies = [{"records": [odd]}] + [{"records": [GOOD]}] * 15
+
+    def send(body: dict) -> int:
+        return httpx.post(f"{endpoint}/predict", json=body, timeout=30).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(send, bodies))
+    assert codes[1:] == [200] * 15 and codes[0] in (200, 422), codes
 
 
 def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> None:

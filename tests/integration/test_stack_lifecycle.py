@@ -63,6 +63,24 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def listen_addresses(port: int) -> set[str]:
+    """The addresses a TCP port listens on, from /proc/net/tcp{,6} (state 0A is LISTEN): what `ss -ltn` shows."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(socket.inet_ntop(socket.AF_INET if len(address) == 8 else socket.AF_INET6, _unhex(address)))
+    return found
+
+
+def _unhex(address: str) -> bytes:
+    """/proc/net/tcp writes each 32-bit word of the address in host (little-endian) order."""
+    raw = bytes.fromhex(address)
+    return b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+
+
 def cycle(env: dict, train: bool) -> set[int]:
     ports = ["--mlflow-port", str(free_port()), "--dashboard-port", str(free_port())]
     up = lakeloop("stack", "up", *ports, env=env)
@@ -89,6 +107,8 @@ def cycle(env: dict, train: bool) -> set[int]:
     started = stack_processes(Path(env["LAKELOOP_STORAGE_ROOT"]))
     holders = {port: port_holder(port) for port in SERVE_PORTS}
     assert all(holder and holder[0] in started for holder in holders.values()), holders  # the stack's own ingress
+    bound = {port: listen_addresses(port) for port in SERVE_PORTS}
+    assert all(addresses == {"127.0.0.1"} for addresses in bound.values()), bound  # HAProxy's too (issue 17)
     down = lakeloop("stack", "down", "--json", env=env)
     assert down.returncode == 0, down.stderr[-3000:]
     return started

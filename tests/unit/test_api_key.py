@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.adapters.serving import api_key_digest
+from pipelines.adapters.serving import API_KEY_ENV, api_key_digest, api_key_from_env
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.errors import LakeloopError
 from serve.app import create_api
 
 
@@ -57,3 +58,15 @@ def test_no_key_configured_means_open(config: LakeloopConfig) -> None:
         return {"ok": True}
 
     assert TestClient(api).post("/predict", json={}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_key_set_but_empty_is_refused_never_an_open_api(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(API_KEY_ENV, value)
+    with pytest.raises(LakeloopError, match="LAKELOOP_API_KEY is set but empty"):
+        api_key_from_env()
+
+
+def test_an_unset_key_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert api_key_from_env() is None

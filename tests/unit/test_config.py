@@ -123,3 +123,28 @@ def test_the_gate_metric_and_thresholds_must_fit_the_task(raw_config: dict) -> N
         parse_config(raw_config, "test")
     raw_config["gate"].update(thresholds={"r2": 0.5})
     assert parse_config(raw_config, "test").gate.metric == "rmse"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "azure_storage_master_key",
+        "master_key",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "google_service_account_key",
+        "Aws_Session_Token",
+    ],
+)
+def test_credential_keys_of_every_cloud_and_case_are_refused(raw_config: dict, key: str) -> None:
+    raw_config["storage"]["storage_options"] = {key: "hunter2"}
+    with pytest.raises(ConfigError, match=f"{key}: credentials do not belong") as refused:
+        parse_config(raw_config)
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("uri", ["HTTPS://alice:hunter2@mlflow.example.com", "Http://bob@10.0.0.1:5000"])
+def test_credentials_in_a_tracking_uri_are_refused_whatever_the_case(raw_config: dict, uri: str) -> None:
+    raw_config["mlflow"]["tracking_uri"] = uri
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME") as refused:
+        parse_config(raw_config)
+    assert "hunter2" not in str(refused.value)

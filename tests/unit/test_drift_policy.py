@@ -31,7 +31,7 @@ def served(requests: list[tuple[int, int]]) -> pd.DataFrame:
 
 
 def test_row_windows_never_split_a_request_and_keep_leftovers() -> None:
-    windows = row_windows(served([(1, 3), (2, 3), (3, 3), (4, 3), (5, 1)]), 5, "served_at", ["request_id", "row"])
+    windows = row_windows(served([(1, 3), (2, 3), (3, 3), (4, 3), (5, 1)]), 5, ["served_at"], ["request_id", "row"])
     assert [len(w.rows) for w in windows] == [6, 6]  # cut after whole requests
     assert windows[0].end < windows[1].start
     assert all(w.rows.groupby("request_id").size().eq(3).all() for w in windows)
@@ -40,8 +40,8 @@ def test_row_windows_never_split_a_request_and_keep_leftovers() -> None:
 
 def test_restarting_after_the_last_window_end_neither_skips_nor_repeats() -> None:
     rows = served([(s, 2) for s in range(1, 21)])
-    first = row_windows(rows, 10, "served_at", ["request_id", "row"])
-    later = row_windows(rows[rows["served_at"] > first[-1].end], 10, "served_at", ["request_id", "row"])
+    first = row_windows(rows, 10, ["served_at"], ["request_id", "row"])
+    later = row_windows(rows[rows["served_at"] > first[-1].end], 10, ["served_at"], ["request_id", "row"])
     seen = pd.concat([w.rows for w in first + later])
     assert len(seen) == len(rows) - len(rows[rows["served_at"] > (first + later)[-1].end])
     assert not seen.duplicated(["request_id", "row"]).any()

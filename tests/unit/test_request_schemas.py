@@ -80,3 +80,26 @@ def test_typed_request_model_documents_every_feature(config: LakeloopConfig) -> 
     record = schema["$defs"]["FeatureRecord"]
     assert set(record["required"]) == set(config.dataset.feature_names)
     assert record["additionalProperties"] is False
+
+
+def test_feedback_labels_are_checked_against_the_task(config) -> None:
+    from pydantic import ValidationError
+
+    from serve.schemas import feedback_request_model
+
+    classification = feedback_request_model(config.dataset, max_rows=1000)
+    assert classification.model_validate({"request_id": "r", "row": 3, "label": 1}).label == 1
+    for bad in (
+        {"request_id": "r", "label": 7},
+        {"request_id": "r", "row": 1000, "label": 1},
+        {"request_id": "r", "row": 2**31, "label": 1},
+        {"request_id": "", "label": 1},
+    ):
+        with pytest.raises(ValidationError):
+            classification.model_validate(bad)
+    regression_dataset = config.dataset.model_copy(update={"task": "regression", "classes": None})
+    regression = feedback_request_model(regression_dataset, max_rows=1000)
+    assert regression.model_validate({"request_id": "r", "label": 12.5}).label == 12.5
+    for bad_label in ("abc", True, float("nan")):  # one "abc" used to break every later monitor pass
+        with pytest.raises(ValidationError):
+            regression.model_validate({"request_id": "r", "label": bad_label})
