@@ -15,6 +15,10 @@ class NetworkSpec:
     hidden: int
     depth: int
     dropout: float
+    # Regression: the network learns a standardised target and answers in the label's units (a raw
+    # target of mean 70 and SD 23 left 8 epochs at RMSE 47, worse than a constant predictor's 23).
+    target_shift: float = 0.0
+    target_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -30,9 +34,11 @@ class TabularMLP(nn.Module):
             width = spec.hidden
         layers.append(nn.Linear(width, spec.output_dim))
         self.net = nn.Sequential(*layers)
+        self.shift, self.scale = spec.target_shift, spec.target_scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        out = self.net(features)
+        return out if (self.shift, self.scale) == (0.0, 1.0) else out * self.scale + self.shift
 
 
 def loss_function(task: str) -> nn.Module:

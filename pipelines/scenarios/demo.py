@@ -106,7 +106,7 @@ def _deploy(config: LakeloopConfig) -> str:
     return url
 
 
-def _logged_rows(config: LakeloopConfig, expected: int) -> int:
+def _logged_rows(config: LakeloopConfig, expected: int = 0) -> int:
     """Rows in the predictions log once it holds `expected` (or after 30 s: replicas flush every few seconds)."""
     wait_logged(config, expected, timeout_s=30)
     log = config.serving.prediction_log
@@ -226,8 +226,9 @@ def _covariate_phase(args: DemoOptions, config: LakeloopConfig, url: str, timeli
     drifted = Traffic(
         url, records(synthetic.generate(4000, 102, "covariate").to_pandas(), config.dataset.feature_names)
     )
+    logged_before = _logged_rows(config)  # the log already holds the calm phase's rows
     timeline.run("drifted traffic", lambda: drifted.send(requests), lambda s: dict(s))
-    _logged_rows(config, drifted.served_rows)
+    _logged_rows(config, logged_before + drifted.served_rows)
     alarm = timeline.run("monitor (drift)", lambda: run_once(config), describe_check)
     during_swap = drifted.start()
     retrained = None

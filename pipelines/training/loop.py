@@ -19,6 +19,7 @@ import ray.train.torch
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from ray.data.aggregate import Mean, Std
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
@@ -233,14 +234,31 @@ class _EpochLogger:
             print(f"warning: could not log epoch {epoch} to MLflow: {exc}")
 
 
-def weight_mean(train) -> float:
-    """Mean training weight of the whole (transformed) train split: 1 unless older rows were down-weighted."""
-    mean = train.mean(SAMPLE_WEIGHT_COLUMN)
-    return float(mean) if mean else 1.0
+@dataclass(frozen=True)
+class TrainStats:
+    """Of the whole (transformed) train split, for every worker alike."""
+
+    mean_weight: float = 1.0  # 1 unless older rows were down-weighted
+    target_shift: float = 0.0  # regression: the target's mean and SD (see NetworkSpec)
+    target_scale: float = 1.0
+
+
+def train_stats(train, task: str) -> TrainStats:
+    """One Ray Data pass for all of them."""
+    aggregations = [Mean(SAMPLE_WEIGHT_COLUMN, alias_name="weight")]
+    if task == "regression":
+        aggregations += [Mean(TARGET_COLUMN, alias_name="mean"), Std(TARGET_COLUMN, alias_name="sd")]
+    found = train.aggregate(*aggregations) or {}
+    sd = found.get("sd")
+    return TrainStats(
+        mean_weight=float(found.get("weight") or 1.0),
+        target_shift=float(found.get("mean") or 0.0),
+        target_scale=float(sd) if sd and math.isfinite(sd) and sd > 0 else 1.0,
+    )
 
 
 def loop_config(
-    config: LakeloopConfig, hp: HyperParams, input_dim: int, run_id: str | None, mean_weight: float = 1.0
+    config: LakeloopConfig, hp: HyperParams, input_dim: int, run_id: str | None, stats: TrainStats = TrainStats()
 ) -> dict:
     monitor, mode = monitor_metric(config)
     spec = NetworkSpec(
@@ -249,6 +267,8 @@ def loop_config(
         hidden=hp.hidden,
         depth=hp.depth,
         dropout=hp.dropout,
+        target_shift=stats.target_shift,
+        target_scale=stats.target_scale,
     )
     return {
         "hyperparams": hp.model_dump(),
@@ -260,7 +280,7 @@ def loop_config(
         "patience": config.train.patience,
         "cache_rows": config.train.cache_rows,
         "max_epochs": config.train.max_epochs,
-        "weight_mean": mean_weight,
+        "weight_mean": stats.mean_weight,
         "tracking_uri": config.mlflow.tracking_uri,
         "mlflow_run_id": run_id,
     }
@@ -319,7 +339,7 @@ def fit_configured(config: LakeloopConfig, datasets: dict, input_dim: int, run_i
 def fit(
     config: LakeloopConfig, hp: HyperParams, datasets: dict, input_dim: int, run_id: str | None, name: str
 ) -> TrainedNetwork:
-    cfg = loop_config(config, hp, input_dim, run_id, weight_mean(datasets["train"]))
+    cfg = loop_config(config, hp, input_dim, run_id, train_stats(datasets["train"], config.dataset.task))
     result = build_trainer(config, cfg, datasets, name).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} finished without a checkpoint")

@@ -37,7 +37,7 @@ def param_space(config: LakeloopConfig) -> dict:
 
 
 def _trial(
-    params: dict, config_json: str, datasets: dict, input_dim: int, parent_run_id: str | None, mean_weight: float
+    params: dict, config_json: str, datasets: dict, input_dim: int, parent_run_id: str | None, stats: loop.TrainStats
 ) -> None:
     config = LakeloopConfig.model_validate_json(config_json)
     hp = HyperParams(**{**config.train.hyperparams.model_dump(), **params})
@@ -52,7 +52,7 @@ def _trial(
         run_id = child.info.run_id
         for key, value in hp.model_dump().items():
             client.log_param(run_id, f"hp_{key}", value)
-    cfg = loop.loop_config(config, hp, input_dim, run_id, mean_weight)
+    cfg = loop.loop_config(config, hp, input_dim, run_id, stats)
     trainer = loop.build_trainer(
         config, cfg, datasets, name=f"{tune.get_context().get_trial_id()}", callbacks=[TuneReportCallback()]
     )
@@ -68,13 +68,14 @@ def search(
 ) -> tuple[loop.TrainedNetwork, dict]:
     """Run the search; return the best trial's network (best epoch) and its hyperparameters."""
     monitor, mode = loop.monitor_metric(config)
+    stats = loop.train_stats(datasets["train"], config.dataset.task)
     trainable = tune.with_parameters(
         _trial,
         config_json=config.model_dump_json(),
         datasets=datasets,
         input_dim=input_dim,
         parent_run_id=parent_run_id,
-        mean_weight=loop.weight_mean(datasets["train"]),
+        stats=stats,
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPU}),
@@ -86,7 +87,9 @@ def search(
             max_concurrent_trials=config.tune.max_concurrent_trials,
             scheduler=ASHAScheduler(
                 max_t=config.train.max_epochs,
-                grace_period=config.tune.grace_period,
+                # ASHA asserts grace_period <= max_t; a retry that escalates to a search runs with the
+                # training's max_epochs, which may be below tune.grace_period
+                grace_period=min(config.tune.grace_period, config.train.max_epochs),
                 reduction_factor=config.tune.reduction_factor,
             ),
         ),
@@ -99,5 +102,5 @@ def search(
     if best.error or not path:
         raise LakeloopError(f"tuning produced no usable trial: {best.error or 'no checkpoint reported'}")
     hp = HyperParams(**{**config.train.hyperparams.model_dump(), **best.config})
-    spec = NetworkSpec(**loop.loop_config(config, hp, input_dim, None)["network"])
+    spec = NetworkSpec(**loop.loop_config(config, hp, input_dim, None, stats)["network"])
     return loop.network_from_checkpoint(Checkpoint(path), spec), hp.model_dump()

@@ -158,7 +158,9 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
 
     first = run_once(config)
     assert first["submitted"] and first["retraining"]["attempts"][0]["tune"] is False
-    assert jobs.wait(first["submission_id"], timeout_s=600).status == "SUCCEEDED"
+    assert jobs.wait(first["submission_id"], timeout_s=600).status == "SUCCEEDED", jobs.logs(first["submission_id"])[
+        -4000:
+    ]
     refused = run_once(config)
     assert refused["retraining"]["attempts"][0]["outcome"] == "refused"
     assert "below the floor" in refused["retraining"]["attempts"][0]["reason"]
@@ -170,7 +172,9 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     second = retry["retraining"]["attempts"][1]
     assert second["attempt"] == 2 and second["tune"] is True  # the retry escalates to a search
     assert "--tune" in jobs.state(retry["submission_id"]).entrypoint
-    assert jobs.wait(retry["submission_id"], timeout_s=600).status == "SUCCEEDED"
+    assert jobs.wait(retry["submission_id"], timeout_s=600).status == "SUCCEEDED", jobs.logs(retry["submission_id"])[
+        -4000:
+    ]
 
     degraded = run_once(config)
     assert degraded["retraining"]["state"] == "degraded"
