@@ -91,7 +91,12 @@ def join_stack(config: LakeloopConfig) -> tuple[LakeloopConfig, str | None]:
         update={
             "mlflow": config.mlflow.model_copy(update={"tracking_uri": state.mlflow_url or config.mlflow.tracking_uri}),
             "ray": config.ray.model_copy(
-                update={"address": state.gcs_address, "dashboard": state.dashboard_url or config.ray.dashboard}
+                update={
+                    "address": state.gcs_address,
+                    "dashboard": config.ray.dashboard
+                    if os.environ.get("RAY_API_SERVER_ADDRESS")  # set by the user: it wins, as everywhere
+                    else state.dashboard_url or config.ray.dashboard,
+                }
             ),
         }
     )

@@ -71,9 +71,13 @@ class ModelWatcher:
         self.config = config
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
-        self._stop = threading.Event()
+        self._stop, self._loaded = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
         self._thread.start()
+
+    def wait_loaded(self, timeout_s: float) -> bool:
+        """Block until the first model is loaded (True) or `timeout_s` passes (False)."""
+        return self._loaded.wait(timeout_s)
 
     def check(self) -> bool:
         """One poll; True if a new model was swapped in. Errors keep the current model serving."""
@@ -94,6 +98,7 @@ class ModelWatcher:
             )
             return False
         self.current = LoadedModel(ref, predictor, datetime.now(UTC).isoformat())  # one reference swap
+        self._loaded.set()
         self.last_error = None
         log.info("serving %s version %s", ref.name, ref.version)
         return True
@@ -226,6 +231,17 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             self._predict_batch.set_max_batch_size(serving.max_batch_size)
             self._predict_batch.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
             self.watcher = ModelWatcher(source, self.config)
+            # Serve routes to a replica once its constructor returns. A replica that took traffic before
+            # its model loaded answered 503 for seconds, and the ingress's least-connections balancing
+            # sent it most requests (it failed fastest): half the requests failed while replicas were
+            # replaced (tests/faults). So a replica is ready when it can score, or after ready_timeout_s
+            # (MLflow down, no champion yet): then it answers 503 until a model loads.
+            if not self.watcher.wait_loaded(serving.ready_timeout_s):
+                log.warning(
+                    "no model after %.0f s (%s); serving 503 until one loads",
+                    serving.ready_timeout_s,
+                    self.watcher.last_error,
+                )
 
         @serve.batch  # sized in __init__ from serving.max_batch_size and serving.batch_wait_timeout_s
         async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[tuple[LoadedModel, object]]:

@@ -259,3 +259,22 @@ def count(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
     if not table_exists(uri, storage_options):
         return 0
     return open_table(uri, storage_options).count()
+
+
+def ray_read(
+    uri: str,
+    storage_options: Mapping[str, str] | None = None,
+    version: int | None = None,
+    columns: list[str] | None = None,
+):
+    """The table (at `version`) as a Ray Dataset, read in parallel by Ray Data's Delta source."""
+    import ray.data
+
+    return ray.data.read_delta(
+        uri, version=version, columns=columns, storage_options=dict(storage_options or {}) or None
+    )
+
+
+def ray_append(dataset, uri: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Append a Ray Dataset to the table, written in parallel and committed once by Ray Data's Delta sink."""
+    dataset.write_delta(uri, storage_options=dict(storage_options or {}) or None)

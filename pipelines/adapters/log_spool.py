@@ -163,9 +163,7 @@ class LogSpool:
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.root = spool_dir / delta.table_key(uri)
         self.directory = self.root / self.owner
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_file = (self.directory / LOCK_FILE).open("w")
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives
+        self._lock_file = self._claim_directory()
         self.counts = Counts()
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -175,6 +173,20 @@ class LogSpool:
         self._wake, self._closed = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"log-spool-{self.root.name}", daemon=True)
         self._thread.start()
+
+    def _claim_directory(self):
+        """Lock this owner's spool directory for as long as the process lives. A new directory is
+        created and locked under a hidden name, then renamed: an adopter never sees it unlocked."""
+        if self.directory.exists():  # this owner's earlier spool (same id): take it over
+            staging = self.directory
+        else:
+            staging = self.root / f".{self.owner}"
+            staging.mkdir(parents=True, exist_ok=True)
+        lock_file = (staging / LOCK_FILE).open("w")
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if staging != self.directory:
+            staging.rename(self.directory)
+        return lock_file
 
     def _open_segment(self) -> None:
         self._number += 1
@@ -252,7 +264,7 @@ class LogSpool:
         """Commit the segments of spools whose owner has died (its lock is free); returns rows written."""
         written = 0
         for other in self.root.iterdir() if self.root.exists() else []:
-            if other == self.directory or not other.is_dir():
+            if other == self.directory or not other.is_dir() or other.name.startswith("."):
                 continue
             with contextlib.ExitStack() as held:
                 lock = held.enter_context((other / LOCK_FILE).open("a"))

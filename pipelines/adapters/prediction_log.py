@@ -154,7 +154,7 @@ def join_labels(config: LakeloopConfig, feedback: pa.Table) -> tuple[pd.DataFram
         return pd.DataFrame(columns=columns), labels
     joined = served.join(labels, keys=KEY, join_type="inner")
     unjoined = labels.join(
-        served.select(KEY).append_column("_served", pa.array([True] * served.num_rows)),
+        served.select(KEY).append_column("_served", pa.array([True] * served.num_rows, pa.bool_())),
         keys=KEY,
         join_type="left outer",
     )

@@ -154,6 +154,8 @@ class DatasetConfig(StrictModel):
 class RayConfig(StrictModel):
     address: str | None = None
     dashboard: str = "http://127.0.0.1:8265"  # the dashboard's HTTP address: Jobs API and Serve REST API
+    # Ray's Jobs client waits forever for an answer: a dashboard that accepts and never answers hung the monitor.
+    request_timeout_s: float = Field(30, gt=0)
     num_cpus: int | None = Field(None, ge=1)
     object_store_memory_mb: int | None = Field(None, ge=64)
 
@@ -273,6 +275,7 @@ class ServingConfig(StrictModel):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_rows_per_request: int = Field(1000, ge=1)
+    ready_timeout_s: float = Field(120, ge=0)  # a new replica takes traffic once its model is loaded, or after this
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies get 413 before they are read
     prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
 

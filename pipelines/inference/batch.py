@@ -75,7 +75,7 @@ def _as_dataset(
         options = config.storage.storage_options
         table = delta.open_table(source, options, version)
         delta.require_readable(table, source)
-        return ray.data.read_delta(source, version=table.version(), storage_options=options or None)
+        return delta.ray_read(source, options, table.version())
     raise LakeloopError(
         f"source must be a Delta table path, a ray.data.Dataset or a pandas DataFrame, not {type(source).__name__}"
     )
@@ -114,5 +114,5 @@ def predict(
     )
     if output:
         scored = scored.materialize()
-        scored.write_delta(output, storage_options=config.storage.storage_options or None)
+        delta.ray_append(scored, output, config.storage.storage_options)
     return scored

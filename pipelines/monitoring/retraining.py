@@ -39,7 +39,7 @@ ATTEMPT_SCHEMA = pa.schema(
 
 
 def jobs(config: LakeloopConfig) -> Jobs:
-    return Jobs(config.ray.dashboard, config.monitor.retries)
+    return Jobs(config.ray.dashboard, config.monitor.retries, config.ray.request_timeout_s)
 
 
 def submit_retraining(

@@ -94,11 +94,8 @@ def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]], plan: Spl
     """The raw rows of each split (with their training weight), from the union of pinned
     (uri, version) tables read once."""
     dataset = config.dataset
-    options = config.storage.storage_options or None
-    reads = [
-        ray.data.read_delta(uri, version=v, columns=dataset.required_columns, storage_options=options)
-        for uri, v in tables
-    ]
+    options = config.storage.storage_options
+    reads = [delta.ray_read(uri, options, v, dataset.required_columns) for uri, v in tables]
     source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     # Read and tag once, then filter three ways: lazily, each split would re-read the whole table.
     tagged = source.map_batches(
