@@ -4,11 +4,13 @@
     lakeloop monitor                 # loop every monitor.interval_s
     python -m pipelines.monitor --once
 
-Each run reads the prediction rows after the last checked window (the position is the newest
-window_end in the drift_reports Delta table, written in the same commit as the reports, so a
-restart neither skips nor double-counts windows), runs the champion's detectors on every full
-window, appends one row per window and detector, logs metrics and a report image to MLflow, and
-when k of the last n windows drifted submits retraining with a deterministic submission id.
+Each run reads the prediction rows that landed after the last checked one (the position is a Delta
+commit version of the predictions table and how many of its rows were checked, written with the
+reports in one commit, so a restart neither skips nor double-counts rows, and a row that lands late
+is checked in a later window), runs the champion's detectors on every full window, appends one row
+per window and detector, logs the metrics (one batch) and p-value figures of the drifted windows and
+the newest one to MLflow, and when k of the last n windows drifted submits retraining with a
+deterministic submission id.
 
 Retraining is tracked, not fire-and-forget: every attempt for a champion and its outcome (promoted,
 refused by the gate, failed) lands in the retraining_attempts Delta table. A refused attempt is
@@ -20,6 +22,7 @@ The monitor never talks to Serve: an outage here cannot affect serving.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from pipelines.core.config import LakeloopConfig
@@ -32,8 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-submit", action="store_true", help="report drift but never submit retraining")
 
 
+# MLflow's client retries a failed request 7 times with backoff up to 2 min each, 120 s timeout:
+# a pass meeting a flaky MLflow server then stalled for many minutes (tests/faults). The monitor's
+# own retries (monitor.retries) are the policy; the user's values of these variables win.
+MLFLOW_CLIENT_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     from pipelines.monitoring.check import describe, run_once
+
+    for name, value in MLFLOW_CLIENT_BOUNDS.items():
+        os.environ.setdefault(name, value)
 
     if args.once:
         outcome = run_once(config, submit=not args.no_submit)

@@ -89,12 +89,21 @@ def settled_rows(config: LakeloopConfig, table: str = "predictions") -> int:
 
 
 def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll `predicate` until it holds; a request that times out or is refused counts as not yet (a
+    new app's first replica holds requests until its model has loaded)."""
+
+    def holds() -> bool:
+        try:
+            return bool(predicate())
+        except httpx.TransportError:
+            return False
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
+        if holds():
             return True
         time.sleep(0.25)
-    return predicate()
+    return holds()
 
 
 def test_every_mlflow_format_gives_the_same_predictions(endpoint: str, registered: LakeloopConfig) -> None:
