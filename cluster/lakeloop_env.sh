@@ -5,6 +5,9 @@ export RAY_AUTH_TOKEN_PATH="$HOME/.ray_auth_token"
 export RAY_SERVE_ENABLE_HA_PROXY=1
 export LAKELOOP_CONFIG="$HOME/lakeloop/conf/lakeloop.yaml"
 export LAKELOOP_STORAGE_ROOT="${LAKELOOP_STORAGE_ROOT:-s3://my-lakeloop-bucket/lakeloop}"
+# Delta on S3 reads the standard AWS variables and the instance profile (no keys in the config).
+# For an S3-compatible store: export AWS_ENDPOINT_URL=https://... (AWS_ALLOW_HTTP=true for http).
+# Concurrent commits rely on the store enforcing conditional puts; never set AWS_S3_ALLOW_UNSAFE_RENAME.
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-https://mlflow.internal.example.com}"
 export PATH="$HOME/venv/bin:$PATH"
 set -a

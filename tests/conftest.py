@@ -59,3 +59,38 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process, service = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     yield service.url
     stop_pid(process.pid)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real S3-protocol server (moto's standalone server) on loopback with one bucket, stopped by
+    pid. Tests hand its `env` (the standard AWS variables) to whatever should use it."""
+    from pipelines.adapters.local_services import stop_pid
+    from tests.servers import start_object_store
+
+    store = start_object_store(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield store
+    stop_pid(store.pid)
+
+
+@pytest.fixture(scope="session")
+def mlflow_at_scale(tmp_path_factory: pytest.TempPathFactory, object_store) -> Iterator[str]:
+    """A real `mlflow server` as a cluster runs it: PostgreSQL 15 as the tracking and registry
+    store, artifacts on the object store. Yields its URL."""
+    from pipelines.adapters.local_services import start_mlflow_server, stop_pid
+    from tests.servers import start_postgres, stop_postgres
+
+    database = start_postgres()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in object_store.env.items():
+                env.setenv(name, value)
+            process, service = start_mlflow_server(
+                tmp_path_factory.mktemp("mlflow-pg"),
+                backend_store_uri=database.uri("mlflow"),
+                artifacts_destination=object_store.uri("mlflow-artifacts"),
+            )
+        yield service.url
+        stop_pid(process.pid)
+    finally:
+        stop_postgres(database)

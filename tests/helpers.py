@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -69,3 +72,37 @@ def serve_app(config, name: str, route_prefix: str, api_key: str | None = None, 
         serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key
     )
     return serving.application(serve_config, name, route_prefix, **deployment_options)
+
+
+def lakeloop(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the `lakeloop` CLI as a user would, in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def user_environment(raw: dict, directory: Path) -> dict:
+    """A user's shell for the CLI: this configuration (written under directory), its storage root, and
+    none of the developer's RAY_ADDRESS or MLFLOW_TRACKING_URI (commands find the stack themselves)."""
+    conf = write_config(raw, directory / "lakeloop.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return {
+        **env,
+        "PYTHONPATH": str(ROOT),
+        "LAKELOOP_CONFIG": str(conf),
+        "LAKELOOP_STORAGE_ROOT": raw["storage"]["root"],
+    }
+
+
+def stack_processes(root: Path) -> set[int]:
+    """Every process in the recorded services' sessions: what the stack started, grandchildren included."""
+    from pipelines.adapters.local_services import STATE_FILE, StackState, session_processes
+
+    state = StackState.read(root / STATE_FILE)
+    assert state is not None, f"no stack is running for {root}"
+    return {pid for service in state.services for pid in session_processes(service.pid)}

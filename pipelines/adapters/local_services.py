@@ -225,8 +225,16 @@ def _wait_healthy(
     raise StackError(f"{name} did not become healthy at {url} within {timeout:.0f}s; see {log}")
 
 
-def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90.0) -> tuple[subprocess.Popen, Service]:
-    """A real tracking server: SQLite backend store, proxied local artifact store, loopback only."""
+def start_mlflow_server(
+    root: Path,
+    port: int | None = None,
+    timeout: float = 90.0,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+) -> tuple[subprocess.Popen, Service]:
+    """A real tracking server on loopback, serving (proxying) its artifact store: by default a SQLite
+    backend store and artifacts under `root`; or a database server (postgresql://...) and an object
+    store (s3://..., reached with the standard AWS variables)."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     if port_open(port):
@@ -238,9 +246,9 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90
         "mlflow",
         "server",
         "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
-        str(root / "artifacts"),
+        artifacts_destination or str(root / "artifacts"),
         "--host",
         LOOPBACK,
         "--port",

@@ -1,7 +1,11 @@
 """Run by test_multinode in a fresh process: a real three-node Ray cluster on this host
-(`ray.cluster_utils.Cluster`: a head and two worker nodes carrying a custom `worker` resource).
-It trains with one worker per node, batch-scores across nodes, serves two replicas, removes the
-node under one replica while a client keeps calling, and prints what happened as JSON."""
+(`ray.cluster_utils.Cluster`: a head and two worker nodes carrying a custom `worker` resource),
+with every table on the object store (s3://..., reached through the standard AWS variables the
+test sets) and MLflow on PostgreSQL with its artifacts on the same store: no step may depend on a
+node's local disk. It trains with one worker per node, batch-scores across nodes into a table on
+the store, serves two replicas, closes the loop (drifted traffic and labels logged to the store, the
+monitor reads them and resubmits training through the Jobs API), then removes the node under one
+replica while a client keeps calling, and prints what happened as JSON."""
 
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ from ray.cluster_utils import Cluster
 from pipelines.adapters import delta, serving
 from pipelines.adapters.local_services import free_port
 from pipelines.core import synthetic
-from pipelines.core.config import parse_config
+from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.inference import batch as batch_inference
+from pipelines.monitoring import retraining
+from pipelines.monitoring.check import run_once
 from pipelines.training.workflow import train_and_register
 from tests.helpers import demo_raw_config, serve_app
 
@@ -69,8 +75,10 @@ def main(root: str, tracking_uri: str) -> None:
     ray.init(address=cluster.address, logging_level="WARNING")
     facts: dict = {"nodes": {"head": cluster.head_node.node_id, "workers": [w.node_id for w in workers]}}
     try:
-        raw = demo_raw_config(Path(root))
-        raw["ray"]["address"] = cluster.address
+        raw = demo_raw_config(Path("unused"))
+        raw["storage"]["root"] = root  # s3://bucket/prefix
+        raw["ray"].update(address=cluster.address, dashboard=f"http://127.0.0.1:{dashboard_port}")
+        raw["monitor"].update(window_rows=200)
         raw["mlflow"].update(tracking_uri=tracking_uri, registered_model=f"multinode-{uuid.uuid4().hex[:8]}")
         raw["train"].update(max_epochs=2, num_workers=2, placement_strategy="STRICT_SPREAD")
         raw["batch_inference"].update(min_actors=2, max_actors=2, cpus_per_actor=1, batch_size=500)  # one node each
@@ -81,9 +89,12 @@ def main(root: str, tracking_uri: str) -> None:
         outcome = train_and_register(config)
         tags = MlflowClient(tracking_uri).get_run(outcome.run_id).data.tags
         facts["train_nodes"] = tags["lakeloop.worker_nodes"].split(",")
+        facts["lineage"] = tags["lakeloop.tables"]
+        facts["artifact_uri"] = MlflowClient(tracking_uri).get_run(outcome.run_id).info.artifact_uri
 
-        scored = batch_inference.predict(config.table_uri, config=config).materialize()
+        scored = batch_inference.predict(config.table_uri, output="scored", config=config).materialize()
         facts["scored_rows"] = scored.count()
+        facts["scored_rows_on_store"] = delta.count(config.storage.table_uri("scored"))
         used = re.findall(r"(\d+) nodes used", scored.stats())
         facts["batch_nodes_used"] = max(int(n) for n in used) if used else 0
 
@@ -107,6 +118,7 @@ def main(root: str, tracking_uri: str) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and httpx.get(f"{url}/health", timeout=10).status_code != 200:
             time.sleep(0.5)
+        facts.update(_close_the_loop(config, url))
         before = set(replicas(url).values())
         facts["replica_nodes_before"] = sorted(before)
 
@@ -144,6 +156,41 @@ def main(root: str, tracking_uri: str) -> None:
         ray.shutdown()
         cluster.shutdown()
     print(json.dumps(facts))
+
+
+def _close_the_loop(config: LakeloopConfig, url: str) -> dict:
+    """Drifted traffic and labels through the endpoint (logged to the store by the replicas); the
+    monitor reads them from the store and submits retraining through the Jobs API; the job trains
+    from the store and the gate decides."""
+    frame = synthetic.generate(600, 41).to_pandas()[list(RECORD)]
+    frame["monthly_charges"] += 60.0  # far outside the training range: every window drifts
+    records = frame.to_dict(orient="records")
+    served = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for first in range(0, len(records), 10):
+            answer = http.post("/predict", json={"records": records[first : first + 10]})
+            assert answer.status_code == 200, answer.text
+            served.append(answer.json()["request_id"])
+        for request_id in served[:20]:
+            assert http.post("/feedback", json={"request_id": request_id, "row": 0, "label": 1}).status_code == 202
+    log = config.serving.prediction_log
+    storage = config.storage
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        delta.count(storage.table_uri(log.predictions_table)) < len(records)
+        or delta.count(storage.table_uri(log.feedback_table)) < 20
+    ):
+        time.sleep(0.5)
+    outcome = run_once(config)
+    followed = retraining.follow(config, outcome["submission_id"], timeout_s=600) if outcome["submitted"] else {}
+    return {
+        "logged_on_store": delta.count(storage.table_uri(log.predictions_table)),
+        "feedback_on_store": delta.count(storage.table_uri(log.feedback_table)),
+        "monitor_windows": len(outcome["windows"]),
+        "monitor_drifted_windows": sum(bool(w["drift"]) for w in outcome["windows"]),
+        "retraining_submitted": outcome["submitted"],
+        "retraining": followed,
+    }
 
 
 def _remove_a_replica_node(cluster: Cluster, workers: list, before: set[str], url: str, statuses: list) -> dict:

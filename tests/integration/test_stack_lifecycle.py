@@ -7,51 +7,24 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from pipelines.adapters.local_services import STATE_FILE, StackState, free_port, port_holder, session_processes
-from tests.helpers import ROOT, demo_raw_config, write_config
+from pipelines.adapters.local_services import STATE_FILE, free_port, port_holder
+from tests.helpers import demo_raw_config, lakeloop, stack_processes, user_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SERVE_PORTS = (8000, 8404, 9101)  # conf/serve.yaml's HTTP port; HAProxy's stats page and metrics
 
 
-def lakeloop(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture
 def user_env(tmp_path: Path) -> dict:
     raw = demo_raw_config(tmp_path / "data")
     raw["train"].update(max_epochs=2)
-    conf = write_config(raw, tmp_path / "lakeloop.yaml")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return {
-        **env,
-        "PYTHONPATH": str(ROOT),
-        "LAKELOOP_CONFIG": str(conf),
-        "LAKELOOP_STORAGE_ROOT": str(tmp_path / "data"),
-    }
-
-
-def stack_processes(root: Path) -> set[int]:
-    """Every process in the recorded services' sessions: what the stack started, grandchildren included."""
-    state = StackState.read(root / STATE_FILE)
-    assert state is not None
-    return {pid for service in state.services for pid in session_processes(service.pid)}
+    return user_environment(raw, tmp_path)
 
 
 def alive(pid: int) -> bool:

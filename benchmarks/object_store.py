@@ -1,0 +1,127 @@
+"""Delta on an S3-protocol server (moto's standalone server on loopback, as in the tests) against the
+same work on local disk, in one run.
+
+    python -m benchmarks.object_store [--commits 40] [--monitor-commits 1000]
+
+1. Appends: 1, 2 and 4 writer processes, each committing --commits appends of 100 prediction-log
+   rows through lakeloop's Delta adapter at once; commits per second and commit latency (p50, p95).
+   Writers racing for a version on S3 lose the conditional put (412) and retry: the cost of safety.
+2. The monitor's read: a predictions table of --monitor-commits commits (10 rows each, change data
+   feed on, as the replicas write it); the time of a first pass (every row since version 0) and of a
+   steady-state pass (the last 10 commits), on S3 and on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.common import write_result
+
+
+def rows(writer: int, commit: int, n: int) -> pa.Table:
+    return pa.table(
+        {
+            "request_id": [f"w{writer}-c{commit}"] * n,
+            "row": list(range(n)),
+            "served_at": pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC")),
+            "monthly_charges": np.random.default_rng(commit).normal(60, 20, n),
+        }
+    )
+
+
+def writer(uri: str, number: int, commits: int, per_commit: int) -> list[float]:
+    from pipelines.adapters import delta
+
+    seconds = []
+    for commit in range(commits):
+        started = time.perf_counter()
+        delta.append(uri, rows(number, commit, per_commit), cdf=True)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def appends(uri: str, writers: int, commits: int, per_commit: int = 100) -> dict:
+    from pipelines.adapters import delta
+
+    delta.append(uri, rows(-1, 0, 1), cdf=True)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        latencies = [
+            s
+            for part in pool.map(writer, [uri] * writers, range(writers), [commits] * writers, [per_commit] * writers)
+            for s in part
+        ]
+    wall = time.perf_counter() - started
+    versions = sorted(e["version"] for e in delta.open_table(uri).history())
+    return {
+        "writers": writers,
+        "commits": writers * commits,
+        "commits_per_s": round(writers * commits / wall, 1),
+        "rows_per_s": round(writers * commits * per_commit / wall),
+        "latency_p50_ms": round(1000 * float(np.median(latencies)), 1),
+        "latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 1),
+        "versions_contiguous": versions == list(range(writers * commits + 1)),
+    }
+
+
+def monitor_reads(uri: str, commits: int) -> dict:
+    from pipelines.adapters import delta
+
+    per_writer = commits // 4
+    appends(uri, 4, per_writer, per_commit=10)
+    newest = delta.open_table(uri).version()
+    started = time.perf_counter()
+    first = delta.changes(uri, None, None, ["request_id", "row", "served_at"])[0].num_rows
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    steady = delta.changes(uri, None, newest - 10, ["request_id", "row", "served_at"])[0].num_rows
+    steady_s = time.perf_counter() - started
+    return {
+        "commits": newest,
+        "first_pass_rows": first,
+        "first_pass_s": round(first_s, 2),
+        "steady_pass_rows": steady,
+        "steady_pass_s": round(steady_s, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.object_store")
+    parser.add_argument("--commits", type=int, default=40, help="commits per writer in the append test")
+    parser.add_argument("--monitor-commits", type=int, default=1000)
+    args = parser.parse_args()
+
+    from pipelines.adapters.local_services import stop_pid
+    from tests.servers import start_object_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = start_object_store(Path(tmp) / "moto.log")
+        os.environ.update(store.env)
+        try:
+            results: dict = {"append": [], "monitor": []}
+            for where, base in (("s3", store.uri("bench")), ("local", f"{tmp}/bench")):
+                for writers in (1, 2, 4):
+                    found = appends(f"{base}/append-{writers}-{uuid.uuid4().hex[:6]}", writers, args.commits)
+                    results["append"].append({"store": where, **found})
+                    print(where, found, flush=True)
+                found = monitor_reads(f"{base}/predictions-{uuid.uuid4().hex[:6]}", args.monitor_commits)
+                results["monitor"].append({"store": where, **found})
+                print(where, found, flush=True)
+        finally:
+            stop_pid(store.pid)
+    print(write_result("object_store", results))
+
+
+if __name__ == "__main__":
+    main()
