@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/pip install --quiet $(FIND_LINKS) -c constraints.txt
 
-.PHONY: setup demo lint test test-fast bench clean
+.PHONY: setup demo lint test test-fast test-faults bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,11 +26,15 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The fault-injection suite (tests/faults, about 22 min here) runs on its own: `make test-faults`.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not faults"
 
 test-fast: lint
 	$(BIN)/pytest -m "not slow and not integration"
+
+test-faults: lint
+	$(BIN)/pytest -m faults -s
 
 # Each benchmark writes bench-results/<name>.json; the report merges them into results.md/.json.
 bench: setup
