@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import DeltaError, SchemaMismatchError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
 from pipelines.core.errors import TableError
 
@@ -72,6 +72,18 @@ class SchemaConflict(TableError):
 CDF = {"delta.enableChangeDataFeed": "true"}  # lets readers ask which rows each commit added
 
 
+class CommitConflict(TableError):
+    """The table moved past the version a compare-and-set append expected."""
+
+
+NO_TABLE = -1  # append(expected_version=NO_TABLE): only if this append creates the table
+
+
+def version(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """The table's latest version, or NO_TABLE."""
+    return open_table(uri, storage_options).version() if table_exists(uri, storage_options) else NO_TABLE
+
+
 def append(
     uri: str,
     data: pa.Table,
@@ -79,22 +91,40 @@ def append(
     merge_schema: bool = False,
     transaction: tuple[str, int] | None = None,
     cdf: bool = False,
+    expected_version: int | None = None,
 ) -> int:
     """Append rows as one commit and return the new table version. `merge_schema`: columns the
     table lacks are added (older rows read them as null). `transaction` (app id, number): a Delta
     app transaction recorded with the commit, so a writer can tell whether it already committed it
-    (`transaction_version`); two concurrent commits of the same app id cannot both succeed. `cdf`:
-    a table created by this append records its changes (change data feed)."""
+    (`transaction_version`). `cdf`: a table created by this append records its changes (change data
+    feed). `expected_version`: compare-and-set, the commit lands only as the next version after this
+    one (NO_TABLE: only if it creates the table), else CommitConflict. (A recorded app transaction
+    alone does not stop two concurrent writers: delta-rs rebases a blind append onto the other's
+    commit, and two monitors started together both committed the same pass.)"""
+    target: str | DeltaTable = uri
+    retries = None
+    if expected_version is not None:
+        retries = 0  # never rebase onto a newer version
+        if expected_version != version(uri, storage_options):
+            raise CommitConflict(f"{uri}: the table is past version {expected_version}")
+        if expected_version != NO_TABLE:
+            target = open_table(uri, storage_options, expected_version)
     try:
         write_deltalake(
-            uri,
+            target,
             data,
             mode="append",
             storage_options=dict(storage_options or {}),
             schema_mode="merge" if merge_schema else None,
             configuration=CDF if cdf and not table_exists(uri, storage_options) else None,
-            commit_properties=CommitProperties(app_transactions=[Transaction(*transaction)]) if transaction else None,
+            commit_properties=CommitProperties(
+                max_commit_retries=retries, app_transactions=[Transaction(*transaction)] if transaction else None
+            ),
         )
+    except CommitFailedError as exc:
+        if expected_version is not None:
+            raise CommitConflict(f"{uri}: another writer committed after version {expected_version}") from None
+        raise TableError(f"{uri}: append failed: {exc}") from None
     except SchemaMismatchError as exc:
         raise SchemaConflict(f"{uri}: the rows do not fit the table's schema: {exc}") from None
     except DeltaError as exc:

@@ -75,36 +75,26 @@ def position_time(config: LakeloopConfig) -> tuple[int | None, datetime | None]:
     return None, pc.max(checked.column("window_end")).as_py()
 
 
-def _monitor_app_id(config: LakeloopConfig) -> str:
-    return f"lakeloop-monitor:{config.mlflow.registered_model}"
-
-
 def claim_pass(config: LakeloopConfig) -> int:
-    """The number this pass commits its reports under (a Delta app transaction on the reports table):
-    the last committed one plus one."""
-    uri = config.storage.table_uri(config.monitor.drift_reports_table)
-    return (delta.transaction_version(uri, _monitor_app_id(config), config.storage.storage_options) or 0) + 1
+    """The reports table's version as this pass begins (before it reads its position): the pass's
+    reports commit only as the very next version."""
+    return delta.version(config.storage.table_uri(config.monitor.drift_reports_table), config.storage.storage_options)
 
 
 def record(config: LakeloopConfig, found: list[dict], claim: int) -> bool:
-    """Append the reports (and with them the new positions) in one commit, unless another monitor has
-    committed since this pass began: then it checked the same rows, and these reports are dropped."""
-    uri, options = config.storage.table_uri(config.monitor.drift_reports_table), config.storage.storage_options
-    app_id = _monitor_app_id(config)
-    if (delta.transaction_version(uri, app_id, options) or 0) + 1 != claim:
-        return False
+    """Append the reports (and with them the new positions) in one commit, compare-and-set on the
+    claimed version: if another monitor has committed since this pass began, it checked the same
+    rows, and these reports are dropped."""
     try:
         delta.append(
-            uri,
+            config.storage.table_uri(config.monitor.drift_reports_table),
             pa.Table.from_pylist(found, schema=REPORT_SCHEMA),
-            options,
+            config.storage.storage_options,
             merge_schema=True,
-            transaction=(app_id, claim),
+            expected_version=claim,
         )
-    except delta.TableError as exc:
-        if "Concurrent transaction" in str(exc):  # the other monitor won the race for this pass
-            return False
-        raise
+    except delta.CommitConflict:  # the other monitor won the race for this pass
+        return False
     return True
 
 

@@ -1,0 +1,38 @@
+"""Compare-and-set appends on a real Delta table: of writers that saw the same version, one commits."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipelines.adapters import delta
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["creating", "appending"])
+def test_of_writers_that_saw_one_version_exactly_one_commits(tmp_path: Path, existing: bool) -> None:
+    uri = str(tmp_path / "reports")
+    if existing:
+        delta.append(uri, pa.table({"writer": [-1]}))
+    seen = delta.version(uri)
+    start, outcomes = threading.Barrier(4), []
+
+    def write(number: int) -> None:
+        start.wait()  # all four append at once, from the same observed version
+        try:
+            delta.append(uri, pa.table({"writer": [number]}), expected_version=seen)
+            outcomes.append("committed")
+        except delta.CommitConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["committed", "conflict", "conflict", "conflict"]
+    assert delta.version(uri) == seen + 1 and delta.count(uri) == (2 if existing else 1)
