@@ -14,17 +14,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from pipelines.core import synthetic
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
-RECORD = {
-    "tenure_months": 3,
-    "monthly_charges": 80.0,
-    "support_calls": 1,
-    "age": 40,
-    "plan": "basic",
-    "contract": "one-year",
-    "region": "north",
-}
+RECORD = synthetic.EXAMPLE_ROW
 
 
 def machine() -> dict:
@@ -122,7 +116,6 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
     import ray
 
     from pipelines.adapters.local_services import start_mlflow_server, stop_pid
-    from pipelines.core import synthetic
     from pipelines.core.network import NetworkSpec, TabularMLP
     from pipelines.training.bundle import LakeloopModel
     from pipelines.training.features import FeaturePipeline

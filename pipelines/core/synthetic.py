@@ -25,6 +25,16 @@ LABEL_DRIFT_POSITIVE_RATE = 0.6
 PLANS = ("basic", "standard", "premium")
 CONTRACTS = ("month-to-month", "one-year", "two-year")
 REGIONS = ("north", "south", "east", "west")
+# One row of the features, as a client sends it (the tests' and benchmarks' request body).
+EXAMPLE_ROW = {
+    "tenure_months": 3,
+    "monthly_charges": 80.0,
+    "support_calls": 1,
+    "age": 40,
+    "plan": "basic",
+    "contract": "one-year",
+    "region": "north",
+}
 
 SCHEMA = pa.schema(
     [

@@ -136,15 +136,7 @@ def test_health_model_and_docs(endpoint: str) -> None:
     assert set(schema["properties"]) == set(FEATURES)
 
 
-GOOD = {
-    "tenure_months": 3,
-    "monthly_charges": 80.0,
-    "support_calls": 1,
-    "age": 40,
-    "plan": "basic",
-    "contract": "one-year",
-    "region": "north",
-}
+GOOD = synthetic.EXAMPLE_ROW
 
 
 def _post(endpoint: str, path: str, body: object, content_type: str = "application/json") -> httpx.Response:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from pipelines.adapters.local_services import STATE_FILE, free_port, port_holder
+from pipelines.core import synthetic
 from tests.helpers import demo_raw_config, lakeloop, stack_processes, user_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,15 +67,7 @@ def cycle(env: dict, train: bool) -> set[int]:
     served = lakeloop("serve", env=env)
     assert served.returncode == 0, served.stderr[-3000:]
     assert "http://127.0.0.1:8000" in served.stdout and "(ready)" in served.stdout
-    record = {
-        "tenure_months": 3,
-        "monthly_charges": 80.0,
-        "support_calls": 1,
-        "age": 40,
-        "plan": "basic",
-        "contract": "one-year",
-        "region": "north",
-    }
+    record = synthetic.EXAMPLE_ROW
     for _ in range(20):
         assert httpx.post("http://127.0.0.1:8000/predict", json={"records": [record]}, timeout=30).status_code == 200
     started = stack_processes(Path(env["LAKELOOP_STORAGE_ROOT"]))
