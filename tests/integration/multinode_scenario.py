@@ -33,15 +33,7 @@ from pipelines.monitoring.check import run_once
 from pipelines.training.workflow import train_and_register
 from tests.helpers import demo_raw_config, serve_app
 
-RECORD = {
-    "tenure_months": 3,
-    "monthly_charges": 80.0,
-    "support_calls": 1,
-    "age": 40,
-    "plan": "basic",
-    "contract": "one-year",
-    "region": "north",
-}
+RECORD = synthetic.EXAMPLE_ROW
 
 
 def replicas(url: str, calls: int = 40) -> dict[str, str]:
@@ -115,9 +107,7 @@ def main(root: str, tracking_uri: str) -> None:
             },
             f"http://127.0.0.1:{dashboard_port}",
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and httpx.get(f"{url}/health", timeout=10).status_code != 200:
-            time.sleep(0.5)
+        assert serving.wait_ready(url, 180), "the endpoint never loaded the champion"
         facts.update(_close_the_loop(config, url))
         before = set(replicas(url).values())
         facts["replica_nodes_before"] = sorted(before)
@@ -164,7 +154,7 @@ def _close_the_loop(config: LakeloopConfig, url: str) -> dict:
     from the store and the gate decides."""
     frame = synthetic.generate(600, 41).to_pandas()[list(RECORD)]
     frame["monthly_charges"] += 60.0  # far outside the training range: every window drifts
-    records = frame.to_dict(orient="records")
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")  # null: a missing value
     served = []
     with httpx.Client(base_url=url, timeout=30) as http:
         for first in range(0, len(records), 10):
@@ -181,6 +171,10 @@ def _close_the_loop(config: LakeloopConfig, url: str) -> dict:
         or delta.count(storage.table_uri(log.feedback_table)) < 20
     ):
         time.sleep(0.5)
+    # The retraining job must fit beside the two replicas (0.75 CPU left on each 1-CPU worker node):
+    # one Train worker, packed, instead of the scenario's two spread over the worker nodes.
+    train = config.train.model_copy(update={"num_workers": 1, "placement_strategy": "PACK"})
+    config = config.model_copy(update={"train": train})
     outcome = run_once(config)
     followed = retraining.follow(config, outcome["submission_id"], timeout_s=600) if outcome["submitted"] else {}
     return {
