@@ -79,6 +79,11 @@ class Jobs:
 
         return with_retries(f"reading the state of job {submission_id}", self.retries, read)
 
+    def stop(self, submission_id: str) -> bool:
+        """Ask the Jobs API to stop the job; False if it had already ended."""
+        client = self._connect()
+        return with_retries(f"stopping job {submission_id}", self.retries, lambda: bool(client.stop_job(submission_id)))
+
     def logs(self, submission_id: str) -> str:
         client = self._connect()
         return with_retries(

