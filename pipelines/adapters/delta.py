@@ -102,7 +102,9 @@ def append(
     alone does not stop two concurrent writers: delta-rs rebases a blind append onto the other's
     commit, and two monitors started together both committed the same pass.)"""
     target: str | DeltaTable = uri
-    retries = None
+    retries, mode = None, "append"
+    if expected_version == NO_TABLE:
+        mode = "error"  # checked again at commit: an append would land on a table created meanwhile
     if expected_version is not None:
         retries = 0  # never rebase onto a newer version
         if expected_version != version(uri, storage_options):
@@ -113,7 +115,7 @@ def append(
         write_deltalake(
             target,
             data,
-            mode="append",
+            mode=mode,
             storage_options=dict(storage_options or {}),
             schema_mode="merge" if merge_schema else None,
             configuration=CDF if cdf and not table_exists(uri, storage_options) else None,
@@ -128,6 +130,8 @@ def append(
     except SchemaMismatchError as exc:
         raise SchemaConflict(f"{uri}: the rows do not fit the table's schema: {exc}") from None
     except DeltaError as exc:
+        if expected_version is not None and table_exists(uri, storage_options):
+            raise CommitConflict(f"{uri}: another writer created the table") from None
         raise TableError(f"{uri}: append failed: {exc}") from None
     except Exception as exc:
         if "Cast error" in str(exc):
