@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.drift_stats
 	$(BIN)/python -m benchmarks.loop
 	$(BIN)/python -m benchmarks.recovery
+	$(BIN)/python -m benchmarks.object_store
 	$(BIN)/python -m benchmarks.report
 
 clean:

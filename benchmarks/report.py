@@ -134,6 +134,29 @@ def _recovery(data: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _object_store(data: dict) -> list[tuple[str, str, str, str]]:
+    rows = [
+        (
+            "object store",
+            f"Delta appends, {r['writers']} writer(s), {r['store']}",
+            f"{r['commits_per_s']} commits/s, p50 {r['latency_p50_ms']} ms, p95 {r['latency_p95_ms']} ms",
+            "met" if r["versions_contiguous"] else "MISSED (versions not contiguous)",
+        )
+        for r in data["append"]
+    ]
+    rows += [
+        (
+            "object store",
+            f"monitor read at {r['commits']:,} commits, {r['store']}",
+            f"first pass {r['first_pass_s']} s ({r['first_pass_rows']:,} rows), "
+            f"steady pass {r['steady_pass_s']} s ({r['steady_pass_rows']} rows)",
+            "",
+        )
+        for r in data["monitor"]
+    ]
+    return rows
+
+
 SECTIONS = {
     "serve_load": _serving,
     "preprocessing": _preprocessing,
@@ -142,6 +165,7 @@ SECTIONS = {
     "drift_stats": _drift,
     "loop": _loop,
     "recovery": _recovery,
+    "object_store": _object_store,
 }
 
 

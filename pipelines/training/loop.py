@@ -19,7 +19,6 @@ import ray.train.torch
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from ray.data.aggregate import Mean, Std
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
@@ -33,7 +32,7 @@ from ray.train import (
 from pipelines.core import metrics
 from pipelines.core.config import HyperParams, LakeloopConfig
 from pipelines.core.network import NetworkSpec, TabularMLP, loss_function, output_dim
-from pipelines.training.features import FEATURES_COLUMN, SAMPLE_WEIGHT_COLUMN, TARGET_COLUMN
+from pipelines.training.features import FEATURES_COLUMN, SAMPLE_WEIGHT_COLUMN, TARGET_COLUMN, fit_statistics
 
 STATE_FILE = "state.pt"
 
@@ -245,15 +244,14 @@ class TrainStats:
 
 def train_stats(train, task: str) -> TrainStats:
     """One Ray Data pass for all of them."""
-    aggregations = [Mean(SAMPLE_WEIGHT_COLUMN, alias_name="weight")]
-    if task == "regression":
-        aggregations += [Mean(TARGET_COLUMN, alias_name="mean"), Std(TARGET_COLUMN, alias_name="sd")]
-    found = train.aggregate(*aggregations) or {}
-    sd = found.get("sd")
+    columns = [SAMPLE_WEIGHT_COLUMN] + ([TARGET_COLUMN] if task == "regression" else [])
+    found = fit_statistics(train, columns, []).numeric
+    weight, target = found[SAMPLE_WEIGHT_COLUMN], found.get(TARGET_COLUMN)
+    sd = math.sqrt(target.m2 / (target.count - 1)) if target and target.count > 1 else 0.0
     return TrainStats(
-        mean_weight=float(found.get("weight") or 1.0),
-        target_shift=float(found.get("mean") or 0.0),
-        target_scale=float(sd) if sd and math.isfinite(sd) and sd > 0 else 1.0,
+        mean_weight=weight.mean if weight.count else 1.0,
+        target_shift=target.mean if target else 0.0,
+        target_scale=sd if math.isfinite(sd) and sd > 0 else 1.0,
     )
 
 

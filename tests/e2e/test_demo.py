@@ -31,6 +31,7 @@ def test_demo_closes_the_loop_with_no_failed_request(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
+    print({stage["stage"]: stage["seconds"] for stage in summary["stages"]})  # shown with -rP
     assert summary["first_promoted"] is True and summary["first_version"] == "1"
     assert len(summary["calm_drift"]) == 3 and summary["calm_drift"].count(True) <= 1  # no trigger
     assert len(summary["shifted_drift"]) == 3 and summary["shifted_drift"].count(True) >= 2

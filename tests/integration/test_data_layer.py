@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import uuid
@@ -22,7 +23,7 @@ from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import LakeloopError, ValidationFailed
 from pipelines.training.data import prepare
-from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN
+from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN, FeaturePipeline
 from pipelines.training.validation import validate_table
 from pipelines.training.workflow import train_and_register
 from tests.helpers import ROOT, served_log, write_config
@@ -85,8 +86,9 @@ def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> No
     old = prepare(config, version=0)
     assert old.lineage.tables[0].version == 0
     assert sum(old.lineage.rows.values()) == 500
-    assert prepare(config).lineage.tables[0].version == 1
-    assert sum(prepare(config).lineage.rows.values()) == 1200
+    newest = prepare(config)
+    assert newest.lineage.tables[0].version == 1
+    assert sum(newest.lineage.rows.values()) == 1200
 
 
 def reference_features(train: pd.DataFrame, rows: pd.DataFrame, config: LakeloopConfig) -> np.ndarray:
@@ -199,3 +201,28 @@ def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(
     assert [t.uri for t in prepared.lineage.tables] == [config.table_uri, uri]
     # one time split over the union (a request's rows share a timestamp, so quantiles tie a little)
     assert prepared.lineage.rows["test"] == pytest.approx(180, abs=10)
+
+
+def test_a_model_pickled_with_rays_preprocessor_chain_loads_and_encodes_the_same(
+    config: LakeloopConfig, ray_local: None
+) -> None:
+    """Models logged before the fused transform pickled the FeaturePipeline with a fitted Ray Chain
+    (`chain`, `output_dim`): unpickled now, they encode rows exactly as that chain does."""
+    from ray.data.preprocessors import Chain, Concatenator, OneHotEncoder, SimpleImputer, StandardScaler
+
+    numeric, categorical = config.dataset.numeric, config.dataset.categorical
+    chain = Chain(
+        SimpleImputer(numeric, strategy="mean"),
+        StandardScaler(numeric),
+        SimpleImputer(categorical, strategy="most_frequent"),
+        OneHotEncoder(categorical),
+        Concatenator(numeric + categorical, output_column_name="features", dtype=np.float32, flatten=True),
+    )
+    chain.fit(ray.data.from_arrow(synthetic.generate(2000, 3)).select_columns(config.dataset.feature_names))
+    old = FeaturePipeline.__new__(FeaturePipeline)
+    old.__dict__.update(dataset=config.dataset, chain=chain, output_dim=None)
+    loaded = pickle.loads(pickle.dumps(old))
+    rows = synthetic.generate(300, 4).to_pandas()[config.dataset.feature_names]
+    expected = np.stack(chain.transform_batch(rows.copy())["features"].to_numpy()).astype(np.float32)
+    np.testing.assert_allclose(loaded.transform_frame(rows), expected, rtol=1e-6, atol=1e-6)
+    assert loaded.output_dim == expected.shape[1]

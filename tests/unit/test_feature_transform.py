@@ -1,0 +1,117 @@
+"""The fused feature transform against a single-process pandas reference on the same rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines.core.feature_transform import FittedTransform, Statistics, statistics
+
+NUMERIC, CATEGORICAL = ["tenure", "charges"], ["plan", "region"]
+
+
+def training_rows(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "tenure": rng.integers(0, 72, n).astype(float),
+            "charges": rng.normal(60, 20, n),
+            "plan": rng.choice(["basic", "premium", "pro"], n, p=[0.5, 0.3, 0.2]).astype(object),
+            "region": rng.choice([3, 1, 2], n).astype(object),  # integer-coded
+        }
+    )
+    for name in frame.columns:  # ~10% nulls everywhere
+        frame.loc[rng.random(n) < 0.1, name] = None
+    return frame
+
+
+def reference(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """Mean-impute and standardise (population SD of the imputed column); mode-impute and one-hot over
+    the sorted training values; unknown values -> all zeros."""
+    parts = []
+    for name in NUMERIC:
+        mean = train[name].mean()
+        sd = train[name].fillna(mean).std(ddof=0)
+        parts.append(((rows[name].astype(float).fillna(mean) - mean) / sd).to_numpy()[:, None])
+    for name in CATEGORICAL:
+        values = rows[name].where(rows[name].notna(), train[name].mode().iloc[0])
+        vocabulary = sorted(train[name].dropna().unique())
+        parts.append(np.stack([(values == c).to_numpy(float) for c in vocabulary], axis=1))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def fit_in_batches(train: pd.DataFrame, batch_rows: int) -> FittedTransform:
+    merged = Statistics()
+    for start in range(0, len(train), batch_rows):
+        table = pa.Table.from_pandas(train.iloc[start : start + batch_rows], preserve_index=False)
+        part = statistics({n: table.column(n) for n in table.column_names}, NUMERIC, CATEGORICAL)
+        merged = merged.merge(Statistics.from_json(part.to_json()))  # as the Ray pass ships them
+    return FittedTransform.fit(merged, NUMERIC, CATEGORICAL)
+
+
+@pytest.fixture(scope="module")
+def train() -> pd.DataFrame:
+    return training_rows()
+
+
+@pytest.mark.parametrize("batch_rows", [500, 64, 7])
+def test_fitting_in_any_batches_equals_the_reference(train: pd.DataFrame, batch_rows: int) -> None:
+    fitted = fit_in_batches(train, batch_rows)
+    rows = training_rows(200, seed=1)
+    np.testing.assert_allclose(fitted.transform(rows).matrix, reference(train, rows), rtol=1e-5, atol=1e-5)
+    assert fitted.null_counts == {name: int(train[name].isna().sum()) for name in NUMERIC + CATEGORICAL}
+    assert fitted.output_dim == 2 + 3 + 3
+
+
+def test_a_one_row_batch_and_arrow_columns_give_the_same_row(train: pd.DataFrame) -> None:
+    fitted = fit_in_batches(train, 100)
+    rows = training_rows(50, seed=2)
+    whole = fitted.transform(rows).matrix
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    arrow = fitted.transform({n: table.column(n) for n in table.column_names}).matrix
+    one = np.vstack([fitted.transform(rows.iloc[[i]]).matrix for i in range(len(rows))])
+    np.testing.assert_array_equal(whole, arrow)
+    np.testing.assert_array_equal(whole, one)
+
+
+def test_a_batch_whose_columns_are_all_null_is_imputed(train: pd.DataFrame) -> None:
+    fitted = fit_in_batches(train, 500)
+    rows = pd.DataFrame({name: [None, None, None] for name in NUMERIC + CATEGORICAL})
+    np.testing.assert_allclose(fitted.transform(rows).matrix, reference(train, rows), atol=1e-6)
+    # numeric nulls sit at the mean (0 after scaling); categorical nulls at the mode's one-hot
+    assert (fitted.transform(rows).matrix.sum(axis=1) == 2).all()
+
+
+def test_unknown_categories_encode_as_zeros_and_are_counted(train: pd.DataFrame) -> None:
+    fitted = fit_in_batches(train, 500)
+    rows = pd.DataFrame(
+        {
+            "tenure": [1.0, 2.0, 3.0, 4.0],
+            "charges": [50.0, 60.0, 70.0, 80.0],
+            "plan": ["enterprise", "\ud800", "basic", None],  # unseen, a lone surrogate, known, null
+            "region": [9, "3", 3.0, True],  # unseen, another type, equal to 3, equal to 1
+        }
+    )
+    encoded = fitted.transform(rows)
+    plan = encoded.matrix[:, 2:5]
+    assert plan[:2].sum() == 0 and plan[2].tolist() == [1, 0, 0] and plan[3].sum() == 1
+    region = encoded.matrix[:, 5:8]
+    assert region[:2].sum() == 0 and region[2].tolist() == [0, 0, 1] and region[3].tolist() == [1, 0, 0]
+    assert encoded.unknown == {"plan": 2, "region": 2}
+
+
+def test_a_constant_or_empty_training_column_is_centred_not_divided_by_zero() -> None:
+    train = pd.DataFrame({"tenure": [5.0] * 10, "charges": [None] * 10, "plan": [None] * 10, "region": [1] * 10})
+    fitted = fit_in_batches(train, 10)
+    encoded = fitted.transform(pd.DataFrame({"tenure": [7.0], "charges": [3.0], "plan": ["basic"], "region": [1]}))
+    assert encoded.matrix.tolist() == [[2.0, 3.0, 1.0]]  # no plan vocabulary: no plan columns
+    assert np.isfinite(encoded.matrix).all() and encoded.unknown == {"plan": 1, "region": 0}
+
+
+def test_a_value_that_is_not_a_number_names_nothing_silently(train: pd.DataFrame) -> None:
+    fitted = fit_in_batches(train, 500)
+    rows = training_rows(3, seed=3).assign(tenure=["a", 1, 2])
+    with pytest.raises((ValueError, TypeError)):
+        fitted.transform(rows)
