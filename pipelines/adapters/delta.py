@@ -101,6 +101,26 @@ def append(
     one (NO_TABLE: only if it creates the table), else CommitConflict. (A recorded app transaction
     alone does not stop two concurrent writers: delta-rs rebases a blind append onto the other's
     commit, and two monitors started together both committed the same pass.)"""
+    creating = expected_version is None and not table_exists(uri, storage_options)
+    try:
+        return _append(uri, data, storage_options, merge_schema, transaction, cdf, expected_version)
+    except TableError:
+        if creating and table_exists(uri, storage_options):
+            # another writer created the table first (its create commit won version 0, and delta-rs
+            # does not rebase a create: "protocol changed"); a blind append lands on it
+            return _append(uri, data, storage_options, merge_schema, transaction, False, None)
+        raise
+
+
+def _append(
+    uri: str,
+    data: pa.Table,
+    storage_options: Mapping[str, str] | None,
+    merge_schema: bool,
+    transaction: tuple[str, int] | None,
+    cdf: bool,
+    expected_version: int | None,
+) -> int:
     target: str | DeltaTable = uri
     retries, mode = None, "append"
     if expected_version == NO_TABLE:

@@ -36,3 +36,25 @@ def test_of_writers_that_saw_one_version_exactly_one_commits(tmp_path: Path, exi
         thread.join()
     assert sorted(outcomes) == ["committed", "conflict", "conflict", "conflict"]
     assert delta.version(uri) == seen + 1 and delta.count(uri) == (2 if existing else 1)
+
+
+def test_blind_writers_creating_a_table_at_once_all_commit(tmp_path: Path) -> None:
+    """Two monitors recording their first retraining event at once both created the attempts table;
+    delta-rs does not rebase a create, so one failed ("protocol changed") and its monitor exited 1."""
+    uri = str(tmp_path / "attempts")
+    start, failures = threading.Barrier(4), []
+
+    def write(number: int) -> None:
+        start.wait()
+        try:
+            delta.append(uri, pa.table({"writer": [number]}))
+        except delta.TableError as exc:
+            failures.append(str(exc))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(delta.read(uri).column("writer").to_pylist()) == [0, 1, 2, 3] and delta.version(uri) == 3
