@@ -101,11 +101,11 @@ def append(
     one (NO_TABLE: only if it creates the table), else CommitConflict. (A recorded app transaction
     alone does not stop two concurrent writers: delta-rs rebases a blind append onto the other's
     commit, and two monitors started together both committed the same pass.)"""
-    creating = expected_version is None and not table_exists(uri, storage_options)
+    creating = not table_exists(uri, storage_options)  # read once: it decides CDF and the retry below
     try:
-        return _append(uri, data, storage_options, merge_schema, transaction, cdf, expected_version)
+        return _append(uri, data, storage_options, merge_schema, transaction, cdf and creating, expected_version)
     except TableError:
-        if creating and table_exists(uri, storage_options):
+        if expected_version is None and creating and table_exists(uri, storage_options):
             # another writer created the table first (its create commit won version 0, and delta-rs
             # does not rebase a create: "protocol changed"); a blind append lands on it
             return _append(uri, data, storage_options, merge_schema, transaction, False, None)
@@ -118,7 +118,7 @@ def _append(
     storage_options: Mapping[str, str] | None,
     merge_schema: bool,
     transaction: tuple[str, int] | None,
-    cdf: bool,
+    cdf: bool,  # this append creates the table with the change data feed on
     expected_version: int | None,
 ) -> int:
     target: str | DeltaTable = uri
@@ -138,7 +138,7 @@ def _append(
             mode=mode,
             storage_options=dict(storage_options or {}),
             schema_mode="merge" if merge_schema else None,
-            configuration=CDF if cdf and not table_exists(uri, storage_options) else None,
+            configuration=CDF if cdf else None,
             commit_properties=CommitProperties(
                 max_commit_retries=retries, app_transactions=[Transaction(*transaction)] if transaction else None
             ),
