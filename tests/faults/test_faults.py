@@ -42,7 +42,7 @@ from pipelines.adapters.local_services import (
 from pipelines.adapters.prediction_log import REQUEST_ID, ROW, dead_letter_uri
 from pipelines.adapters.registry import ModelRef, Registry
 from pipelines.core import synthetic
-from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.core.config import LakeloopConfig, MonitorConfig, RayConfig, parse_config
 from pipelines.core.gate import GateDecision
 from pipelines.training.detectors import PERFORMANCE
 from tests.helpers import ROOT, demo_raw_config, lakeloop, user_environment
@@ -539,8 +539,20 @@ def retraining_jobs(stack: Stack) -> list:
     return [job for job in jobs if (job.submission_id or "").startswith("lakeloop-retrain-")]
 
 
-def monitor_once(stack: Stack, jobs_api: str) -> subprocess.Popen:
-    env = {**stack.env, "RAY_API_SERVER_ADDRESS": jobs_api}
+def patient_config(stack: Stack) -> str:
+    """The stack's configuration with the shipped Jobs API timeout and retries (the suite's 5 s and
+    one try make the outage cases end quickly; two monitors and the looping one on 2 cores can make
+    one submit slower than 5 s)."""
+    raw = yaml.safe_load(Path(stack.env["LAKELOOP_CONFIG"]).read_text())
+    raw["ray"]["request_timeout_s"] = RayConfig.model_fields["request_timeout_s"].default
+    raw["monitor"]["retries"] = MonitorConfig.model_fields["retries"].default
+    path = stack.home / "patient.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def monitor_once(stack: Stack, jobs_api: str, config: str | None = None) -> subprocess.Popen:
+    env = {**stack.env, "RAY_API_SERVER_ADDRESS": jobs_api, "LAKELOOP_CONFIG": config or stack.env["LAKELOOP_CONFIG"]}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "monitor", "--once", "--json"],
         cwd=ROOT,
@@ -579,7 +591,7 @@ def test_drift_while_the_jobs_api_is_down_or_silent_gives_exactly_one_retraining
     jobs_after_outage = retraining_jobs(stack)
 
     proxy.set("up")
-    pair = [monitor_once(stack, proxy.url) for _ in range(2)]
+    pair = [monitor_once(stack, proxy.url, patient_config(stack)) for _ in range(2)]
     finished = [p.communicate(timeout=300) for p in pair]
     outcomes = [json.loads(out or "{}") for out, _ in finished]
     jobs = retraining_jobs(stack)

@@ -82,6 +82,7 @@ def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(
     assert [w["drift"] for w in first["windows"]] == [True, True, True]
     assert first["triggered"] and first["submitted"]
     assert first["retraining"]["attempts"][0]["attempt"] == 1
+    assert Jobs(jobs_api).submit("true", first["submission_id"], {}, {}) is False  # the same id again: not ours
     features = next(r for r in first["reports"] if r["detector"] == "features")
     assert features["p_value"] < 1e-6  # the shifted monthly_charges
     # A second monitor with its own window position sees the same windows; the attempts log is shared,
