@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The fault-injection suite (tests/faults, about 22 min here) runs on its own: `make test-faults`.
+# The fault-injection suite (tests/faults, about 19 min here) runs on its own: `make test-faults` (CI runs both).
 test: lint
 	$(BIN)/pytest -m "not faults"
 
