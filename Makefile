@@ -39,6 +39,7 @@ test-faults: lint
 # Each benchmark writes bench-results/<name>.json; the report merges them into results.md/.json.
 bench: setup
 	$(PIP) -e '.[bench]'
+	benchmarks/install_wrk.sh
 	$(BIN)/python -m benchmarks.serve_load
 	$(BIN)/python -m benchmarks.preprocessing
 	$(BIN)/python -m benchmarks.training

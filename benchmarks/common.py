@@ -167,14 +167,23 @@ def local_ray() -> Iterator[float]:
 
 
 def deploy_shipped(
-    config, dashboard: str, port: int, app: str = "lakeloop", route_prefix: str = "/", **deployment_options
+    config,
+    dashboard: str,
+    port: int,
+    app: str = "lakeloop",
+    route_prefix: str = "/",
+    import_path: str | None = None,
+    **deployment_options,
 ) -> str:
-    """conf/serve.yaml (the shipped deployment options, optionally overridden) deployed the one way
-    lakeloop deploys; returns the application's URL."""
+    """conf/serve.yaml (the shipped deployment options, optionally overridden; optionally another
+    application with the same options) deployed the one way lakeloop deploys; returns its URL."""
     from pipelines.adapters import serving
 
     serve_config = serving.with_lakeloop_config(
         serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, http_port=port
     )
-    serve_config["applications"] = [serving.application(serve_config, app, route_prefix, **deployment_options)]
+    application = serving.application(serve_config, app, route_prefix, **deployment_options)
+    if import_path:
+        application["import_path"] = import_path
+    serve_config["applications"] = [application]
     return serving.deploy(serve_config, dashboard).rstrip("/") + route_prefix.rstrip("/")

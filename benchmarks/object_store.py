@@ -9,7 +9,9 @@ same work on local disk, in one run.
 2. The monitor's read (delta.changes, the change data feed it reads each pass): a predictions table
    of each --monitor-commits count (10 rows a commit, written by 4 processes, as replicas write it);
    the time of a first pass (every row since version 0) and of a steady-state pass (the last 10
-   commits), on S3 and on disk.
+   commits), on S3 and on disk. The table is written on disk and then uploaded file by file, so both
+   stores read the same table: moto commits about 3 a second here (part 1), so writing 10,000
+   commits in place would take about an hour, and part 1 already measures writes in place.
 
 moto is an emulator in the same machine: its latency is not S3's (a real bucket adds ~10-30 ms a
 request), so the ratios between writer counts and table sizes carry over, the absolute times do not.
@@ -20,10 +22,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
+import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,11 +83,21 @@ def appends(uri: str, writers: int, commits: int, per_commit: int = 100) -> dict
     }
 
 
-def monitor_reads(uri: str, commits: int) -> dict:
+def upload(directory: Path, endpoint: str, bucket: str, prefix: str) -> str:
+    """Every file of the table under directory to s3://bucket/prefix (the log's paths are relative)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    files = [path for path in directory.rglob("*") if path.is_file()]
+    keys = [f"{prefix}/{path.relative_to(directory).as_posix()}" for path in files]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda f, k: s3.upload_file(str(f), bucket, k), files, keys))
+    return f"s3://{bucket}/{prefix}"
+
+
+def monitor_reads(uri: str) -> dict:
     from pipelines.adapters import delta
 
-    per_writer = commits // 4
-    appends(uri, 4, per_writer, per_commit=10)
     newest = delta.open_table(uri).version()
     started = time.perf_counter()
     first = delta.changes(uri, None, None, ["request_id", "row", "served_at"])[0].num_rows
@@ -107,6 +121,7 @@ def main() -> None:
     # `make bench` reads 1,000 and the 10,000 case is asked for explicitly
     parser.add_argument("--monitor-commits", type=int, nargs="+", default=[1000])
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the store
 
     from pipelines.adapters.local_services import stop_pid
     from tests.servers import start_object_store
@@ -121,8 +136,13 @@ def main() -> None:
                     found = appends(f"{base}/append-{writers}-{uuid.uuid4().hex[:6]}", writers, args.commits)
                     results["append"].append({"store": where, **found})
                     print(where, found, flush=True)
-                for commits in args.monitor_commits:
-                    found = monitor_reads(f"{base}/predictions-{uuid.uuid4().hex[:6]}", commits)
+            for commits in args.monitor_commits:
+                name = f"predictions-{commits}-{uuid.uuid4().hex[:6]}"
+                local = Path(tmp) / name
+                appends(str(local), 4, commits // 4, per_commit=10)
+                s3 = upload(local, store.endpoint, store.bucket, f"bench/{name}")
+                for where, uri in (("s3", s3), ("local", str(local))):
+                    found = monitor_reads(uri)
                     results["monitor"].append({"store": where, **found})
                     print(where, found, flush=True)
         finally:

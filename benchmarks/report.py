@@ -11,12 +11,10 @@ from benchmarks.common import RESULTS, machine
 
 
 def _serving(data: dict) -> list[tuple[str, str, str, str]]:
-    rows = []
-    for name, ratio in data["ratios"].items():
-        claim, target = name.split(", target ")
-        good = ratio >= 2 if ">= 2x" in target else ratio < 1 if "< 1x" in target else ratio <= 2
-        rows.append(("serving", claim, f"{ratio:.2f}x (target {target})", "met" if good else "MISSED"))
-    return rows
+    return [
+        ("serving", t["claim"], f"{t['value']:.2f}" + (f" (target {t['target']})" if t["target"] else ""), t["met"])
+        for t in data["targets"]
+    ]
 
 
 def _preprocessing(data: dict) -> list[tuple[str, str, str, str]]:

@@ -3,18 +3,19 @@
     python -m benchmarks.serve_load [--seconds 8] [--concurrency 1 8 32]
 
 Servers: lakeloop's Serve app as shipped (HAProxy ingress, conf/serve.yaml's deployment options,
-request validation, @serve.batch, Delta prediction logging), the same app behind Ray's default
+request validation, @serve.batch, Delta prediction logging); the same app with a fixed 5 ms batch
+wait (the setting before batching stopped waiting when nothing else is queued), behind Ray's default
 Python proxy, with two replicas from the start, and with smaller batches (the alternatives the
-shipped defaults are chosen against), `mlflow models serve` with 1 and 2 workers, and a bare FastAPI/uvicorn app loading
-the same pyfunc. The model is registered in a real `mlflow server`; the others load the same
-artifact from disk. The load generator is an async Python client (wrk is not installed here)
-sharing the same 2 CPUs, which caps what any server can show.
+shipped defaults are chosen against); a no-op deployment with the shipped options behind the same
+ingress (the framework's floor); `mlflow models serve` with 1 and 2 workers; and a bare
+FastAPI/uvicorn app loading the same pyfunc. The model is registered in a real `mlflow server`; the
+others load the same artifact from disk. Load comes from wrk (benchmarks/install_wrk.sh), one
+1-row /invocations body, keep-alive connections. Also: the pyfunc's own predict on 1 and 10,000 rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -23,58 +24,59 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.common import RECORD, ROOT, registered_model, write_result
+from benchmarks.http_load import load, require_wrk
+from pipelines.core import synthetic
 
 # The shipped configuration and the alternatives its defaults were chosen against.
 SERVE_MODES = {
     "serve (HAProxy, shipped)": {},
+    "serve (HAProxy, 5 ms batch wait)": {"batch_wait_timeout_s": 0.005},
     "serve (Python proxy)": {"haproxy": False},
     "serve (HAProxy, 2 replicas from the start)": {"min_replicas": 2},
     "serve (HAProxy, max_batch_size 8)": {"max_batch_size": 8},
+    "no-op Serve deployment (HAProxy, shipped options)": {"noop": True},
 }
-SHIPPED = "serve (HAProxy, shipped)"
+SHIPPED, NOOP = "serve (HAProxy, shipped)", "no-op Serve deployment (HAProxy, shipped options)"
+MLFLOW1, BARE = "mlflow models serve (1 worker)", "bare FastAPI/uvicorn (1 worker)"
+BODY = json.dumps({"dataframe_records": [RECORD]})
 
 
-async def _load(url: str, concurrency: int, seconds: float) -> dict:
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    body = json.dumps({"dataframe_records": [RECORD]})
-    headers = {"content-type": "application/json"}
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                ok = (await client.post(url, content=body, headers=headers)).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - started)
-            errors += not ok
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "rps": len(latencies) / elapsed,
-        "p50_ms": pick(0.5),
-        "p99_ms": pick(0.99),
-        "errors": errors,
-    }
+def meets(value: float, target: str) -> str:
+    """'met' / 'MISSED' for a target such as '<= 0.5' or '>= 5'; '' without one."""
+    if not target:
+        return ""
+    op, bound = target.split()
+    ok = {"<=": value <= float(bound), "<": value < float(bound), ">=": value >= float(bound)}[op]
+    return "met" if ok else "MISSED"
 
 
 def sweep(server: str, url: str, concurrencies: list[int], seconds: float) -> list[dict]:
-    asyncio.run(_load(url, 4, 2))  # warm up
-    return [{"server": server, **asyncio.run(_load(url, c, seconds))} for c in concurrencies]
+    load(url, BODY, 4, 2)  # warm up
+    return [{"server": server, **load(url, BODY, c, seconds)} for c in concurrencies]
+
+
+def pyfunc_predict(model_dir: Path) -> dict:
+    """The registered pyfunc's predict (median of repeated calls) on 1 row and on 10,000 rows."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    one = pd.DataFrame([RECORD])
+    many = synthetic.generate(10_000, 3).to_pandas()[list(RECORD)]
+
+    def median_ms(frame, repeats: int) -> float:
+        model.predict(frame)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.predict(frame)
+            times.append(time.perf_counter() - started)
+        return round(1000 * float(np.median(times)), 3)
+
+    return {"rows_1_ms": median_ms(one, 500), "rows_10000_ms": median_ms(many, 30)}
 
 
 def _wait_until_up(url: str, path: str, timeout: float = 180) -> None:
@@ -98,10 +100,8 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
 
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp), tracking_uri)
-        if "max_batch_size" in variant:
-            config = config.model_copy(
-                update={"serving": config.serving.model_copy(update={"max_batch_size": variant["max_batch_size"]})}
-            )
+        batching = {k: variant[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in variant}
+        config = config.model_copy(update={"serving": config.serving.model_copy(update=batching)})
         shipped = serving.load_serve_config(ROOT / "conf" / "serve.yaml")["applications"][0]["deployments"][0]
         overrides = {}
         if "min_replicas" in variant:
@@ -114,6 +114,8 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
             dashboard_port=free_port(),
             logging_level="ERROR",
         )
+        if variant.get("noop"):
+            overrides["import_path"] = "benchmarks.noop_app:build_app"
         url = deploy_shipped(config, f"http://{context.dashboard_url}", free_port(), "bench", "/", **overrides)
         _wait_until_up(url, "/health")
         rows = sweep(mode, f"{url}/invocations", concurrencies, seconds)
@@ -144,6 +146,7 @@ def main() -> None:
     parser.add_argument("--child", choices=list(SERVE_MODES))
     parser.add_argument("--tracking-uri")
     args = parser.parse_args()
+    require_wrk()
     if args.child:
         print(json.dumps(serve_child(args.child, args.tracking_uri, args.seconds, args.concurrency)))
         return
@@ -152,6 +155,8 @@ def main() -> None:
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
+        predict = pyfunc_predict(model.local_dir)
+        print("pyfunc predict", predict, flush=True)
         for mode in SERVE_MODES:
             done = subprocess.run(
                 [
@@ -182,7 +187,7 @@ def main() -> None:
         for workers in (1, 2):
             port = free_port()
             rows += process_server(
-                f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})",
+                MLFLOW1 if workers == 1 else "mlflow models serve (2 workers)",
                 [
                     sys.executable,
                     "-m",
@@ -207,7 +212,7 @@ def main() -> None:
             )
         port = free_port()
         rows += process_server(
-            "bare FastAPI/uvicorn (1 worker)",
+            BARE,
             [
                 sys.executable,
                 "-m",
@@ -229,24 +234,41 @@ def main() -> None:
     def at(server: str, c: int) -> dict:
         return next(r for r in rows if r["server"] == server and r["concurrency"] == c)
 
-    shipped, mlflow1, bare = SHIPPED, "mlflow models serve (1 worker)", "bare FastAPI/uvicorn (1 worker)"
     high, low = max(args.concurrency), min(args.concurrency)
-    targets = {
-        f"c={high}: shipped Serve req/s vs mlflow models serve (1 worker), target >= 2x": at(shipped, high)["rps"]
-        / at(mlflow1, high)["rps"],
-        f"c={high}: shipped Serve p99 vs mlflow models serve (1 worker), target < 1x": at(shipped, high)["p99_ms"]
-        / at(mlflow1, high)["p99_ms"],
-        f"c={low}: shipped Serve p50 vs bare uvicorn, target <= 2x": at(shipped, low)["p50_ms"]
-        / at(bare, low)["p50_ms"],
-    }
+    targets = [  # (claim, value, target): the issue's targets, as ratios of the same run
+        ("pyfunc predict, 1 row, ms", predict["rows_1_ms"], "<= 0.5"),
+        ("pyfunc predict, 10,000 rows, ms", predict["rows_10000_ms"], "<= 15"),
+        (
+            f"c={low}: p50 vs mlflow models serve (1 worker)",
+            at(SHIPPED, low)["p50_ms"] / at(MLFLOW1, low)["p50_ms"],
+            "<= 0.5",
+        ),
+        (f"c={low}: p50 vs the no-op deployment", at(SHIPPED, low)["p50_ms"] / at(NOOP, low)["p50_ms"], "<= 3"),
+        (
+            f"c={high}: req/s vs mlflow models serve (1 worker)",
+            at(SHIPPED, high)["rps"] / at(MLFLOW1, high)["rps"],
+            ">= 5",
+        ),
+        (
+            f"c={high}: p99 vs mlflow models serve (1 worker)",
+            at(SHIPPED, high)["p99_ms"] / at(MLFLOW1, high)["p99_ms"],
+            "< 1",
+        ),
+        (f"c={high}: req/s vs the no-op deployment", at(SHIPPED, high)["rps"] / at(NOOP, high)["rps"], ">= 0.4"),
+        (f"c={low}: p50 vs bare uvicorn", at(SHIPPED, low)["p50_ms"] / at(BARE, low)["p50_ms"], ""),
+    ]
+    targets = [{"claim": c, "value": round(v, 3), "target": t, "met": meets(v, t)} for c, v, t in targets]
     lines = ["| server | concurrency | req/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [
         f"| {r['server']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
         f"{r['errors']} |"
         for r in rows
     ]
-    lines += ["", *(f"{name}: {value:.2f}x" for name, value in targets.items())]
-    write_result("serve_load", {"rows": rows, "ratios": targets, "seconds_per_point": args.seconds})
+    lines += ["", *(f"{t['claim']}: {t['value']:.2f} (target {t['target'] or '-'}: {t['met']})" for t in targets)]
+    write_result(
+        "serve_load",
+        {"rows": rows, "targets": targets, "pyfunc_predict": predict, "seconds_per_point": args.seconds, "load": "wrk"},
+    )
     print("\n".join(lines))
 
 
