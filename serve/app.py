@@ -112,9 +112,15 @@ class ModelWatcher:
         self._stop.set()
 
 
+def _columns(frame: pd.DataFrame) -> dict[str, list]:
+    """A frame's columns as lists of Python values (numpy scalars converted)."""
+    return {name: frame[name].tolist() for name in frame.columns}
+
+
 def _output_rows(frame: pd.DataFrame) -> list[dict]:
-    records = frame.to_dict(orient="records")
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in records]
+    # from columns: DataFrame.to_dict(orient="records") boxes value by value (0.3-0.8 ms for 1 row here)
+    columns = _columns(frame)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI:
@@ -250,6 +256,8 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             model = self.watcher.current
             if model is None:
                 raise RequestError(503, "no model loaded yet", retry_after_s=5)
+            if len(frames) == 1:  # alone in the batch (low load): nothing to concatenate or split
+                return [(model, await asyncio.to_thread(_predict_or_error, model.predictor, frames[0]))]
             try:
                 output = await asyncio.to_thread(model.predictor.predict_frame, pd.concat(frames, ignore_index=True))
             except Exception:  # noqa: BLE001 - isolate the request that caused it, below
@@ -278,7 +286,7 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                 model.ref.name,
                 model.ref.version,
                 datetime.now(UTC),
-                frame.to_dict(orient="records"),
+                _columns(frame),
                 rows,
                 self.config.dataset,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 from pydantic import (
     AfterValidator,
@@ -118,7 +119,15 @@ class RecordValidator:
         except ValidationError as exc:
             details = [_describe(error) for error in exc.errors()]
             raise RequestError(422, details[0], details) from None
-        return pd.DataFrame([row.model_dump() for row in rows], columns=self.dataset.feature_names)
+        # by column: numeric ones as floats (None as NaN); categorical ones as objects, so that an int
+        # category stays 7 next to a missing value (a float column would make it 7.0, logged as "7.0")
+        numeric = set(self.dataset.numeric)
+        return pd.DataFrame(
+            {
+                name: np.array([getattr(row, name) for row in rows], dtype=float if name in numeric else object)
+                for name in self.dataset.feature_names
+            }
+        )
 
 
 def _describe(error: dict) -> str:

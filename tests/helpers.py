@@ -39,7 +39,7 @@ def served_log(config, frame, start: datetime, rows_per_request: int = 5) -> tup
     for first in range(0, len(records), rows_per_request):
         request_id, at = f"q{first // rows_per_request}", start + timedelta(seconds=first // rows_per_request)
         chunk = records[first : first + rows_per_request]
-        features = [{f: r[f] for f in dataset.feature_names} for r in chunk]
+        features = {f: [r[f] for r in chunk] for f in dataset.feature_names}
         served += prediction_rows(
             request_id, config.mlflow.registered_model, "1", at, features, [{"prediction": 0} for _ in chunk], dataset
         )

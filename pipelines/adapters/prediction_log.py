@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -88,19 +89,16 @@ def prediction_rows(
     model_name: str,
     model_version: str,
     served_at: datetime,
-    features: list[dict],
+    features: Mapping[str, Sequence],
     outputs: list[dict],
     dataset: DatasetConfig,
 ) -> list[dict]:
-    """Log rows of one served request: numeric features as floats, categorical ones as strings,
-    missing values as null, the whole output as JSON."""
+    """Log rows of one served request from its feature columns (name -> one value per output row):
+    numeric features as floats, categorical ones as strings, missing values as null, the whole
+    output as JSON."""
     numeric = set(dataset.numeric)
-
-    def logged(name: str, value: object) -> object:
-        if value is None or value != value:  # None or NaN
-            return None
-        return float(value) if name in numeric else str(value)
-
+    names = list(features)
+    columns = [[_logged(value, name in numeric) for value in features[name]] for name in names]
     return [
         {
             REQUEST_ID: request_id,
@@ -108,12 +106,18 @@ def prediction_rows(
             SERVED_AT: served_at,
             MODEL_NAME: model_name,
             MODEL_VERSION: model_version,
-            **{name: logged(name, value) for name, value in row.items()},
+            **dict(zip(names, values, strict=True)),
             PREDICTION: str(out.get(PREDICTION)),
             OUTPUT: json.dumps(out, default=str),
         }
-        for i, (row, out) in enumerate(zip(features, outputs, strict=True))
+        for i, (out, *values) in enumerate(zip(outputs, *columns, strict=True))
     ]
+
+
+def _logged(value: object, numeric: bool) -> object:
+    if value is None or value != value:  # None or NaN
+        return None
+    return float(value) if numeric else str(value)
 
 
 def feedback_row(request_id: str, row: int, label: object, received_at: datetime) -> dict:

@@ -273,7 +273,7 @@ class ServingConfig(StrictModel):
     alias: str = "champion"
     poll_interval_s: float = Field(5.0, gt=0)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)  # 0: batches form from what queued during the last one
     max_rows_per_request: int = Field(1000, ge=1)
     ready_timeout_s: float = Field(120, ge=0)  # a new replica takes traffic once its model is loaded, or after this
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies get 413 before they are read

@@ -52,9 +52,10 @@ class LakeloopModel:
             return pd.DataFrame({PREDICTION_COLUMN: outputs[:, 0].astype(np.float64)})
         probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy().astype(np.float64)
         classes = np.asarray(self.pipeline.classes, dtype=object)
-        result = pd.DataFrame(probabilities, columns=probability_columns(self.pipeline.dataset))
-        result.insert(0, PREDICTION_COLUMN, classes[probabilities.argmax(axis=1)].tolist())
-        return result
+        columns = {PREDICTION_COLUMN: classes[probabilities.argmax(axis=1)].tolist()}
+        for i, name in enumerate(probability_columns(self.pipeline.dataset)):
+            columns[name] = probabilities[:, i]
+        return pd.DataFrame(columns)
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

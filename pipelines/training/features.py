@@ -98,10 +98,12 @@ class FeaturePipeline:
         number in a numeric feature is an error naming the column."""
         columns = {}
         for name in self.dataset.numeric:
-            try:
-                columns[name] = pd.to_numeric(frame[name], errors="raise")
-            except (ValueError, TypeError):
-                raise ValueError(f"feature '{name}' must be numeric") from None
+            columns[name] = frame[name]
+            if columns[name].dtype.kind not in "fiu":  # object columns (None, strings) are parsed here
+                try:
+                    columns[name] = pd.to_numeric(columns[name], errors="raise")
+                except (ValueError, TypeError):
+                    raise ValueError(f"feature '{name}' must be numeric") from None
         columns |= {name: frame[name] for name in self.dataset.categorical}
         return self._transformer().transform(columns)
 

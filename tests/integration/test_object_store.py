@@ -164,10 +164,10 @@ def test_the_log_and_the_monitor_reach_the_store_through_the_configs_storage_opt
         spool(log.predictions_table, predictions_schema(dataset)),
         spool(log.feedback_table, FEEDBACK_SCHEMA),
     )
-    records = synthetic.generate(250, 3).to_pandas()[dataset.feature_names].to_dict(orient="records")
+    features = synthetic.generate(250, 3).to_pandas()[dataset.feature_names]
     now = datetime.now(UTC)
     for number, first in enumerate(range(0, 250, 5)):
-        chunk = records[first : first + 5]
+        chunk = features.iloc[first : first + 5].to_dict(orient="list")
         at = now + timedelta(milliseconds=number)
         predictions.add(prediction_rows(f"r{number}", "m", "1", at, chunk, [{"prediction": 0}] * 5, dataset))
     feedback.add([feedback_row("r0", 0, dataset.classes[0], now)])

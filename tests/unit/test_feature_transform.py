@@ -115,3 +115,24 @@ def test_a_value_that_is_not_a_number_names_nothing_silently(train: pd.DataFrame
     rows = training_rows(3, seed=3).assign(tenure=["a", 1, 2])
     with pytest.raises((ValueError, TypeError)):
         fitted.transform(rows)
+
+
+def test_a_request_sized_batch_encodes_as_a_large_one(train: pd.DataFrame) -> None:
+    """Small batches look categories up in a dict, large ones with pandas' get_indexer: same codes,
+    odd values included (a bool, 2.0 for 2, an unhashable list, NaN, None, a lone surrogate)."""
+    fitted = FittedTransform.fit(statistics(train.to_dict("series"), NUMERIC, CATEGORICAL), NUMERIC, CATEGORICAL)
+    odd = [True, 2.0, ["premium"], float("nan"), None, "\ud800", "pro", 3, "3"]
+    rows = pd.DataFrame(
+        {
+            "tenure": np.arange(len(odd), dtype=float),
+            "charges": np.ones(len(odd)),
+            "plan": pd.Series(odd, dtype=object),
+            "region": pd.Series(odd[::-1], dtype=object),
+        }
+    )
+    large = pd.concat([rows] * 40, ignore_index=True)  # 360 rows: above the dict path's size
+    whole = fitted.transform(large.to_dict("series"))
+    one_by_one = [fitted.transform(rows.iloc[[i]].to_dict("series")) for i in range(len(rows))]
+    assert np.array_equal(whole.matrix[: len(rows)], np.concatenate([e.matrix for e in one_by_one]))
+    for name in CATEGORICAL:
+        assert whole.unknown[name] == 40 * sum(e.unknown[name] for e in one_by_one)
