@@ -59,6 +59,15 @@ def cycle(env: dict, train: bool) -> set[int]:
     ports = ["--mlflow-port", str(free_port()), "--dashboard-port", str(free_port())]
     up = lakeloop("stack", "up", *ports, env=env)
     assert up.returncode == 0, up.stderr[-3000:]
+    try:
+        started = use_stack(env, train)
+    finally:
+        down = lakeloop("stack", "down", "--json", env=env)  # also when an assertion failed
+    assert down.returncode == 0, down.stderr[-3000:]
+    return started
+
+
+def use_stack(env: dict, train: bool) -> set[int]:
     if train:
         assert lakeloop("data", "generate", "--rows", "2000", env=env).returncode == 0
         trained = lakeloop("train", env=env)
@@ -71,12 +80,12 @@ def cycle(env: dict, train: bool) -> set[int]:
     for _ in range(20):
         assert httpx.post("http://127.0.0.1:8000/predict", json={"records": [record]}, timeout=30).status_code == 200
     started = stack_processes(Path(env["LAKELOOP_STORAGE_ROOT"]))
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in started if alive(pid)]
+    assert not [c for c in commands if b"mlflow.server.jobs" in c or b"huey" in c]  # MLflow's job runner is off
     holders = {port: port_holder(port) for port in SERVE_PORTS}
     assert all(holder and holder[0] in started for holder in holders.values()), holders  # the stack's own ingress
     bound = {port: listen_addresses(port) for port in SERVE_PORTS}
     assert all(addresses == {"127.0.0.1"} for addresses in bound.values()), bound  # HAProxy's too (issue 17)
-    down = lakeloop("stack", "down", "--json", env=env)
-    assert down.returncode == 0, down.stderr[-3000:]
     return started
 
 
