@@ -136,7 +136,7 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
         mlflow.set_tracking_uri(service.url)
         mlflow.set_experiment("bench")
         with mlflow.start_run():
-            version = log_model(model, frame, config)
+            version = log_model(model, frame, {}, config)  # untrained: no test scores
         mlflow.MlflowClient().set_registered_model_alias(config.mlflow.registered_model, config.serving.alias, version)
         local = Path(
             mlflow.artifacts.download_artifacts(

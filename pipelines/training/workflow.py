@@ -164,8 +164,10 @@ def model_signature(example: pd.DataFrame, output: pd.DataFrame, config: Lakeloo
     return ModelSignature(inputs=Schema(columns), outputs=infer_signature(example, output).outputs)
 
 
-def log_model(model: LakeloopModel, test: pd.DataFrame, config: LakeloopConfig) -> str:
-    """Log the pyfunc (preprocessor + network + package code), register it, return the version."""
+def log_model(model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig) -> str:
+    """Log the pyfunc (preprocessor + network + package code), register it, and log its test scores
+    to the run and to the logged model (after it exists: MLflow 3's model page shows only metrics
+    linked to the model); return the version."""
     example = test[config.dataset.feature_names].head(5).reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         directory = model.save(Path(tmp) / "model")
@@ -180,6 +182,7 @@ def log_model(model: LakeloopModel, test: pd.DataFrame, config: LakeloopConfig) 
             registered_model_name=config.mlflow.registered_model,
         )
         mlflow.log_artifact(str(directory / "pipeline.pkl"), artifact_path="preprocessor")
+    mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()}, model_id=info.model_id)
     return str(info.registered_model_version)
 
 
@@ -200,13 +203,12 @@ def _datasets(prepared: PreparedData) -> dict:
 def _evaluate(
     config: LakeloopConfig, prepared: PreparedData, trained: loop.TrainedNetwork
 ) -> tuple[LakeloopModel, pd.DataFrame, dict]:
-    """The candidate as a model bundle, its test scores (logged with figures), and the test rows."""
+    """The candidate as a model bundle (its figures logged), its test scores, and the test rows."""
     dataset = config.dataset
     model = LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
     test = to_frame(prepared.raw["test"])
     predictions = model.predict_frame(test[dataset.feature_names])
-    scores = evaluate_predictions(predictions, test[dataset.label], dataset)
-    mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+    scores = evaluate_predictions(predictions, test[dataset.label], dataset)  # logged with the model
     plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
     log_drift_reference(model, prepared, config)
     return model, test, scores
@@ -225,7 +227,7 @@ def _gate(
     champion_scores = _champion_metrics(registry, compared.version, test, config)
     if champion_scores:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
-    version = log_model(model, test, config)
+    version = log_model(model, test, scores, config)
     if trigger_id:
         registry.client.set_model_version_tag(registry.name, version, TRIGGER_TAG, trigger_id)
     decision = registry.promote(version, compared, decide(scores, champion_scores, config.gate, compared.version))
