@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, pre
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
 from pipelines.adapters.serving import api_key_digest, api_key_from_env
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
+from serve.metrics import Reporter, ServingMetrics
 from serve.model_source import ModelSource
 from serve.schemas import (
     RecordValidator,
@@ -45,7 +47,9 @@ from serve.schemas import (
 )
 
 log = logging.getLogger("lakeloop.serve")
-OPEN_PATHS = ("/health",)  # load balancer and Kubernetes probes carry no credentials
+OPEN_PATHS = ("/health",)
+ROUTES = ("/invocations", "/predict", "/feedback", "/health", "/model", "/docs", "/openapi.json")
+METRICS_EVERY_S = 5.0  # the log's gauges  # load balancer and Kubernetes probes carry no credentials
 # The log's key for a request, made here and returned on every response. (Serve's own X-Request-Id is a
 # tracing id a client may set, so two clients can send the same one: it cannot key the feedback join.)
 REQUEST_ID_HEADER = "X-Lakeloop-Request-Id"
@@ -66,9 +70,12 @@ def _warmup_row(config: LakeloopConfig) -> pd.DataFrame:
 class ModelWatcher:
     """Loads the alias's version, then re-checks every interval; swaps only a fully warmed model."""
 
-    def __init__(self, source: ModelSource, config: LakeloopConfig) -> None:
+    def __init__(
+        self, source: ModelSource, config: LakeloopConfig, on_load: Callable[[str], None] | None = None
+    ) -> None:
         self.source = source
         self.config = config
+        self.on_load = on_load or (lambda version: None)
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._stop, self._loaded = threading.Event(), threading.Event()
@@ -98,6 +105,7 @@ class ModelWatcher:
             )
             return False
         self.current = LoadedModel(ref, predictor, datetime.now(UTC).isoformat())  # one reference swap
+        self.on_load(ref.version)
         self._loaded.set()
         self.last_error = None
         log.info("serving %s version %s", ref.name, ref.version)
@@ -175,6 +183,16 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
         return await call_next(request)
 
     @api.middleware("http")
+    async def _count_refusals(request: Request, call_next):
+        # Outside the key and JSON checks: their 401 and 415 are counted too.
+        response = await call_next(request)
+        recorder = getattr(api.state, "metrics", None)
+        if response.status_code >= 400 and recorder is not None:
+            path = request.url.path
+            recorder.refusal(response.status_code, path if path in ROUTES else "other")  # bounded label values
+        return response
+
+    @api.middleware("http")
     async def _request_id(request: Request, call_next):
         # Added last, so it runs first: every response, refusals included, carries the server's id.
         request.state.request_id = uuid.uuid4().hex
@@ -236,7 +254,11 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             self.feedback = _spool(self.config, serving.prediction_log.feedback_table, FEEDBACK_SCHEMA, owner)
             self._predict_batch.set_max_batch_size(serving.max_batch_size)
             self._predict_batch.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
-            self.watcher = ModelWatcher(source, self.config)
+            self.metrics = api.state.metrics = ServingMetrics(
+                self.config.mlflow.registered_model, self.config.dataset.task == "classification"
+            )
+            self.reporter = Reporter(self._report_log, METRICS_EVERY_S)
+            self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
             # Serve routes to a replica once its constructor returns. A replica that took traffic before
             # its model loaded answered 503 for seconds, and the ingress's least-connections balancing
             # sent it most requests (it failed fastest): half the requests failed while replicas were
@@ -276,6 +298,7 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             if isinstance(output, Exception):
                 raise RequestError(422, f"the model cannot score these rows: {str(output)[:300]}")
             rows = _output_rows(output)
+            self.metrics.predictions(output)
             request_id = request_id_of(request)
             self._log(request_id, model, frame, rows)
             return request_id, model, rows
@@ -352,8 +375,13 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                 }
             )
 
+        def _report_log(self) -> None:
+            for table, spool in (("predictions", self.predictions), ("feedback", self.feedback)):
+                self.metrics.log_state(table, spool.snapshot())
+
         def __del__(self) -> None:
             # Serve calls this when the replica drains or shuts down: commit what is spooled.
+            self.reporter.stop()
             self.watcher.stop()
             self.predictions.close()
             self.feedback.close()

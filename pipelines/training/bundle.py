@@ -17,11 +17,9 @@ import torch
 
 from pipelines.core import metrics
 from pipelines.core.config import DatasetConfig
+from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from pipelines.core.network import NetworkSpec, TabularMLP
 from pipelines.training.features import FeaturePipeline
-
-PREDICTION_COLUMN = "prediction"
-PROBABILITY_PREFIX = "probability_"
 
 
 class LakeloopModel:

@@ -139,6 +139,44 @@ def test_health_model_and_docs(endpoint: str) -> None:
 GOOD = synthetic.EXAMPLE_ROW
 
 
+def ray_metrics() -> str:
+    """What Prometheus scrapes from the cluster: every live node's metrics agent."""
+    import ray
+
+    return "\n".join(
+        httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+        for node in ray.nodes()
+        if node["Alive"]
+    )
+
+
+def metric_lines(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
+
+
+def test_the_endpoints_metrics_reach_rays_prometheus_endpoint(endpoint: str) -> None:
+    for _ in range(3):
+        assert httpx.post(f"{endpoint}/predict", json={"records": [GOOD, GOOD]}).status_code == 200
+    assert httpx.post(f"{endpoint}/predict", json={"records": [{**GOOD, "tenure_months": "x"}]}).status_code == 422
+    wanted = (
+        "ray_lakeloop_model_version",
+        "ray_lakeloop_predictions_total",
+        "ray_lakeloop_prediction_score_bucket",
+        "ray_lakeloop_refused_requests_total",
+        "ray_lakeloop_log_backlog_rows",
+    )
+    assert wait_for(lambda: all(metric_lines(ray_metrics(), name) for name in wanted), timeout=90), [
+        name for name in wanted if not metric_lines(ray_metrics(), name)
+    ]
+    text = ray_metrics()
+    served = [line for line in metric_lines(text, "ray_lakeloop_model_version") if 'application="lakeloop' in line]
+    assert served and all(float(line.rsplit(" ", 1)[1]) == 1.0 for line in served)  # version 1 serves
+    refused = metric_lines(text, "ray_lakeloop_refused_requests_total")
+    assert any('status="422"' in line and 'route="/predict"' in line for line in refused)
+    predicted = metric_lines(text, "ray_lakeloop_predictions_total")
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in predicted) >= 6
+
+
 def _post(endpoint: str, path: str, body: object, content_type: str = "application/json") -> httpx.Response:
     text = body if isinstance(body, str) else json.dumps(body)
     return httpx.post(f"{endpoint}{path}", content=text, headers={"content-type": content_type})

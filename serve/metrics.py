@@ -1,0 +1,105 @@
+"""The endpoint's Prometheus metrics, exported through Ray's metrics agent (`ray.serve.metrics`, so
+each carries the application, deployment and replica tags; Ray prefixes every name with `ray_`).
+
+    lakeloop_model_version            gauge: the registered version this replica serves
+    lakeloop_model_swaps_total        counter: models swapped in after the first
+    lakeloop_predictions_total        counter: predicted rows, by class (regression: class "value") ...
+    lakeloop_prediction_score         histogram: ... and the score (last class's probability, or the value)
+    lakeloop_refused_requests_total   counter: answers >= 400, by status and route
+    lakeloop_log_backlog_rows         gauge: rows spooled and not yet committed, by table
+    lakeloop_log_failed_commits_total counter: commits to Delta that failed (and will be retried), by table
+    lakeloop_log_dead_letters_total   counter: rows sent to the dead-letter table, by table
+
+Gauges of the log are set by a thread every `every_s`, never on the request path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pandas as pd
+from ray.serve import metrics
+
+from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX
+
+SCORE_BOUNDARIES = [round(0.1 * i, 1) for i in range(1, 10)]  # probabilities; values fall in the outer buckets
+
+
+class ServingMetrics:
+    def __init__(self, model_name: str, classification: bool) -> None:
+        self.model_name, self.classification = model_name, classification
+        self.version = metrics.Gauge(
+            "lakeloop_model_version", "registered model version this replica serves", tag_keys=("model",)
+        )
+        self.swaps = metrics.Counter("lakeloop_model_swaps_total", "models swapped in after the first", ("model",))
+        self.predicted = metrics.Counter("lakeloop_predictions_total", "predicted rows by class", ("model", "class"))
+        self.score = metrics.Histogram(
+            "lakeloop_prediction_score", "last class's probability, or the value", SCORE_BOUNDARIES, ("model",)
+        )
+        self.refused = metrics.Counter(
+            "lakeloop_refused_requests_total", "answers with status >= 400, by status and route", ("status", "route")
+        )
+        self.backlog = metrics.Gauge("lakeloop_log_backlog_rows", "rows spooled, not yet in Delta", ("table",))
+        self.failed_commits = metrics.Counter(
+            "lakeloop_log_failed_commits_total", "failed commits to Delta (retried)", ("table",)
+        )
+        self.dead_letters = metrics.Counter(
+            "lakeloop_log_dead_letters_total", "rows sent to the dead-letter table", ("table",)
+        )
+        self._loaded = False
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def model_loaded(self, version: str) -> None:
+        tags = {"model": self.model_name}
+        if version.isdigit():
+            self.version.set(int(version), tags)
+        if self._loaded:
+            self.swaps.inc(1, tags)
+        self._loaded = True
+
+    def predictions(self, output: pd.DataFrame) -> None:
+        tags = {"model": self.model_name}
+        if PREDICTION_COLUMN not in output:
+            return
+        predicted = output[PREDICTION_COLUMN].tolist()  # from a list: Series.value_counts costs ~0.2 ms a call
+        counts: dict[str, int] = {"value": len(predicted)}  # regression: one series (values are unbounded)
+        if self.classification:
+            counts = {}
+            for label in predicted:
+                counts[str(label)] = counts.get(str(label), 0) + 1
+        for label, count in counts.items():
+            self.predicted.inc(count, {**tags, "class": label})
+        probabilities = [c for c in output.columns if c.startswith(PROBABILITY_PREFIX)]
+        scores = output[probabilities[-1]].tolist() if probabilities else predicted
+        for value in scores:
+            self.score.observe(float(value), tags)
+
+    def refusal(self, status: int, route: str) -> None:
+        self.refused.inc(1, {"status": str(status), "route": route})
+
+    def log_state(self, table: str, snapshot: dict) -> None:
+        """A spool's snapshot: the backlog, and the counters' growth since the last call."""
+        tags = {"table": table}
+        self.backlog.set(snapshot["pending"], tags)
+        for counter, key in ((self.failed_commits, "failed_commits"), (self.dead_letters, "dead_lettered")):
+            grown = snapshot[key] - self._seen.get((table, key), 0)
+            if grown > 0:
+                counter.inc(grown, tags)
+            self._seen[(table, key)] = snapshot[key]
+
+
+class Reporter:
+    """Calls `report` every `every_s` on a daemon thread until stopped."""
+
+    def __init__(self, report: Callable[[], None], every_s: float) -> None:
+        self._report, self._every_s, self._stop = report, every_s, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-reporter", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self._report()
+
+    def stop(self) -> None:
+        self._stop.set()
