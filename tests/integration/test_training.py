@@ -83,8 +83,8 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(
     assert len(run.data.tags["lakeloop.worker_nodes"].split(",")) == config.train.num_workers
     assert set(first.seconds) == {"prepare", "fit", "evaluate", "gate"}
     assert run.data.metrics["seconds_fit"] == first.seconds["fit"] > 0
-    registered = client.get_model_version(config.mlflow.registered_model, "1")
-    linked = {m.key: m.value for m in client.get_logged_model(registered.model_id).metrics}
+    (logged,) = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{first.run_id}'")
+    linked = {m.key: m.value for m in logged.metrics}
     assert linked["test_roc_auc"] == run.data.metrics["test_roc_auc"] == first.metrics["roc_auc"]  # on the model page
     assert run.inputs.dataset_inputs[0].dataset.source_type == "delta_table"
     assert len(client.get_metric_history(first.run_id, "val_roc_auc")) >= 2
