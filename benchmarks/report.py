@@ -155,6 +155,23 @@ def _object_store(data: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _table_upkeep(data: dict) -> list[tuple[str, str, str, str]]:
+    return [
+        (
+            "table upkeep",
+            f"{what} at {t['commits']:,} commits ({t['files_before']:,} -> {t['files_after']} files), before -> after",
+            f"{t['before'][key]} -> {t['after'][key]} ms ({t['speedup'][key]}x)",
+            "",
+        )
+        for t in data["tables"]
+        for key, what in (
+            ("open_ms", "open"),
+            ("filtered_read_ms", "filtered read"),
+            ("monitor_steady_pass_ms", "monitor steady pass"),
+        )
+    ]
+
+
 SECTIONS = {
     "serve_load": _serving,
     "preprocessing": _preprocessing,
@@ -164,6 +181,7 @@ SECTIONS = {
     "loop": _loop,
     "recovery": _recovery,
     "object_store": _object_store,
+    "table_upkeep": _table_upkeep,
 }
 
 

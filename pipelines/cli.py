@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "generate": "pipelines.generate",
             "validate": "pipelines.validate",
             "preprocess": "pipelines.preprocess",
+            "maintain": "pipelines.maintain",
         },
     ),
 }
@@ -34,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "serve": "pipelines.deploy",
     "predict": "pipelines.batch_inference",
     "monitor": "pipelines.monitor",
+    "status": "pipelines.status",
     "stack": "pipelines.stack",
     "demo": "pipelines.demo",
 }

@@ -65,11 +65,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         _common(parser)
 
 
-def add_actions(parser: argparse.ArgumentParser, actions: dict[str, str]) -> dict[str, argparse.ArgumentParser]:
+def add_actions(
+    parser: argparse.ArgumentParser, actions: dict[str, str], required: bool = True
+) -> dict[str, argparse.ArgumentParser]:
     """A step with several modes gets one sub-command per mode (`stack up`, `stack down`), each with
-    the common options; returns their parsers, to add each mode's own options."""
-    parser.set_defaults(_actions=tuple(actions))
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(actions) + "}")
+    the common options; returns their parsers, to add each mode's own options. Not `required`: the
+    step without a sub-command is its main mode (`monitor` and `monitor report`), with its own options."""
+    if required:
+        parser.set_defaults(_actions=tuple(actions))
+    sub = parser.add_subparsers(dest="action", required=required, metavar="{" + ",".join(actions) + "}")
     made = {}
     for name, about in actions.items():
         made[name] = sub.add_parser(name, help=about, description=about)

@@ -255,6 +255,57 @@ def _relative(file_uri: str, root: str) -> str:
     return file_uri.removeprefix("file://").removeprefix(root.removeprefix("file://")).lstrip("/")
 
 
+def maintain(
+    uri: str,
+    storage_options: Mapping[str, str] | None,
+    retention_hours: int,
+    keep_versions: list[int] | None = None,
+    keep_since: datetime | None = None,
+) -> dict:
+    """Table upkeep: compact the small files appends leave into large ones (a commit that changes no
+    data: readers of the change feed see no new rows), write a checkpoint of the log, then vacuum the
+    files removed more than `retention_hours` ago, except those of `keep_versions` (versions that
+    must stay readable) and those removed after `keep_since` (a reader's oldest unread commit: the
+    change feed of a commit reads the files it added)."""
+    table = open_table(uri, storage_options)
+    before = {"version": table.version(), "files": len(table.file_uris())}
+    try:
+        compacted = table.optimize.compact()
+        table.create_checkpoint()
+        if keep_since is not None:
+            waited = (datetime.now(UTC) - keep_since).total_seconds() / 3600
+            retention_hours = max(retention_hours, int(waited) + 1)
+        removed = table.vacuum(
+            retention_hours=retention_hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+            keep_versions=sorted(keep_versions) if keep_versions else None,
+        )
+    except DeltaError as exc:
+        raise TableError(f"{uri}: upkeep failed: {exc}") from None
+    table = open_table(uri, storage_options)
+    return {
+        "table": uri,
+        "version_before": before["version"],
+        "version_after": table.version(),
+        "files_before": before["files"],
+        "files_after": len(table.file_uris()),
+        "files_compacted": int(compacted.get("numFilesRemoved", 0)),
+        "files_vacuumed": len(removed),
+        "retention_hours": retention_hours,
+        "kept_versions": sorted(keep_versions or []),
+    }
+
+
+def commit_time(uri: str, storage_options: Mapping[str, str] | None, version: int) -> datetime | None:
+    """When a version was committed (None if the log no longer has it)."""
+    table = open_table(uri, storage_options)
+    for entry in table.history(limit=max(table.version() - version + 1, 1)):
+        if entry.get("version") == version and entry.get("timestamp") is not None:
+            return datetime.fromtimestamp(entry["timestamp"] / 1000, UTC)
+    return None
+
+
 def enable_change_feed(uri: str, storage_options: Mapping[str, str] | None = None) -> None:
     """Record each commit's changes from now on (tables lakeloop creates have it from the start)."""
     if table_exists(uri, storage_options):

@@ -14,6 +14,7 @@ the registry never wedges. Claims of older epochs are deleted after each move.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -258,6 +259,26 @@ class Registry:
 
     def versions_tagged(self, key: str, value: str) -> list[ModelVersion]:
         return self.client.search_model_versions(f"name = '{self.name}' and tags.`{key}` = '{value}'")
+
+    def pinned_tables(self) -> dict[str, set[int]]:
+        """The Delta table versions the registered versions' training runs read (their lineage, logged
+        as MLflow dataset inputs): table URI -> versions that must stay readable."""
+        pinned: dict[str, set[int]] = {}
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException as exc:
+            if _not_found(exc):
+                return pinned
+            raise
+        for run_id in {mv.run_id for mv in found if mv.run_id}:
+            for given in self.client.get_run(run_id).inputs.dataset_inputs:
+                if given.dataset.source_type != "delta_table":
+                    continue
+                source = json.loads(given.dataset.source)
+                # training always logs the version it read, and MLflow 3.17 writes no version for 0
+                # (DeltaDatasetSource.to_dict tests it for truth): a missing one is version 0
+                pinned.setdefault(source["path"], set()).add(int(source.get("delta_table_version") or 0))
+        return pinned
 
     def versions(self) -> list[dict]:
         try:

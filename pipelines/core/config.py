@@ -334,6 +334,15 @@ class MonitorConfig(StrictModel):
     attempts_table: str = "retraining_attempts"
 
 
+class MaintenanceConfig(StrictModel):
+    """Table upkeep (`lakeloop data maintain`, and the monitor loop every `every_s`): compaction, a log
+    checkpoint, and vacuum of the files removed more than `retention_hours` ago."""
+
+    tables: list[str] | None = None  # None: the serving logs, labelled feedback and drift reports
+    retention_hours: int = Field(168, ge=0)  # Delta's default: a week of time travel
+    every_s: float | None = Field(3600, gt=0)  # None: the monitor loop never runs it
+
+
 class LakeloopConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     dataset: DatasetConfig
@@ -345,6 +354,7 @@ class LakeloopConfig(StrictModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     batch_inference: BatchInferenceConfig = Field(default_factory=BatchInferenceConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
 
     @model_validator(mode="after")
     def _gate_fits_the_task(self) -> LakeloopConfig:

@@ -16,11 +16,11 @@ from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.retrying import with_retries
-from pipelines.monitoring import reports
+from pipelines.monitoring import html_report, reports
 from pipelines.monitoring.champion import Champion, load_champion
 from pipelines.monitoring.reports import RANK
 from pipelines.monitoring.retraining import retraining_step
-from pipelines.training.detectors import performance_check
+from pipelines.training.detectors import DetectorResult, performance_check
 
 
 @dataclass
@@ -112,20 +112,52 @@ def _labels(config: LakeloopConfig) -> Landed:
     )
 
 
-def _check(config: LakeloopConfig, champion: Champion, traffic: Landed, labelled: Landed) -> list[dict]:
-    """One report row per window and detector: the traffic detectors on served rows, the gate metric
-    on labelled rows."""
-    now, metric, found = datetime.now(UTC), config.gate.metric, []
+@dataclass
+class Checked:
+    """A traffic window, what the detectors found on it, and its report rows."""
+
+    window: drift_policy.Window
+    results: list[DetectorResult]
+    reports: list[dict]
+
+
+def _check(
+    config: LakeloopConfig, champion: Champion, traffic: Landed, labelled: Landed
+) -> tuple[list[Checked], list[dict]]:
+    """The traffic detectors on each window of served rows; one report row per labelled window and
+    the gate metric on it."""
+    now, metric, checked, performance = datetime.now(UTC), config.gate.metric, [], []
     for window in traffic.windows:
         results = champion.suite.check(window.rows[config.dataset.feature_names]) if window.decidable else []
-        found += reports.report_rows(window, traffic.time_column, champion, results, now)
+        found = reports.report_rows(window, traffic.time_column, champion, results, now)
+        checked.append(Checked(window, results, found))
     for window in labelled.windows:
         result = performance_check(
             champion.suite.model, window.rows, metric, champion.test_metrics.get(metric), config.monitor.max_metric_drop
         )
         result.details["orphaned_labels"] = labelled.orphans
-        found += reports.report_rows(window, labelled.time_column, champion, [result], now)
-    return found
+        performance += reports.report_rows(window, labelled.time_column, champion, [result], now)
+    return checked, performance
+
+
+# Pages per pass: the drifted windows and the newest one. A figure per window kept a monitor catching up
+# on 19 windows busy for minutes against a loaded MLflow server (tests/faults), while the Delta reports,
+# the source of truth, were already written.
+MAX_PAGES_PER_PASS = 3
+
+
+def _pages(config: LakeloopConfig, champion: Champion, checked: list[Checked], performance: list[dict]) -> dict:
+    """HTML reports (artifact path -> page) for the drifted windows of the pass and its newest one."""
+    decided = [c for c in checked if c.results]
+    drifted = [c for c in decided if any(r.is_drift for r in c.results)]
+    chosen = {id(c): c for c in [*drifted[-(MAX_PAGES_PER_PASS - 1) :], *decided[-1:]]}.values()
+    pages = {}
+    for c in chosen:
+        start, end = c.reports[0]["window_start"], c.reports[0]["window_end"]
+        span = f"{c.window.rows.shape[0]} rows served {start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S}"
+        rows = c.window.rows[config.dataset.feature_names]
+        pages[reports.report_path(end)] = html_report.render(champion, rows, c.results, span, performance)
+    return pages
 
 
 def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
@@ -136,10 +168,14 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
     started = time.perf_counter()
     claim = reports.claim_pass(config)  # another monitor committing first makes this pass's reports void
     traffic, labelled = _traffic(config), _labels(config)
-    found = _check(config, champion, traffic, labelled)
+    checked, performance = _check(config, champion, traffic, labelled)
+    found = [row for c in checked for row in c.reports] + performance
     recorded = bool(found) and reports.record(config, found, claim)
     if recorded:
-        with_retries("logging drift to MLflow", monitor.retries, lambda: reports.log_to_mlflow(config, champion, found))
+        pages = _pages(config, champion, checked, performance)
+        with_retries(
+            "logging drift to MLflow", monitor.retries, lambda: reports.log_to_mlflow(config, champion, found, pages)
+        )
     began = drift_policy.trigger_start(
         reports.window_decisions(config, champion.version), monitor.debounce.k, monitor.debounce.n
     )

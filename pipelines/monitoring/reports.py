@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -173,62 +174,90 @@ def window_decisions(config: LakeloopConfig, version: str) -> dict[str, list[tup
     }
 
 
-# Figures per pass: the drifted windows and the newest one. A figure per window and a request per
-# metric kept a monitor catching up on 19 windows busy for minutes against a loaded MLflow server
-# (tests/faults), while the Delta reports, the source of truth, were already written.
-MAX_FIGURES_PER_PASS = 3
+REPORTS_DIR = "drift"  # the HTML reports' folder in a monitor run's artifacts
+MONITOR_JOB = "monitor"  # the lakeloop.job tag of the monitor's runs
 
 
-def _figure(report: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    p_values = json.loads(report["details"]).get("p_values") or {}
-    figure, axis = plt.subplots(figsize=(7, 3))
-    axis.bar(list(p_values), list(p_values.values()))
-    axis.axhline(report["threshold"], color="red", linewidth=1, label="threshold")
-    axis.set_yscale("log")
-    axis.set_ylabel("p-value")
-    axis.set_title(f"window ending {report['window_end']:%Y-%m-%d %H:%M:%S}")
-    axis.tick_params(axis="x", rotation=30)
-    figure.tight_layout()
-    return figure
+def report_path(window_end: datetime) -> str:
+    """The artifact path of a window's HTML report: sorts by window end."""
+    return f"{REPORTS_DIR}/report-{window_end:%Y%m%dT%H%M%S}.html"
 
 
-def log_to_mlflow(config: LakeloopConfig, champion: Champion, reports: list[dict]) -> None:
-    """One MLflow run per pass: every window's metrics in one batch request, and p-value figures of
-    the drifted windows and the newest one."""
-    import matplotlib.pyplot as plt
-    import mlflow
+def _metrics(reports: list[dict]) -> list:
+    """Per window (step: the window end, in epoch seconds) and detector: p-value, distance, verdict,
+    and the feature detector's effect sizes per feature."""
     from mlflow.entities import Metric
 
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    mlflow.set_experiment(f"{config.mlflow.experiment}-monitor")
-    metrics, with_p_values = [], []
-    now_ms = int(time.time() * 1000)
+    metrics, now_ms = [], int(time.time() * 1000)
     for report in reports:
         step = int(report["window_end"].timestamp())
-        for suffix, value in (("p_value", report["p_value"]), ("distance", report["distance"])):
-            if value is not None:
-                metrics.append(Metric(f"{report['detector']}_{suffix}", float(value), now_ms, step))
+        values = {"p_value": report["p_value"], "distance": report["distance"]}
         if report["is_drift"] is not None:
-            metrics.append(Metric(f"{report['detector']}_drift", float(report["is_drift"]), now_ms, step))
-        if json.loads(report["details"]).get("p_values"):
-            with_p_values.append(report)
-    figures = [r for r in with_p_values if r["is_drift"]][-MAX_FIGURES_PER_PASS + 1 :] + with_p_values[-1:]
-    with mlflow.start_run(
-        run_name=f"monitor-v{champion.version}",
-        tags={"lakeloop.job": "monitor", "lakeloop.model_version": champion.version},
-    ) as run:
-        client = mlflow.MlflowClient(config.mlflow.tracking_uri)
-        for first in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run.info.run_id, metrics=metrics[first : first + 1000])
-        for report in {id(r): r for r in figures}.values():
-            figure = _figure(report)
-            mlflow.log_figure(figure, f"drift/window-{int(report['window_end'].timestamp())}.png")
-            plt.close(figure)
+            values["drift"] = float(report["is_drift"])
+        named = {f"{report['detector']}_{k}": v for k, v in values.items()}
+        effects = json.loads(report["details"]).get("effect_sizes", {})
+        named |= {f"effect_{feature}_{m}": v for feature, sizes in effects.items() for m, v in sizes.items()}
+        metrics += [Metric(name, float(v), now_ms, step) for name, v in named.items() if v is not None]
+    return metrics
+
+
+def champion_run(client, experiment: str, champion: Champion) -> str:
+    """The monitor's one run for this champion version (created at its first checked window): its
+    metrics, stepped by window end, are the version's drift timeline."""
+    import mlflow
+
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`lakeloop.job` = '{MONITOR_JOB}' and tags.`lakeloop.model_version` = '{champion.version}' "
+        f"and tags.`lakeloop.model_name` = '{champion.name}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if runs:
+        return runs[0].info.run_id
+    tags = {
+        "lakeloop.job": MONITOR_JOB,
+        "lakeloop.model_name": champion.name,
+        "lakeloop.model_version": champion.version,
+        "lakeloop.champion_run": champion.run_id,
+        mlflow.utils.mlflow_tags.MLFLOW_RUN_NAME: f"monitor-{champion.name}-v{champion.version}",
+    }
+    return client.create_run(experiment_id, tags=tags).info.run_id
+
+
+def log_to_mlflow(config: LakeloopConfig, champion: Champion, reports: list[dict], pages: dict[str, str]) -> None:
+    """Into the champion's monitor run: every window's metrics in batches, and the HTML reports."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(config.mlflow.tracking_uri)
+    run_id = champion_run(client, f"{config.mlflow.experiment}-monitor", champion)
+    metrics = _metrics(reports)
+    for first in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[first : first + 1000])
+    for path, page in pages.items():
+        client.log_text(run_id, page, path)
+    client.set_terminated(run_id)  # FINISHED between passes; the next pass logs to it again
+
+
+def latest_report(config: LakeloopConfig) -> tuple[str, str] | None:
+    """(the newest HTML report, where it came from) over the monitor's runs, newest run first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(config.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(f"{config.mlflow.experiment}-monitor")
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`lakeloop.job` = '{MONITOR_JOB}'", order_by=["attributes.end_time DESC"]
+    )
+    for run in runs:
+        pages = sorted(a.path for a in client.list_artifacts(run.info.run_id, REPORTS_DIR) if a.path.endswith(".html"))
+        if pages:
+            text = client.download_artifacts(run.info.run_id, pages[-1])
+            return Path(text).read_text(), f"run {run.info.run_id} ({run.info.run_name}), {pages[-1]}"
+    return None
 
 
 def summaries(found: list[dict], performance: bool) -> list[dict]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.config import MonitorConfig
+from pipelines.core.effect_sizes import feature_effects
 from pipelines.core.metrics import greater_is_better
 from pipelines.training.bundle import PREDICTION_COLUMN, PROBABILITY_PREFIX, LakeloopModel, evaluate_predictions
 
@@ -117,16 +118,28 @@ class DriftSuite:
         return [_timed(check, window) for check in (self._features, self._multivariate, self._prediction)]
 
     def _features(self, window: pd.DataFrame) -> DetectorResult:
-        tabular = self.features.predict(self.encoder.encode(window), drift_type="batch")["data"]
+        encoded = self.encoder.encode(window)
+        tabular = self.features.predict(encoded, drift_type="batch")["data"]
         p_values = {c: float(p) for c, p in zip(self.encoder.columns, tabular["p_val"], strict=True)}
+        effects = feature_effects(self.reference, encoded, self.encoder.columns, set(self.encoder.categorical))
         return DetectorResult(
             "features",
             bool(tabular["is_drift"]),
             min(p_values.values()),
             float(tabular["threshold"]),
             None,
-            {"p_values": p_values},
+            {"p_values": p_values, "effect_sizes": effects},
         )
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The encoded reference sample the feature detector compares with (stored with it)."""
+        return np.asarray(self.features.x_ref)
+
+    @property
+    def reference_scores(self) -> np.ndarray:
+        """The model's scores on the reference sample (the prediction detector's reference)."""
+        return np.asarray(self.prediction.x_ref).ravel()
 
     def _multivariate(self, window: pd.DataFrame) -> DetectorResult:
         small = window.sample(min(len(window), self.mmd_rows), random_state=self.seed)

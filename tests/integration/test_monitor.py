@@ -85,6 +85,10 @@ def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(
     assert Jobs(jobs_api).submit("true", first["submission_id"], {}, {}) is False  # the same id again: not ours
     features = next(r for r in first["reports"] if r["detector"] == "features")
     assert features["p_value"] < 1e-6  # the shifted monthly_charges
+    effects = json.loads(features["details"])["effect_sizes"]
+    numeric = {name: sizes for name, sizes in effects.items() if "psi" in sizes}
+    assert max(numeric, key=lambda name: numeric[name]["wasserstein_sd"]) == "monthly_charges"
+    assert numeric["monthly_charges"]["psi"] > 0.25 and effects["plan"]["jensen_shannon"] > 0.1  # both shifted
     # A second monitor with its own window position sees the same windows; the attempts log is shared,
     # so it finds attempt 1 and submits nothing (had it missed the log, the Jobs API refuses the same id).
     other = config.model_copy(update={"monitor": config.monitor.model_copy(update={"drift_reports_table": "reports2"})})
@@ -100,6 +104,33 @@ def test_undrifted_traffic_submits_nothing(trained: dict, tmp_path: Path) -> Non
     outcome = run_once(config)
     assert len(outcome["windows"]) == 3
     assert not outcome["triggered"] and outcome["submission_id"] is None
+    for report in (r for r in outcome["reports"] if r["detector"] == "features"):
+        sizes = [v for effect in json.loads(report["details"])["effect_sizes"].values() for v in effect.values()]
+        assert max(sizes) < 0.25  # no shift is major on calm traffic
+
+
+def test_a_champion_has_one_monitor_run_with_a_timeline_and_an_html_report(trained: dict, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.monitor import run as monitor_step
+
+    config = with_traffic(trained, tmp_path / "timeline", "covariate", seed=11)
+    first = run_once(config)
+    config = with_traffic(trained, tmp_path / "timeline2", "none", seed=12)
+    run_once(config)  # another pass on the same champion (its own tables: three more windows)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(f"{config.mlflow.experiment}-monitor")
+    version = first["model_version"]
+    runs = client.search_runs([experiment.experiment_id], f"tags.`lakeloop.model_version` = '{version}'")
+    assert len(runs) == 1  # every pass on this champion logged into one run
+    history = client.get_metric_history(runs[0].info.run_id, "features_p_value")
+    assert len(history) >= 6 and len({m.step for m in history}) >= 3  # a point per window (by its end), both passes
+    assert client.get_metric_history(runs[0].info.run_id, "effect_monthly_charges_psi")
+    written = monitor_step(argparse.Namespace(action="report", output=tmp_path / "report.html", open=False), config)
+    page = (tmp_path / "report.html").read_text()
+    assert runs[0].info.run_id in written.summary
+    assert "<h1>Drift report: " in page and "data:image/png;base64," in page
+    assert all(name in page for name in config.dataset.feature_names) and "jensen_shannon" in page
 
 
 def test_detectors_saved_with_the_model_load_and_agree(trained: dict, tmp_path: Path) -> None:

@@ -79,6 +79,11 @@ def use_stack(env: dict, train: bool) -> set[int]:
     record = synthetic.EXAMPLE_ROW
     for _ in range(20):
         assert httpx.post("http://127.0.0.1:8000/predict", json={"records": [record]}, timeout=30).status_code == 200
+    status = lakeloop("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr[-3000:]
+    shown = json.loads(status.stdout)
+    assert shown["stack"]["running"] and shown["serving"]["version"] == shown["champion"]["version"] is not None
+    assert any(t["table"].endswith("/events") and t["version"] >= 0 for t in shown["tables"])
     started = stack_processes(Path(env["LAKELOOP_STORAGE_ROOT"]))
     commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in started if alive(pid)]
     assert not [c for c in commands if b"mlflow.server.jobs" in c or b"huey" in c]  # MLflow's job runner is off

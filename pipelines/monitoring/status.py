@@ -1,0 +1,139 @@
+"""What `lakeloop status` shows on one screen: the stack, the champion and what serves, the last drift
+verdicts, retraining, and the tables. Each part is read on its own: one that cannot be read (MLflow
+down, no endpoint) says so, and the others still show."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+
+from pipelines.adapters import delta, local_services, serving
+from pipelines.adapters.registry import Registry, mlflow_errors
+from pipelines.core.config import LakeloopConfig
+from pipelines.monitoring.reports import summaries
+from pipelines.monitoring.upkeep import maintained_tables
+from pipelines.training.detectors import PERFORMANCE
+
+RECENT_WINDOWS = 3
+RECENT_ATTEMPTS = 3
+
+
+def _stack(config: LakeloopConfig) -> dict:
+    if "://" in config.storage.root:
+        return {"running": None, "note": "storage.root is remote: no embedded stack"}
+    state = local_services.StackState.read(Path(config.storage.root) / local_services.STATE_FILE)
+    if state is None:
+        return {"running": False}
+    return {"running": state.alive(), "mlflow": state.mlflow_url, "ray_dashboard": state.dashboard_url}
+
+
+def _champion(config: LakeloopConfig) -> dict:
+    with mlflow_errors(config.mlflow.tracking_uri):
+        ref = Registry.from_config(config).resolve(config.serving.alias)
+    if ref is None:
+        return {"version": None}
+    return {"version": ref.version, "health": ref.health or "ok", "health_reason": ref.health_reason or None}
+
+
+def _serving(serve_config: Path) -> dict:
+    url = serving.base_url(serving.load_serve_config(serve_config))
+    try:
+        answer = httpx.get(f"{url}/model", timeout=5)
+    except httpx.HTTPError as exc:
+        return {"url": url, "version": None, "note": f"no answer ({type(exc).__name__})"}
+    if answer.status_code != 200:
+        return {"url": url, "version": None, "note": f"HTTP {answer.status_code}"}
+    model = answer.json()
+    return {"url": url, "version": model["version"], "backlog": model["log"]["predictions"]["pending"]}
+
+
+def _drift(config: LakeloopConfig) -> dict:
+    table = delta.read(config.storage.table_uri(config.monitor.drift_reports_table), config.storage.storage_options)
+    if table is None:
+        return {"traffic": [], "performance": []}
+    reports = table.sort_by("window_end").to_pylist()
+    windows = {
+        kind: summaries(reports, performance=kind == PERFORMANCE)[-RECENT_WINDOWS:] for kind in ("traffic", PERFORMANCE)
+    }
+    checked = max(r["checked_at"] for r in reports) if reports else None
+    return {**windows, "last_checked": str(checked) if checked else None}
+
+
+def _retraining(config: LakeloopConfig) -> list[dict]:
+    table = delta.read(config.storage.table_uri(config.monitor.attempts_table), config.storage.storage_options)
+    if table is None:
+        return []
+    attempts = table.filter(pc.is_valid(table.column("submission_id"))).sort_by("at").to_pylist()
+    latest = {a["submission_id"]: a for a in attempts}  # each attempt's newest event
+    return [
+        {k: str(v) if k == "at" else v for k, v in a.items() if k in ("submission_id", "event", "at", "reason")}
+        for a in list(latest.values())[-RECENT_ATTEMPTS:]
+    ]
+
+
+def _tables(config: LakeloopConfig) -> list[dict]:
+    options, found = config.storage.storage_options, []
+    for uri in [config.table_uri, *maintained_tables(config)]:
+        if delta.table_exists(uri, options):
+            table = delta.open_table(uri, options)
+            found.append({"table": uri, "version": table.version(), "files": len(table.file_uris())})
+    return found
+
+
+def gather(config: LakeloopConfig, serve_config: Path) -> dict:
+    parts: dict[str, Callable[[], object]] = {
+        "stack": lambda: _stack(config),
+        "champion": lambda: _champion(config),
+        "serving": lambda: _serving(serve_config),
+        "drift": lambda: _drift(config),
+        "retraining": lambda: _retraining(config),
+        "tables": lambda: _tables(config),
+    }
+    status = {}
+    for name, read in parts.items():
+        try:
+            status[name] = read()
+        except Exception as exc:  # noqa: BLE001 - one unreadable part must not hide the others
+            status[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return status
+
+
+def _verdicts(windows: list[dict]) -> str:
+    shown = ["drift" if w["drift"] else "no decision" if w["drift"] is None else "ok" for w in windows]
+    return ", ".join(shown) or "none checked yet"
+
+
+def describe(status: dict) -> str:
+    stack, champion, served, drift = status["stack"], status["champion"], status["serving"], status["drift"]
+    lines = [
+        "stack        " + (stack.get("error") or ("running" if stack.get("running") else "not running")),
+        "champion     " + (champion.get("error") or f"version {champion.get('version')} ({champion.get('health')})"),
+        "serving      " + (served.get("error") or f"version {served.get('version')} at {served.get('url')}"),
+    ]
+    if stack.get("running"):
+        lines[0] += f": MLflow {stack['mlflow']}, Ray {stack['ray_dashboard']}"
+    if champion.get("health_reason"):
+        lines.append(f"             DEGRADED: {champion['health_reason']}")
+    if served.get("note"):
+        lines[2] += f" ({served['note']})"
+    if "error" in drift:
+        lines.append(f"drift        {drift['error']}")
+    else:
+        lines.append(f"drift        last windows: {_verdicts(drift['traffic'])}; checked {drift.get('last_checked')}")
+        lines.append(f"performance  last labelled windows: {_verdicts(drift[PERFORMANCE])}")
+    retraining = status["retraining"]
+    if isinstance(retraining, dict):
+        lines.append(f"retraining   {retraining['error']}")
+    else:
+        lines += [f"retraining   {a['submission_id']}: {a['event']} at {a['at']}" for a in retraining] or [
+            "retraining   none"
+        ]
+    tables = status["tables"]
+    if isinstance(tables, dict):
+        lines.append(f"tables       {tables['error']}")
+    else:
+        lines += [f"table        {t['table']}: version {t['version']}, {t['files']} files" for t in tables]
+    return "\n".join(lines)
