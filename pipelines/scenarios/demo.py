@@ -14,10 +14,14 @@ requests. It ends with a summary and stops everything it started unless asked to
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from pipelines.adapters import delta, local_services, ray_cluster, serving
 from pipelines.adapters.endpoint import (
@@ -53,16 +57,51 @@ class DemoOptions:
 
 
 class Timeline:
-    def __init__(self) -> None:
+    """One line per stage on the console as it starts, and one with its outcome."""
+
+    def __init__(self, console: TextIO) -> None:
         self.stages: list[tuple[str, float, str]] = []
+        self.console = console
 
     def run(self, name: str, fn, describe=lambda result: ""):
+        print(f"[{name}] ...", file=self.console, flush=True)
         started = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - started
         self.stages.append((name, seconds, describe(result)))
-        print(f"[{name}] {seconds:6.1f}s  {describe(result)}", flush=True)
+        print(f"[{name}] {seconds:6.1f}s  {describe(result)}", file=self.console, flush=True)
         return result
+
+
+@contextmanager
+def console_to_log(log: Path) -> Iterator[TextIO]:
+    """Everything this process and its children write to stdout and stderr (Ray Data's progress bars,
+    Tune's tables, the workers' and HAProxy's logs Ray forwards: 22,852 lines in a demo before) goes
+    to `log`; yields the console as it was, for the story. Where stdout is no file (e.g. captured in
+    a test), nothing is redirected."""
+    try:
+        console_fd = sys.stdout.fileno()  # with --json, stderr: the step runner redirected stdout there
+    except (AttributeError, OSError, ValueError):
+        yield sys.stdout
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(console_fd if console_fd not in (1, 2) else saved[console_fd - 1]), "w", buffering=1)
+    with log.open("ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield console
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            console.close()
 
 
 def _start_stack(config: LakeloopConfig, keep_running: bool, cleanup: ExitStack) -> tuple[LakeloopConfig, dict]:
@@ -114,16 +153,34 @@ def _logged_rows(config: LakeloopConfig, expected: int = 0) -> int:
 
 
 def _p_values(outcome: dict) -> str:
+    """The three most shifted features of the newest window: p-value and effect size."""
     features = [r for r in outcome["reports"] if r["detector"] == "features"]
     if not features:
         return "-"
-    p_values = json.loads(features[-1]["details"])["p_values"]
-    top = sorted(p_values.items(), key=lambda kv: kv[1])[:3]
-    return ", ".join(f"{name} p={value:.1e}" for name, value in top)
+    details = json.loads(features[-1]["details"])
+    top = sorted(details["p_values"].items(), key=lambda kv: kv[1])[:3]
+    effects = details.get("effect_sizes", {})
+    return ", ".join(f"{name} p={value:.1e} ({_effect(effects.get(name, {}))})" for name, value in top)
+
+
+def _effect(sizes: dict[str, float]) -> str:
+    named = {"wasserstein_sd": "{:.2f} sd", "psi": "PSI {:.2f}", "jensen_shannon": "JS {:.2f}"}
+    return ", ".join(named[k].format(v) for k, v in sizes.items() if k in named) or "-"
+
+
+def demo_log(config: LakeloopConfig) -> Path:
+    root = config.storage.root
+    return Path("lakeloop-demo.log") if "://" in root else Path(root) / "demo.log"
 
 
 def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
-    timeline = Timeline()
+    log = demo_log(config)
+    with console_to_log(log) as console:
+        print(f"Ray, Tune, training and Serve output goes to {log}", file=console, flush=True)
+        return _run_demo(args, config, Timeline(console), log)
+
+
+def _run_demo(args: DemoOptions, config: LakeloopConfig, timeline: Timeline, log: Path) -> DemoResult:
     features = config.dataset.feature_names
     requests = WINDOWS_PER_PHASE * config.monitor.window_rows // ROWS_PER_REQUEST
     with ExitStack() as cleanup:
@@ -173,6 +230,7 @@ def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
         f"predictions        {served} rows served, {logged} logged to Delta",
         f"MLflow UI          {urls['mlflow']}",
         f"Ray dashboard      {urls['ray_dashboard']}",
+        f"full output        {log}",
         "still running: `lakeloop stack down` stops it" if args.keep_running else "everything started was stopped",
     ]
     data = {
@@ -188,6 +246,7 @@ def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
         "failed_requests": failed,
         "served_rows": served,
         "logged_rows": logged,
+        "log": str(log),
         **urls,
     }
     ok = failed == 0 and served == logged and shifted.ok

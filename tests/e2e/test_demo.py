@@ -43,3 +43,9 @@ def test_demo_closes_the_loop_with_no_failed_request(tmp_path: Path) -> None:
     assert summary["failed_requests"] == 0
     assert summary["served_rows"] >= 2 * 3 * 500  # two phases of three windows, plus traffic during the swap
     assert summary["logged_rows"] == summary["served_rows"]
+    # a console that tells a story: a line as each stage starts and ends; Ray's, Tune's and the jobs'
+    # output is in the log file it names
+    console = done.stderr.splitlines()
+    assert len(console) <= 100, console[:20]
+    assert sum(line.startswith("[") for line in console) >= 2 * len(summary["stages"])
+    assert Path(summary["log"]).stat().st_size > 0 and summary["log"] in done.stderr
