@@ -16,20 +16,14 @@ import argparse
 import contextlib
 import signal
 import threading
-from pathlib import Path
 
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
-from pipelines.step_runner import StepResult, step_main
+from pipelines.step_runner import StepResult, add_serve_config, step_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--serve-config",
-        type=Path,
-        default=Path("conf/serve.yaml"),
-        help="Serve config file to deploy (default: conf/serve.yaml)",
-    )
+    add_serve_config(parser, "to deploy")
     parser.add_argument(
         "--ready-timeout",
         type=float,

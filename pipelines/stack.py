@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.core.config import LakeloopConfig
-from pipelines.step_runner import StepResult, add_actions, step_main
+from pipelines.step_runner import StepResult, add_actions, add_serve_config, step_main
 
 JOINS_STACK = False  # this step manages the stack itself
 
@@ -32,12 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up = actions["up"]
     up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow tracking server port (default: 5000)")
     up.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard and Jobs API port (default: 8265)")
-    up.add_argument(
-        "--serve-config",
-        type=Path,
-        default=Path("conf/serve.yaml"),
-        help="Serve config whose ports must be free for `lakeloop serve` (default: conf/serve.yaml)",
-    )
+    add_serve_config(up, "whose ports must be free for `lakeloop serve`")
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:

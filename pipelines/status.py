@@ -7,19 +7,13 @@ retraining attempts, and the tables.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipelines.core.config import LakeloopConfig
-from pipelines.step_runner import StepResult, step_main
+from pipelines.step_runner import StepResult, add_serve_config, step_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--serve-config",
-        type=Path,
-        default=Path("conf/serve.yaml"),
-        help="Serve config whose HTTP address is asked which version it serves (default: conf/serve.yaml)",
-    )
+    add_serve_config(parser, "whose HTTP address is asked which version it serves")
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:

@@ -65,6 +65,18 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         _common(parser)
 
 
+def add_serve_config(parser: argparse.ArgumentParser, what: str) -> None:
+    """--serve-config: the one Serve config file every command reads (conf/serve.yaml by default)."""
+    from pipelines.adapters.serving import DEFAULT_SERVE_CONFIG
+
+    parser.add_argument(
+        "--serve-config",
+        type=Path,
+        default=DEFAULT_SERVE_CONFIG,
+        help=f"Serve config file {what} (default: {DEFAULT_SERVE_CONFIG})",
+    )
+
+
 def add_actions(
     parser: argparse.ArgumentParser, actions: dict[str, str], required: bool = True
 ) -> dict[str, argparse.ArgumentParser]:
