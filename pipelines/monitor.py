@@ -61,16 +61,21 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.once:
         outcome = run_once(config, submit=not args.no_submit)
         return StepResult(describe(outcome), outcome)
+    recorder = _metrics(config)
     upkeep_due = time.monotonic()  # the loop maintains the tables at its start, then every maintenance.every_s
     while True:  # until interrupted: no error ends the loop, each is reported and the next pass runs
         due = bool(config.maintenance.every_s) and time.monotonic() >= upkeep_due
-        for name, work in (("check", partial(_pass, args, config)), ("upkeep", partial(_upkeep, config, due))):
+        for name, work in (
+            ("check", partial(_pass, args, config, recorder)),
+            ("upkeep", partial(_upkeep, config, due)),
+        ):
             try:
                 line = work()
-            except LakeloopError as exc:
-                line = f"error ({name}): {exc}"
             except Exception as exc:  # noqa: BLE001 - an unexpected one too: a watchdog must not die of it
-                line = f"error ({name}, unexpected, {type(exc).__name__}): {exc}"
+                if recorder and name == "check":
+                    recorder.failed()
+                unexpected = "" if isinstance(exc, LakeloopError) else f", unexpected, {type(exc).__name__}"
+                line = f"error ({name}{unexpected}): {exc}"
             if line:
                 print(line, flush=True)
         if due:
@@ -78,10 +83,30 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         time.sleep(config.monitor.interval_s)
 
 
-def _pass(args: argparse.Namespace, config: LakeloopConfig) -> str:
+def _metrics(config: LakeloopConfig):
+    """The loop's Prometheus endpoint, if monitor.metrics_port is set and free (else it runs without)."""
+    from pipelines.adapters.prometheus import MonitorMetrics
+
+    monitor = config.monitor
+    if monitor.metrics_port is None:
+        return None
+    recorder = MonitorMetrics()
+    try:
+        recorder.serve(monitor.metrics_host, monitor.metrics_port)
+    except OSError as exc:
+        print(f"metrics: not exported, {monitor.metrics_host}:{monitor.metrics_port} is taken ({exc})", flush=True)
+        return None
+    print(f"metrics: http://{monitor.metrics_host}:{monitor.metrics_port}/metrics", flush=True)
+    return recorder
+
+
+def _pass(args: argparse.Namespace, config: LakeloopConfig, recorder) -> str:
     from pipelines.monitoring.check import describe, run_once
 
-    return describe(run_once(config, submit=not args.no_submit))
+    outcome = run_once(config, submit=not args.no_submit)
+    if recorder:
+        recorder.passed(outcome)
+    return describe(outcome)
 
 
 def _upkeep(config: LakeloopConfig, due: bool) -> str | None:

@@ -332,6 +332,8 @@ class MonitorConfig(StrictModel):
     retries: int = Field(3, ge=1)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     attempts_table: str = "retraining_attempts"
+    metrics_host: str = "127.0.0.1"  # the looping monitor's Prometheus endpoint
+    metrics_port: int | None = Field(9464, ge=1, le=65535)  # None: no endpoint
 
 
 class MaintenanceConfig(StrictModel):

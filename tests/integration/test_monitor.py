@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -268,3 +270,33 @@ def test_two_monitors_at_once_record_each_window_once(trained: dict, tmp_path: P
     checked = delta.read(config.storage.table_uri("drift_reports"), columns=["source_to", "source_offset", "detector"])
     frame = checked.to_pandas()
     assert not frame.duplicated().any() and frame["source_to"].notna().sum() == len(frame)
+
+
+def test_the_looping_monitor_exports_what_it_checked_to_prometheus(trained: dict, tmp_path: Path) -> None:
+    from pipelines.adapters.local_services import free_port, stop_pid
+
+    config = with_traffic(trained, tmp_path / "exported", "covariate", seed=13)
+    port = free_port()
+    raw = config.model_dump(mode="json")
+    raw["monitor"].update(metrics_port=port, interval_s=1)
+    conf = write_config(raw, tmp_path / "lakeloop.yaml")
+    command = [sys.executable, "-m", "pipelines.monitor", "--no-submit", "--config", str(conf)]
+    loop = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    try:
+
+        def exported() -> str:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return ""
+
+        wanted = 'lakeloop_monitor_windows_total{kind="traffic",verdict="drift"} 3.0'
+        deadline = time.monotonic() + 240
+        while wanted not in exported() and time.monotonic() < deadline and loop.poll() is None:
+            time.sleep(0.5)
+        text = exported()
+    finally:
+        stop_pid(loop.pid)
+    assert wanted in text, text[-2000:]
+    assert 'lakeloop_monitor_last_pass_timestamp_seconds{outcome="ok"}' in text
+    assert "lakeloop_monitor_champion_version 1.0" in text and "lakeloop_monitor_degraded 0.0" in text
