@@ -242,7 +242,8 @@ def log_to_mlflow(config: LakeloopConfig, champion: Champion, reports: list[dict
 
 
 def latest_report(config: LakeloopConfig) -> tuple[str, str] | None:
-    """(the newest HTML report, where it came from) over the monitor's runs, newest run first."""
+    """(the newest HTML report, where it came from) over the monitor's runs of this registered model,
+    the run logged to last first."""
     from mlflow import MlflowClient
 
     client = MlflowClient(config.mlflow.tracking_uri)
@@ -250,7 +251,9 @@ def latest_report(config: LakeloopConfig) -> tuple[str, str] | None:
     if experiment is None:
         return None
     runs = client.search_runs(
-        [experiment.experiment_id], f"tags.`lakeloop.job` = '{MONITOR_JOB}'", order_by=["attributes.end_time DESC"]
+        [experiment.experiment_id],
+        f"tags.`lakeloop.job` = '{MONITOR_JOB}' and tags.`lakeloop.model_name` = '{config.mlflow.registered_model}'",
+        order_by=["attributes.end_time DESC"],
     )
     for run in runs:
         pages = sorted(a.path for a in client.list_artifacts(run.info.run_id, REPORTS_DIR) if a.path.endswith(".html"))

@@ -123,7 +123,11 @@ def test_a_champion_has_one_monitor_run_with_a_timeline_and_an_html_report(train
     client = MlflowClient(config.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(f"{config.mlflow.experiment}-monitor")
     version = first["model_version"]
-    runs = client.search_runs([experiment.experiment_id], f"tags.`lakeloop.model_version` = '{version}'")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`lakeloop.model_name` = '{config.mlflow.registered_model}' "
+        f"and tags.`lakeloop.model_version` = '{version}'",
+    )
     assert len(runs) == 1  # every pass on this champion logged into one run
     history = client.get_metric_history(runs[0].info.run_id, "features_p_value")
     assert len(history) >= 6 and len({m.step for m in history}) >= 3  # a point per window (by its end), both passes
