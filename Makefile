@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The fault-injection suite (tests/faults, about 19 min here) runs on its own: `make test-faults` (CI runs both).
+# The fault-injection suite (tests/faults, about 12 min here) runs on its own: `make test-faults` (CI runs both).
 test: lint
 	$(BIN)/pytest -m "not faults"
 
