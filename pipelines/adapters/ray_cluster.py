@@ -37,6 +37,12 @@ def secure_auth_token() -> Path | None:
     return path if path.exists() else None
 
 
+def disconnect() -> None:
+    """Close this process's Ray connection, if it has one (Ray would otherwise close it at exit)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @contextmanager
 def ray_session(config: LakeloopConfig) -> Iterator[str | None]:
     """Use the Ray connection the caller already has, else open one and close it afterwards. Yields

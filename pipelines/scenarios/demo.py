@@ -177,7 +177,10 @@ def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
     log = demo_log(config)
     with console_to_log(log) as console:
         print(f"Ray, Tune, training and Serve output goes to {log}", file=console, flush=True)
-        return _run_demo(args, config, Timeline(console), log)
+        try:
+            return _run_demo(args, config, Timeline(console), log)
+        finally:  # Ray's workers flush their last lines as it disconnects: into the log, not after the summary
+            ray_cluster.disconnect()
 
 
 def _run_demo(args: DemoOptions, config: LakeloopConfig, timeline: Timeline, log: Path) -> DemoResult:
