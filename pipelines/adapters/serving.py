@@ -124,12 +124,18 @@ def application_status(dashboard_url: str, name: str) -> dict | None:
     return (details.get("applications") or {}).get(name)
 
 
-def shutdown(dashboard_url: str) -> None:
+def shutdown(dashboard_url: str, timeout: float = 60.0) -> None:
     """Shut Serve down through the Serve REST API, as `serve shutdown` does: replicas drain (and flush
-    their buffered log rows), and the HTTP ingress (Serve's HAProxy included) stops."""
+    their buffered log rows), and the HTTP ingress (Serve's HAProxy included) stops. Returns once no
+    application is left (or after `timeout`): the deletion runs in the background, and a deploy sent
+    before it finished was swept away with it (`lakeloop demo --keep-running` ended with no app)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    ServeSubmissionClient(dashboard_url).delete_applications()
+    client = ServeSubmissionClient(dashboard_url)
+    client.delete_applications()
+    deadline = time.monotonic() + timeout
+    while client.get_serve_details().get("applications") and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 LOOPBACK_HAPROXY = """#!{python}
