@@ -18,6 +18,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from pipelines.core.drift_policy import verdict
+
 
 class MonitorMetrics:
     def __init__(self) -> None:
@@ -43,8 +45,7 @@ class MonitorMetrics:
         """A pass's outcome (pipelines.monitoring.check.run_once)."""
         for kind, key in (("traffic", "windows"), ("performance", "performance_windows")):
             for window in outcome[key]:
-                verdict = "no_decision" if window["drift"] is None else "drift" if window["drift"] else "ok"
-                self.windows.labels(kind, verdict).inc()
+                self.windows.labels(kind, verdict(window["drift"]).replace(" ", "_")).inc()
         self.pending.set(outcome["pending_rows"])
         if str(outcome["model_version"]).isdigit():
             self.version.set(int(outcome["model_version"]))

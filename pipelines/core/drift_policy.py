@@ -10,6 +10,11 @@ from datetime import datetime
 import pandas as pd
 
 
+def verdict(drift: bool | None) -> str:
+    """A window's decision in words: "drift", "ok", or "no decision" (too few rows, or undefined)."""
+    return "no decision" if drift is None else "drift" if drift else "ok"
+
+
 @dataclass(frozen=True)
 class Window:
     start: datetime  # time of the first row

@@ -200,9 +200,7 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
 
 
 def describe(outcome: dict) -> str:
-    flags = ", ".join(
-        "drift" if w["drift"] else "no decision" if w["drift"] is None else "ok" for w in outcome["windows"]
-    )
+    flags = ", ".join(drift_policy.verdict(w["drift"]) for w in outcome["windows"])
     line = (
         f"champion v{outcome['model_version']}: {len(outcome['windows'])} new windows ({flags or 'none'}), "
         f"{outcome['pending_rows']} rows waiting for a full window"

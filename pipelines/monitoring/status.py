@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from pipelines.adapters import delta, local_services, serving
 from pipelines.adapters.registry import Registry, mlflow_errors
+from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.monitoring.reports import summaries
 from pipelines.monitoring.upkeep import maintained_tables
@@ -102,8 +103,7 @@ def gather(config: LakeloopConfig, serve_config: Path) -> dict:
 
 
 def _verdicts(windows: list[dict]) -> str:
-    shown = ["drift" if w["drift"] else "no decision" if w["drift"] is None else "ok" for w in windows]
-    return ", ".join(shown) or "none checked yet"
+    return ", ".join(drift_policy.verdict(w["drift"]) for w in windows) or "none checked yet"
 
 
 def describe(status: dict) -> str:
