@@ -15,7 +15,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.core.config import LakeloopConfig
+from pipelines.core.config import STORAGE_ROOT_ENV, LakeloopConfig
 from pipelines.step_runner import StepResult, add_actions, add_serve_config, step_main
 
 JOINS_STACK = False  # this step manages the stack itself
@@ -61,7 +61,9 @@ def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> S
     state = local_services.StackState([mlflow_service], mlflow_url=mlflow_service.url)
     state.write(state_path)
     try:
-        _, ray_service, info = local_services.start_ray_head(root / "ray", args.dashboard_port, config.ray.num_cpus)
+        _, ray_service, info = local_services.start_ray_head(
+            root / "ray", args.dashboard_port, config.ray.num_cpus, env=_job_environment(config, mlflow_service.url)
+        )
     except local_services.StackError:
         local_services.stop_pid(mlflow_service.pid)
         state_path.unlink()
@@ -76,6 +78,8 @@ def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> S
             f"MLflow UI:      {mlflow_service.url}  (pid {mlflow_service.pid})",
             f"Ray dashboard:  {ray_service.url}  (pid {ray_service.pid}; Jobs API and Serve REST API)",
             f"recorded in {state_path}: lakeloop commands run with storage.root {config.storage.root} join this stack",
+            "jobs on it inherit MLFLOW_TRACKING_URI and LAKELOOP_STORAGE_ROOT: "
+            "ray job submit --runtime-env conf/runtime_env.yaml -- python -m pipelines.train",
             f"for `ray job submit` and `serve`: export RAY_AUTH_MODE=token RAY_ADDRESS={info['gcs_address']} "
             f"MLFLOW_TRACKING_URI={mlflow_service.url} LAKELOOP_STORAGE_ROOT={config.storage.root}",
             "(token auth is on: clients read ~/.ray/auth_token when RAY_AUTH_MODE=token)",
@@ -89,6 +93,12 @@ def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> S
             "state_file": str(state_path),
         },
     )
+
+
+def _job_environment(config: LakeloopConfig, mlflow_url: str) -> dict[str, str]:
+    """What every job on the stack needs and `ray job submit` would not pass (a job does not inherit the
+    submitting shell): the head carries it, its workers and so the jobs' drivers inherit it."""
+    return {"MLFLOW_TRACKING_URI": mlflow_url, STORAGE_ROOT_ENV: config.storage.root}
 
 
 def _down(state_path: Path) -> StepResult:

@@ -274,9 +274,16 @@ def start_mlflow_server(
 
 
 def start_ray_head(
-    root: Path, dashboard_port: int = 8265, num_cpus: int | None = None, timeout: float = 120.0
+    root: Path,
+    dashboard_port: int = 8265,
+    num_cpus: int | None = None,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, Service, dict]:
-    """A Ray cluster owned by one background process (pipelines.adapters.ray_head), Jobs API on loopback."""
+    """A Ray cluster owned by one background process (pipelines.adapters.ray_head), Jobs API on loopback.
+
+    `env` reaches every process of the cluster: Ray's workers, and so the drivers of submitted jobs,
+    inherit the head's environment."""
     root.mkdir(parents=True, exist_ok=True)
     if port_open(dashboard_port):
         raise StackError(f"port {dashboard_port} on {LOOPBACK} is already in use (another Ray dashboard?)")
@@ -292,7 +299,7 @@ def start_ray_head(
         "--dashboard-port",
         str(dashboard_port),
     ] + (["--num-cpus", str(num_cpus)] if num_cpus else [])
-    process = _spawn("ray", command, log)
+    process = _spawn("ray", command, log, env)
     deadline = time.monotonic() + timeout
     while not address_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:

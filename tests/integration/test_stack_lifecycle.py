@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from pipelines.adapters.local_services import STATE_FILE, free_port, port_holder
+from pipelines.adapters.local_services import STATE_FILE, StackState, free_port, port_holder
 from pipelines.core import synthetic
-from tests.helpers import demo_raw_config, lakeloop, stack_processes, user_environment
+from tests.helpers import ROOT, demo_raw_config, lakeloop, stack_processes, user_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,6 +75,7 @@ def use_stack(env: dict, train: bool) -> set[int]:
         trained = lakeloop("train", env=env)
         assert trained.returncode == 0, trained.stderr[-3000:]
         assert "joined the stack" in trained.stderr  # no RAY_ADDRESS or MLFLOW_TRACKING_URI: it found stack.json
+        assert submitted_status(env)["champion"].get("version") is not None, "the job did not reach the stack's MLflow"
     served = lakeloop("serve", env=env)
     assert served.returncode == 0, served.stderr[-3000:]
     assert "http://127.0.0.1:8000" in served.stdout and "(ready)" in served.stdout
@@ -92,6 +95,27 @@ def use_stack(env: dict, train: bool) -> set[int]:
     bound = {port: listen_addresses(port) for port in SERVE_PORTS}
     assert all(addresses == {"127.0.0.1"} for addresses in bound.values()), bound  # HAProxy's too (issue 17)
     return started
+
+
+def submitted_status(env: dict) -> dict:
+    """`lakeloop status` as a job submitted with conf/runtime_env.yaml from a shell without
+    MLFLOW_TRACKING_URI: the job finds the stack's MLflow (on a port other than the config's) only
+    because it inherits the variable from the stack's Ray head."""
+    state = StackState.read(Path(env["LAKELOOP_STORAGE_ROOT"]) / STATE_FILE)
+    assert state is not None and "MLFLOW_TRACKING_URI" not in env
+    job = subprocess.run(
+        ["ray", "job", "submit", "--address", state.dashboard_url, "--runtime-env", "conf/runtime_env.yaml"]
+        + ["--", "python", "-m", "pipelines.status", "--json"],
+        cwd=ROOT,
+        env={**env, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    shown = json.loads(next(line for line in job.stdout.splitlines() if line.startswith('{"ok"')))
+    assert shown["stack"]["mlflow"] == state.mlflow_url
+    return shown
 
 
 def test_two_stack_cycles_leave_nothing_behind(user_env: dict) -> None:
