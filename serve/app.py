@@ -47,9 +47,9 @@ from serve.schemas import (
 )
 
 log = logging.getLogger("lakeloop.serve")
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health",)  # load balancer and Kubernetes probes carry no credentials
 ROUTES = ("/invocations", "/predict", "/feedback", "/health", "/model", "/docs", "/openapi.json")
-METRICS_EVERY_S = 5.0  # the log's gauges  # load balancer and Kubernetes probes carry no credentials
+METRICS_EVERY_S = 5.0  # the gauges: model version, log backlog
 # The log's key for a request, made here and returned on every response. (Serve's own X-Request-Id is a
 # tracing id a client may set, so two clients can send the same one: it cannot key the feedback join.)
 REQUEST_ID_HEADER = "X-Lakeloop-Request-Id"
@@ -257,7 +257,7 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             self.metrics = api.state.metrics = ServingMetrics(
                 self.config.mlflow.registered_model, self.config.dataset.task == "classification"
             )
-            self.reporter = Reporter(self._report_log, METRICS_EVERY_S)
+            self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
             self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
             # Serve routes to a replica once its constructor returns. A replica that took traffic before
             # its model loaded answered 503 for seconds, and the ingress's least-connections balancing
@@ -279,16 +279,23 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             if model is None:
                 raise RequestError(503, "no model loaded yet", retry_after_s=5)
             if len(frames) == 1:  # alone in the batch (low load): nothing to concatenate or split
-                return [(model, await asyncio.to_thread(_predict_or_error, model.predictor, frames[0]))]
+                return [(model, await self._predict_alone(model, frames[0]))]
             try:
                 output = await asyncio.to_thread(model.predictor.predict_frame, pd.concat(frames, ignore_index=True))
             except Exception:  # noqa: BLE001 - isolate the request that caused it, below
-                return [(model, await asyncio.to_thread(_predict_or_error, model.predictor, f)) for f in frames]
+                return [(model, await self._predict_alone(model, f)) for f in frames]
+            self.metrics.unknown_categories(output)
             bounds = np.cumsum([0, *(len(f) for f in frames)])
             return [
                 (model, output.iloc[start:stop].reset_index(drop=True))
                 for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
             ]
+
+        async def _predict_alone(self, model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame | Exception:
+            output = await asyncio.to_thread(_predict_or_error, model.predictor, frame)
+            if not isinstance(output, Exception):
+                self.metrics.unknown_categories(output)
+            return output
 
         async def _score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
             frame = self.validator.frame(records)
@@ -375,7 +382,8 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                 }
             )
 
-        def _report_log(self) -> None:
+        def _report_state(self) -> None:
+            self.metrics.report_version()
             for table, spool in (("predictions", self.predictions), ("feedback", self.feedback)):
                 self.metrics.log_state(table, spool.snapshot())
 

@@ -17,7 +17,7 @@ import torch
 
 from pipelines.core import metrics
 from pipelines.core.config import DatasetConfig
-from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX
+from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX, UNKNOWN_CATEGORIES_ATTR
 from pipelines.core.network import NetworkSpec, TabularMLP
 from pipelines.training.features import FeaturePipeline
 
@@ -45,7 +45,12 @@ class LakeloopModel:
             raise ValueError(f"input is missing feature columns: {', '.join(missing)}")
         if frame.empty:
             return pd.DataFrame({PREDICTION_COLUMN: []})
-        outputs = self.network(torch.from_numpy(self.pipeline.transform_frame(frame))).numpy()
+        encoded = self.pipeline.encode(frame)
+        result = self._outputs(self.network(torch.from_numpy(encoded.matrix)).numpy())
+        result.attrs[UNKNOWN_CATEGORIES_ATTR] = {name: n for name, n in encoded.unknown.items() if n}
+        return result
+
+    def _outputs(self, outputs: np.ndarray) -> pd.DataFrame:
         if self.task == "regression":
             return pd.DataFrame({PREDICTION_COLUMN: outputs[:, 0].astype(np.float64)})
         probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy().astype(np.float64)

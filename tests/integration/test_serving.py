@@ -158,8 +158,11 @@ def test_the_endpoints_metrics_reach_rays_prometheus_endpoint(endpoint: str) -> 
     for _ in range(3):
         assert httpx.post(f"{endpoint}/predict", json={"records": [GOOD, GOOD]}).status_code == 200
     assert httpx.post(f"{endpoint}/predict", json={"records": [{**GOOD, "tenure_months": "x"}]}).status_code == 422
+    unseen = {**GOOD, "plan": "a plan never trained on"}
+    assert httpx.post(f"{endpoint}/predict", json={"records": [unseen, unseen, GOOD]}).status_code == 200
     wanted = (
         "ray_lakeloop_model_version",
+        "ray_lakeloop_unknown_categories_total",
         "ray_lakeloop_predictions_total",
         "ray_lakeloop_prediction_score_bucket",
         "ray_lakeloop_refused_requests_total",
@@ -174,7 +177,10 @@ def test_the_endpoints_metrics_reach_rays_prometheus_endpoint(endpoint: str) -> 
     refused = metric_lines(text, "ray_lakeloop_refused_requests_total")
     assert any('status="422"' in line and 'route="/predict"' in line for line in refused)
     predicted = metric_lines(text, "ray_lakeloop_predictions_total")
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in predicted) >= 6
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in predicted) >= 9
+    unknown = metric_lines(text, "ray_lakeloop_unknown_categories_total")
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in unknown if 'feature="plan"' in line) == 2.0
+    assert not [line for line in unknown if 'feature="plan"' not in line]
 
 
 def _post(endpoint: str, path: str, body: object, content_type: str = "application/json") -> httpx.Response:

@@ -8,6 +8,7 @@ import re
 
 import pandas as pd
 
+from pipelines.core.model_output import UNKNOWN_CATEGORIES_ATTR
 from serve.metrics import ServingMetrics
 from tests.helpers import ROOT
 
@@ -65,3 +66,23 @@ def test_predictions_are_counted_by_class_and_regression_by_one_series() -> None
     regression.predicted = Recorded()
     regression.predictions(pd.DataFrame({"prediction": [3.5, 1.25]}))
     assert [(tags["class"], v) for v, tags in regression.predicted.calls] == [("value", 2)]
+
+
+def test_unknown_categories_are_counted_from_what_the_model_reported() -> None:
+    recorder = ServingMetrics("m", classification=True)
+    recorder.unknown = Recorded()
+    output = pd.DataFrame({"prediction": [1, 0]})
+    recorder.unknown_categories(output)  # another model's output says nothing: nothing counted
+    output.attrs[UNKNOWN_CATEGORIES_ATTR] = {"plan": 2}
+    recorder.unknown_categories(output)
+    assert recorder.unknown.calls == [(2, {"model": "m", "feature": "plan"})]
+
+
+def test_a_swap_is_counted_after_the_first_model_and_the_version_is_set_again() -> None:
+    recorder = ServingMetrics("m", classification=True)
+    recorder.swaps, recorder.version = Recorded(), Recorded()
+    recorder.model_loaded("1")
+    recorder.model_loaded("2")
+    recorder.report_version()
+    assert len(recorder.swaps.calls) == 1
+    assert [v for v, _ in recorder.version.calls] == [1, 2, 2]
