@@ -18,7 +18,6 @@ from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.types.schema import AnyType, ColSpec, Schema
 
 import pipelines
 from pipelines.adapters import ray_cluster
@@ -152,16 +151,17 @@ def _champion_metrics(
     return evaluate_predictions(predictions, test[dataset.label], dataset)
 
 
-def model_signature(example: pd.DataFrame, output: pd.DataFrame, config: LakeloopConfig) -> ModelSignature:
-    """Numeric features accept ints, floats and nulls (MLflow refuses int64 -> double as unsafe);
-    the feature pipeline coerces them and names any column that is not numeric."""
-    columns = [
-        ColSpec("string", name)
-        if example[name].dtype == object and name in config.dataset.categorical
-        else ColSpec(AnyType(), name)
-        for name in config.dataset.feature_names
-    ]
-    return ModelSignature(inputs=Schema(columns), outputs=infer_signature(example, output).outputs)
+def model_signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
+    """Outputs only. An input schema makes MLflow check the input before `predict`: typed columns
+    refuse ints in a double column and nulls in a long one, and the `any` type that takes both is
+    checked value by value, which cost 0.39 ms of a 1-row predict (0.67 ms) and 21 ms of 10,000 rows
+    (28.5 ms) here. The model checks its input itself, vectorised, and names the column (a missing
+    feature, a value that is not numeric); the features are listed in the MLmodel's metadata."""
+    return ModelSignature(outputs=infer_signature(example, output).outputs)
+
+
+def model_metadata(config: LakeloopConfig) -> dict:
+    return {"lakeloop_features": [{"name": f.name, "kind": f.kind} for f in config.dataset.features]}
 
 
 def log_model(model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig) -> str:
@@ -176,7 +176,8 @@ def log_model(model: LakeloopModel, test: pd.DataFrame, scores: dict, config: La
             python_model=LakeloopPyfunc(),
             artifacts={"model": str(directory)},
             code_paths=[str(Path(pipelines.__file__).parent)],
-            signature=model_signature(example, model.predict_frame(example), config),
+            signature=model_signature(example, model.predict_frame(example)),
+            metadata=model_metadata(config),
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=config.mlflow.registered_model,

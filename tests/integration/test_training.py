@@ -76,6 +76,12 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(
     predicted = model.predict(records())
     assert list(predicted["prediction"]) == [1, 0]
     np.testing.assert_allclose(predicted[["probability_0", "probability_1"]].sum(axis=1), 1.0, rtol=1e-6)
+    loose = records().astype({"tenure_months": float}).assign(age=[None, 41])  # floats, nulls: as before
+    assert model.predict(loose)["prediction"].notna().all()
+    with pytest.raises(ValueError, match="feature 'tenure_months' must be numeric"):
+        model.predict(records().assign(tenure_months=["x", 1]))
+    features = model.metadata.metadata["lakeloop_features"]
+    assert [f["name"] for f in features] == config.dataset.feature_names
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(first.run_id)
