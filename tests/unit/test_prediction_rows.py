@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.adapters.prediction_log import prediction_rows
 from pipelines.core.config import parse_config
-from serve.app import _columns, _output_rows
+from serve.app import _as_lists, _output_rows
 from serve.schemas import RecordValidator
 from tests.helpers import demo_raw_config
 
@@ -26,9 +26,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory):
 def test_rows_carry_each_feature_in_its_logged_type_and_missing_values_as_null(dataset) -> None:
     numeric, categorical = dataset.numeric[0], dataset.categorical[0]
     missing = dict.fromkeys(dataset.feature_names)
-    frame = RecordValidator(dataset, 10).frame([{**missing, numeric: 42.0, categorical: 7}, missing])
+    columns = RecordValidator(dataset, 10).columns([{**missing, numeric: 42.0, categorical: 7}, missing])
     outputs = [{"prediction": "yes", "probability_yes": np.float64(0.9).item()}, {"prediction": "no"}]
-    rows = prediction_rows("r1", "m", "3", AT, _columns(frame), outputs, dataset)
+    rows = prediction_rows("r1", "m", "3", AT, _as_lists(columns), outputs, dataset)
     assert [r["row"] for r in rows] == [0, 1]
     assert rows[0][numeric] == 42.0 and isinstance(rows[0][numeric], float) and rows[1][numeric] is None
     assert rows[0][categorical] == "7" and rows[1][categorical] is None

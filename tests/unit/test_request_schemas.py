@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipelines.core.config import LakeloopConfig
@@ -49,10 +50,10 @@ def test_malformed_payloads(body: object, message: str) -> None:
         mlflow_records(body)
 
 
-def test_valid_records_become_a_frame_in_config_order(validator: RecordValidator, config: LakeloopConfig) -> None:
-    frame = validator.frame([GOOD, {**GOOD, "monthly_charges": None}])
-    assert list(frame.columns) == config.dataset.feature_names
-    assert frame["monthly_charges"].isna().tolist() == [False, True]
+def test_valid_records_become_columns_in_config_order(validator: RecordValidator, config: LakeloopConfig) -> None:
+    columns = validator.columns([GOOD, {**GOOD, "monthly_charges": None}])
+    assert list(columns) == config.dataset.feature_names
+    assert np.isnan(columns["monthly_charges"]).tolist() == [False, True]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def test_valid_records_become_a_frame_in_config_order(validator: RecordValidator
 )
 def test_bad_records_name_the_field(validator: RecordValidator, records: object, status: int, message: str) -> None:
     with pytest.raises(RequestError) as err:
-        validator.frame(records)
+        validator.columns(records)
     assert err.value.status == status
     assert message in err.value.message
 
