@@ -16,6 +16,8 @@ from pathlib import Path
 
 from benchmarks.common import demo_config, local_ray, peak_memory, registered_model, timed, write_result
 
+TARGET_SPEEDUP = 1.2  # issue 12: the actor pool at least 1.2x single-process pyfunc at 1M rows
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_inference")
@@ -73,7 +75,9 @@ def main() -> None:
     speedup = single / parallel
     lines = ["| setup | seconds | rows/s | peak MB |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['setup']} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['peak_mb']:,.0f} |" for r in rows]
-    lines.append(f"batch API vs single process: {speedup:.2f}x (target >= 1.5x); ray.init {init_s:.1f} s not included")
+    lines.append(
+        f"batch API vs single process: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x); ray.init {init_s:.1f} s not included"
+    )
     write_result("batch_inference", {"rows": rows, "speedup": speedup, "table_rows": args.rows})
     print("\n".join(lines))
 
