@@ -136,3 +136,19 @@ def test_a_request_sized_batch_encodes_as_a_large_one(train: pd.DataFrame) -> No
     assert np.array_equal(whole.matrix[: len(rows)], np.concatenate([e.matrix for e in one_by_one]))
     for name in CATEGORICAL:
         assert whole.unknown[name] == 40 * sum(e.unknown[name] for e in one_by_one)
+
+
+def test_arrow_string_columns_are_looked_up_in_arrow_exactly_as_python_values(train: pd.DataFrame) -> None:
+    fitted = fit_in_batches(train, 500)
+    plan = ["enterprise", None, "basic", "pro", "", "premium", None, "Basic"]  # unknowns, nulls, knowns
+    rows = pd.DataFrame(
+        {"tenure": [1.0] * 8, "charges": [50.0] * 8, "plan": pd.Series(plan, dtype=object), "region": [3] * 8}
+    )
+    chunked = pa.chunked_array([pa.array(plan[:3]), pa.array([], pa.string()), pa.array(plan[3:])])
+    as_arrow = {**{n: rows[n] for n in NUMERIC + ["region"]}, "plan": chunked}
+    python, arrow = fitted.transform(rows), fitted.transform(as_arrow)
+    large = fitted.transform({**as_arrow, "plan": pa.array(plan, pa.large_string())})
+    np.testing.assert_array_equal(python.matrix, arrow.matrix)
+    np.testing.assert_array_equal(python.matrix, large.matrix)
+    assert python.unknown == arrow.unknown == large.unknown == {"plan": 3, "region": 0}
+    assert fitted._arrow_vocabularies[CATEGORICAL.index("region")] is None  # integer-coded: the Python path
