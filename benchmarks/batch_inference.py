@@ -76,7 +76,8 @@ def main() -> None:
     lines = ["| setup | seconds | rows/s | peak MB |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['setup']} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['peak_mb']:,.0f} |" for r in rows]
     lines.append(
-        f"batch API vs single process: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x); ray.init {init_s:.1f} s not included"
+        f"batch API vs single process: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x); "
+        f"ray.init {init_s:.1f} s not included"
     )
     write_result("batch_inference", {"rows": rows, "speedup": speedup, "table_rows": args.rows})
     print("\n".join(lines))
