@@ -31,7 +31,7 @@ def main() -> None:
     from deltalake import DeltaTable
 
     from benchmarks.preprocessing import make_table
-    from pipelines import batch_inference
+    from pipelines.inference.batch import predict
 
     with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
         config = demo_config(Path(tmp) / "data", model.tracking_uri)
@@ -50,11 +50,7 @@ def main() -> None:
         del frame, scored
         with local_ray() as init_s, peak_memory() as ray_memory:
             parallel, count = timed(
-                lambda: (
-                    batch_inference.predict(uri, model=f"models:/{model.name}/{model.version}", config=config)
-                    .materialize()
-                    .count()
-                )
+                lambda: predict(uri, model=f"models:/{model.name}/{model.version}", config=config).materialize().count()
             )
         assert count == args.rows
     rows = [
