@@ -47,7 +47,9 @@ class LakeloopModel:
             return pd.DataFrame({PREDICTION_COLUMN: []})
         encoded = self.pipeline.encode(frame)
         result = self._outputs(self.network(torch.from_numpy(encoded.matrix)).numpy())
-        result.attrs[UNKNOWN_CATEGORIES_ATTR] = {name: n for name, n in encoded.unknown.items() if n}
+        unknown = {name: n for name, n in encoded.unknown.items() if n}
+        if unknown:  # only then: pandas copies attrs into every frame and column derived from this one
+            result.attrs[UNKNOWN_CATEGORIES_ATTR] = unknown
         return result
 
     def _outputs(self, outputs: np.ndarray) -> pd.DataFrame:
