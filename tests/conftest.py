@@ -19,6 +19,13 @@ ENV_OVERRIDES = (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start their own Ray head run first, before any test creates the shared
+    `ray_local` cluster: Ray's job agent has one port per machine (RAY_JOB_AGENT_PORT), so while the
+    shared cluster lives, a second head's Jobs API could take no job (`start_ray_head` refuses)."""
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)  # stable: file order otherwise
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up a developer's cluster or tracking server from the environment."""

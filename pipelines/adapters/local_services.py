@@ -20,6 +20,10 @@ from pipelines.core.errors import LakeloopError
 
 LOOPBACK = "127.0.0.1"
 STATE_FILE = "stack.json"
+# Ray's dashboard agent, which takes every submitted job, always listens here: `ray.init` cannot move
+# it. A second Ray cluster on the machine starts, but its agent cannot bind, so its Jobs API answers
+# "No available agent to submit job" to every submission (seen in CI).
+RAY_JOB_AGENT_PORT = 52365
 
 
 class StackError(LakeloopError):
@@ -287,6 +291,7 @@ def start_ray_head(
     root.mkdir(parents=True, exist_ok=True)
     if port_open(dashboard_port):
         raise StackError(f"port {dashboard_port} on {LOOPBACK} is already in use (another Ray dashboard?)")
+    require_free_ports({RAY_JOB_AGENT_PORT: "Ray's job agent; another Ray cluster on this machine?"})
     address_file = root / "ray-head.json"
     address_file.unlink(missing_ok=True)
     log = root / "ray-head.log"

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import ROOT, demo_raw_config, write_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.own_cluster]
 
 
 def test_demo_closes_the_loop_with_no_failed_request(tmp_path: Path) -> None:

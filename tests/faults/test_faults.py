@@ -47,7 +47,7 @@ from pipelines.core.gate import GateDecision
 from pipelines.training.detectors import PERFORMANCE
 from tests.helpers import ROOT, demo_raw_config, lakeloop, user_environment
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.own_cluster]
 
 RESULTS = ROOT / "bench-results" / "faults.json"
 ROWS_PER_REQUEST = 2
