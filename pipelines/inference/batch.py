@@ -6,20 +6,26 @@
     lakeloop predict --input PATH [--version N] --output PATH
     ray job submit --working-dir . -- python -m pipelines.batch_inference --input ... --output ...
 
-The same pyfunc as serving (feature pipeline + network) runs in an actor pool, each actor
-loading the model once; the version is resolved once so every row is scored by the same model.
+The same pyfunc as serving (feature pipeline + network) runs in an actor pool. The driver resolves
+the version once and loads the model once; the actors get it from Ray's object store, so every row
+is scored by the same model and no actor downloads it from MLflow (measured at 1M rows on 2 cores:
+per-actor MLflow loads cost 3-4 s of a 10 s run). Each actor's torch uses as many threads as the
+CPUs it reserves, so the pool does not oversubscribe the cores it was given.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import ray
 import ray.data
 
 from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
-from pipelines.adapters.registry import ModelRef, Registry
+from pipelines.adapters.registry import ModelRef, Predictor, Registry
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
 
@@ -49,19 +55,27 @@ def resolve_model(model: str | None, config: LakeloopConfig) -> ResolvedModel:
 
 
 class BatchScorer:
-    """Actor-pool UDF: loads the model once, appends predictions and the model's identity."""
+    """Actor-pool UDF: takes the driver's model from the object store, appends predictions and the
+    model's identity."""
 
-    def __init__(self, tracking_uri: str, name: str, version: str, features: list[str]) -> None:
-        self.predictor = Registry.connect(tracking_uri, name).load(ModelRef(name, version, "", None))
+    def __init__(self, model: ray.ObjectRef, name: str, version: str, features: list[str], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.predictor: Predictor = ray.get(model)
         self.name, self.version, self.features = name, version, features
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        scored = self.predictor.predict_frame(batch[self.features])
-        scored.index = batch.index
-        out = pd.concat([batch, scored], axis=1)
-        out[MODEL_NAME] = self.name
-        out[MODEL_VERSION] = self.version
-        return out
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Arrow in, Arrow out: only the feature columns become pandas (the model's input); the
+        batch's columns pass through uncopied and the predictions are appended as Arrow columns."""
+        scored = self.predictor.predict_frame(batch.select(self.features).to_pandas())
+        added = [*scored.columns, MODEL_NAME, MODEL_VERSION]
+        batch = batch.drop_columns([c for c in added if c in batch.column_names])  # re-scoring a scored table
+        for column in scored.columns:
+            batch = batch.append_column(column, pa.array(scored[column].to_numpy()))
+        first = pa.array(np.zeros(batch.num_rows, dtype=np.int32))
+        batch = batch.append_column(MODEL_NAME, pa.array([self.name]).take(first))
+        return batch.append_column(MODEL_VERSION, pa.array([self.version]).take(first))
 
 
 def _as_dataset(
@@ -99,15 +113,19 @@ def predict(
     if missing:
         raise LakeloopError(f"input lacks feature columns: {', '.join(missing)}")
     pool = config.batch_inference
+    predictor = Registry.connect(config.mlflow.tracking_uri, resolved.name).load(
+        ModelRef(resolved.name, resolved.version, "", None)
+    )
     scored = data.map_batches(
         BatchScorer,
         fn_constructor_kwargs={
-            "tracking_uri": config.mlflow.tracking_uri,
+            "model": ray.put(predictor),
             "name": resolved.name,
             "version": resolved.version,
             "features": config.dataset.feature_names,
+            "threads": max(1, int(pool.cpus_per_actor)),
         },
-        batch_format="pandas",
+        batch_format="pyarrow",
         batch_size=pool.batch_size,
         concurrency=(pool.min_actors, pool.max_actors),
         num_cpus=pool.cpus_per_actor,

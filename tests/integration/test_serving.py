@@ -325,6 +325,8 @@ def test_batch_api_matches_http_for_path_dataset_and_frame(
         assert set(frame["model_version"]) == {"1"}
     written = DeltaTable(output).to_pandas()
     assert len(written) == 2000 and set(written["model_name"]) == {registered.mlflow.registered_model}
+    rescored = predict(output, config=registered).to_pandas()  # a scored table scores again: columns replaced
+    assert list(rescored.columns).count("probability_1") == 1 and len(rescored) == 2000
 
 
 def rows_of(frame: pd.DataFrame) -> list[dict]:
