@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 import ray.data
 
 from pipelines.adapters import delta
@@ -92,16 +93,24 @@ def split_plan(config: LakeloopConfig, tables: list[tuple[str, int]], regime_sta
 
 def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]], plan: SplitPlan) -> dict[str, ray.data.Dataset]:
     """The raw rows of each split (with their training weight), from the union of pinned
-    (uri, version) tables read once."""
+    (uri, version) tables read once; each split is materialized."""
     dataset = config.dataset
     options = config.storage.storage_options
     reads = [delta.ray_read(uri, options, v, dataset.required_columns) for uri, v in tables]
     source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
-    # Read and tag once, then filter three ways: lazily, each split would re-read the whole table.
+    # Read and tag once, then cut each tagged block three ways in one task: lazily, each split would
+    # re-read the whole table, and three filtered Ray Data executions cost about 1 s each on 2 cores.
     tagged = source.map_batches(
         partial(_tag, split=dataset.split, event_time=dataset.event_time, plan=plan), batch_format="pyarrow"
     ).materialize()
-    return {name: tagged.map_batches(partial(_keep, name=name), batch_format="pyarrow") for name in SPLITS}
+    cut_task = ray.remote(num_returns=len(SPLITS))(_cut)
+    cut = [cut_task.remote(block) for block in tagged.to_arrow_refs()]
+    return {name: ray.data.from_arrow_refs([parts[i] for parts in cut]) for i, name in enumerate(SPLITS)}
+
+
+def _cut(block: pa.Table) -> tuple[pa.Table, ...]:
+    """One tagged block as one block per split, in SPLITS order."""
+    return tuple(_keep(block, name) for name in SPLITS)
 
 
 def prepare(
@@ -117,7 +126,7 @@ def prepare(
     reports = reports or [validate_table(config, uri, version)]
     tables = [(r.table_uri, r.version) for r in reports]
     plan = split_plan(config, tables, regime_start)
-    raw = {name: ds.materialize() for name, ds in read_splits(config, tables, plan).items()}
+    raw = read_splits(config, tables, plan)  # materialized: every split's blocks are in the object store
     rows = {name: ds.count() for name, ds in raw.items()}
     lineage = Lineage([TableVersion(r.table_uri, r.version, r.fingerprint) for r in reports], rows, plan.describe())
     empty = [name for name, count in rows.items() if count == 0]
