@@ -25,7 +25,7 @@ import ray.data
 
 from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
-from pipelines.adapters.registry import ModelRef, Predictor, Registry
+from pipelines.adapters.registry import ModelRef, Predictor, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
 
@@ -105,6 +105,7 @@ def predict(
 ) -> ray.data.Dataset:
     """Score every row; with `output`, also append the scored rows to that Delta table."""
     config = config or load_config()
+    require_tracking_server(config.mlflow.tracking_uri)  # MLflow's own retries took 4 min to fail here
     resolved = resolve_model(model, config)
     source = config.source_table(source) if isinstance(source, str) else source
     output = config.source_table(output) if output else None
