@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
@@ -73,9 +72,8 @@ class BatchScorer:
         batch = batch.drop_columns([c for c in added if c in batch.column_names])  # re-scoring a scored table
         for column in scored.columns:
             batch = batch.append_column(column, pa.array(scored[column].to_numpy()))
-        first = pa.array(np.zeros(batch.num_rows, dtype=np.int32))
-        batch = batch.append_column(MODEL_NAME, pa.array([self.name]).take(first))
-        return batch.append_column(MODEL_VERSION, pa.array([self.version]).take(first))
+        batch = batch.append_column(MODEL_NAME, pa.repeat(self.name, batch.num_rows))
+        return batch.append_column(MODEL_VERSION, pa.repeat(self.version, batch.num_rows))
 
 
 def _as_dataset(
