@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pandas as pd
@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
 from pipelines.core.gate import GateDecision
+from pipelines.core.model_output import Scored
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 EPOCH_TAG = "lakeloop.champion_epoch"
@@ -47,6 +48,8 @@ class RegistryError(LakeloopError):
 
 class Predictor(Protocol):
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame: ...
+
+    def predict_columns(self, columns: Mapping[str, Any]) -> Scored: ...
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class _PyfuncPredictor:
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.model.predict(frame))
+
+    def predict_columns(self, columns: Mapping[str, Any]) -> Scored:
+        return Scored.of_frame(self.predict_frame(pd.DataFrame(columns)))
 
 
 def require_tracking_server(uri: str) -> None:
@@ -138,7 +144,7 @@ class Registry:
         # lakeloop's own models (a pyfunc wrapping a predictor) skip MLflow's schema enforcement: the
         # caller has validated the rows. Anything else goes through the pyfunc.
         inner = getattr(python_model, "model", None)
-        return inner if hasattr(inner, "predict_frame") else _PyfuncPredictor(model)
+        return inner if hasattr(inner, "predict_columns") else _PyfuncPredictor(model)
 
     def state(self) -> ChampionState:
         try:

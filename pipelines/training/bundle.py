@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -17,7 +18,8 @@ import torch
 
 from pipelines.core import metrics
 from pipelines.core.config import DatasetConfig
-from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX, UNKNOWN_CATEGORIES_ATTR
+from pipelines.core.feature_transform import Column
+from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX, Scored
 from pipelines.core.network import NetworkSpec, TabularMLP
 from pipelines.training.features import FeaturePipeline
 
@@ -29,6 +31,8 @@ class LakeloopModel:
         self.network = TabularMLP(spec)
         self.network.load_state_dict(state_dict)
         self.network.eval()
+        # the classes as pandas types them (ints -> int64, strings -> object): the prediction column's dtype
+        self._classes = pd.Series(self.pipeline.classes).to_numpy()
 
     @property
     def task(self) -> str:
@@ -38,29 +42,32 @@ class LakeloopModel:
     def feature_names(self) -> list[str]:
         return self.pipeline.feature_names
 
-    @torch.inference_mode()
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The pyfunc's contract: a frame of the feature columns in, a frame of the output columns out."""
         missing = [c for c in self.feature_names if c not in frame.columns]
         if missing:
             raise ValueError(f"input is missing feature columns: {', '.join(missing)}")
         if frame.empty:
             return pd.DataFrame({PREDICTION_COLUMN: []})
-        encoded = self.pipeline.encode(frame)
-        result = self._outputs(self.network(torch.from_numpy(encoded.matrix)).numpy())
-        unknown = {name: n for name, n in encoded.unknown.items() if n}
-        if unknown:  # only then: pandas copies attrs into every frame and column derived from this one
-            result.attrs[UNKNOWN_CATEGORIES_ATTR] = unknown
-        return result
+        return pd.DataFrame(self.predict_columns({name: frame[name] for name in self.feature_names}).columns)
 
-    def _outputs(self, outputs: np.ndarray) -> pd.DataFrame:
+    @torch.inference_mode()
+    def predict_columns(self, columns: Mapping[str, Column]) -> Scored:
+        """Feature columns (numpy, Arrow or pandas; Serve's validated columns, batch inference's Arrow
+        batches) in, output columns out, with no DataFrame either way: on 1 row, building and reading
+        the frames cost 0.2 of the 0.3 ms the model took (tests/unit/test_model_bundle.py checks both agree)."""
+        encoded = self.pipeline.encode(columns)
+        outputs = self.network(torch.from_numpy(encoded.matrix)).numpy()
+        return Scored(self._outputs(outputs), {name: n for name, n in encoded.unknown.items() if n})
+
+    def _outputs(self, outputs: np.ndarray) -> dict[str, np.ndarray]:
         if self.task == "regression":
-            return pd.DataFrame({PREDICTION_COLUMN: outputs[:, 0].astype(np.float64)})
+            return {PREDICTION_COLUMN: outputs[:, 0].astype(np.float64)}
         probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy().astype(np.float64)
-        classes = np.asarray(self.pipeline.classes, dtype=object)
-        columns = {PREDICTION_COLUMN: classes[probabilities.argmax(axis=1)].tolist()}
+        columns = {PREDICTION_COLUMN: self._classes[probabilities.argmax(axis=1)]}
         for i, name in enumerate(probability_columns(self.pipeline.dataset)):
             columns[name] = probabilities[:, i]
-        return pd.DataFrame(columns)
+        return columns
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

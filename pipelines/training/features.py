@@ -2,11 +2,12 @@
 
 It is fitted in one Ray Data pass over the training split and applies the same vectorised
 transform (`pipelines.core.feature_transform`) everywhere: Ray Data batches in training and batch
-inference, pandas frames in the pyfunc and Serve.
+inference, pandas frames in the pyfunc, validated numpy columns in Serve.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.core.config import DatasetConfig
-from pipelines.core.feature_transform import Encoded, FittedTransform, Statistics, statistics
+from pipelines.core.feature_transform import Column, Encoded, FittedTransform, Statistics, numeric_values, statistics
 from pipelines.core.splits import WEIGHT_COLUMN
 
 if TYPE_CHECKING:
@@ -93,19 +94,17 @@ class FeaturePipeline:
         """Labelled rows -> (features, target, weight) in parallel with map_batches."""
         return ds.map_batches(self._encode_batch, batch_format="pyarrow")
 
-    def encode(self, frame: pd.DataFrame) -> Encoded:
-        """Raw feature records -> the model inputs and unknown-category counts; a value that is not a
-        number in a numeric feature is an error naming the column."""
-        columns = {}
+    def encode(self, columns: Mapping[str, Column] | pd.DataFrame) -> Encoded:
+        """Raw feature columns (numpy, Arrow or pandas; a DataFrame works) -> the model inputs and
+        unknown-category counts; a value that is not a number in a numeric feature is an error naming
+        the column."""
+        numbers = {}
         for name in self.dataset.numeric:
-            columns[name] = frame[name]
-            if columns[name].dtype.kind not in "fiu":  # object columns (None, strings) are parsed here
-                try:
-                    columns[name] = pd.to_numeric(columns[name], errors="raise")
-                except (ValueError, TypeError):
-                    raise ValueError(f"feature '{name}' must be numeric") from None
-        columns |= {name: frame[name] for name in self.dataset.categorical}
-        return self._transformer().transform(columns)
+            try:
+                numbers[name] = numeric_values(columns[name])
+            except (ValueError, TypeError):  # pyarrow's ArrowInvalid is a ValueError
+                raise ValueError(f"feature '{name}' must be numeric") from None
+        return self._transformer().transform(numbers | {name: columns[name] for name in self.dataset.categorical})
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw feature records -> a float32 matrix, in-process (serving, pyfunc, tests)."""

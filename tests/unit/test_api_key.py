@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from pipelines.adapters.serving import API_KEY_ENV, api_key_digest, api_key_from_env
@@ -70,3 +71,25 @@ def test_a_key_set_but_empty_is_refused_never_an_open_api(monkeypatch: pytest.Mo
 def test_an_unset_key_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     assert api_key_from_env() is None
+
+
+def test_every_answer_carries_its_request_id_and_refusals_are_counted(config: LakeloopConfig) -> None:
+    api = create_api(config, api_key_digest("s3cret-key"))
+    refused: list[tuple[int, str]] = []
+    api.state.metrics = type("Recorder", (), {"refusal": lambda self, status, route: refused.append((status, route))})()
+
+    @api.post("/predict")
+    async def predict(request: Request) -> dict:
+        return {"request_id": request.state.request_id}
+
+    client, key = TestClient(api), {"Authorization": "Bearer s3cret-key"}
+    answers = [
+        client.post("/predict", json={}, headers=key),
+        client.post("/predict", json={}),  # 401
+        client.post("/predict", content=b"x", headers={**key, "content-type": "text/plain"}),  # 415
+        client.get("/nowhere", headers=key),  # 404
+    ]
+    ids = [a.headers["x-lakeloop-request-id"] for a in answers]
+    assert len(set(ids)) == 4 and answers[0].json()["request_id"] == ids[0]
+    assert [a.status_code for a in answers] == [200, 401, 415, 404]
+    assert refused == [(401, "/predict"), (415, "/predict"), (404, "other")]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
+import numpy as np
 import pytest
 
 from pipelines.adapters.registry import ModelRef
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.model_output import Scored
 from serve.app import ModelWatcher
 
 
@@ -16,10 +17,10 @@ class FakePredictor:
     def __init__(self, version: str, broken: bool = False) -> None:
         self.version, self.broken = version, broken
 
-    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def predict_columns(self, columns: dict[str, np.ndarray]) -> Scored:
         if self.broken:
             raise RuntimeError("cannot score")
-        return pd.DataFrame({"prediction": [self.version] * len(frame)})
+        return Scored({"prediction": np.array([self.version] * len(next(iter(columns.values()))))})
 
 
 class FakeSource:

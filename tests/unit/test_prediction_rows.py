@@ -6,12 +6,12 @@ import json
 from datetime import UTC, datetime
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipelines.adapters.prediction_log import prediction_rows
 from pipelines.core.config import parse_config
-from serve.app import _as_lists, _output_rows
+from pipelines.core.model_output import Scored
+from serve.app import _as_lists
 from serve.schemas import RecordValidator
 from tests.helpers import demo_raw_config
 
@@ -43,8 +43,8 @@ def test_a_feature_column_shorter_than_the_outputs_is_an_error(dataset) -> None:
 
 
 def test_output_rows_are_plain_python_values() -> None:
-    frame = pd.DataFrame({"prediction": ["yes", "no"], "probability_yes": np.array([0.75, 0.25])})
-    rows = _output_rows(frame)
+    scored = Scored({"prediction": np.array(["yes", "no"], dtype=object), "probability_yes": np.array([0.75, 0.25])})
+    rows = scored.rows()
     assert rows == [{"prediction": "yes", "probability_yes": 0.75}, {"prediction": "no", "probability_yes": 0.25}]
     assert all(type(r["probability_yes"]) is float for r in rows)
     json.dumps(rows)  # no numpy scalars left

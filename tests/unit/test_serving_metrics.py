@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import re
 
-import pandas as pd
+import numpy as np
 
-from pipelines.core.model_output import UNKNOWN_CATEGORIES_ATTR
+from pipelines.core.model_output import Scored
 from serve.metrics import ServingMetrics
 from tests.helpers import ROOT
 
@@ -58,23 +58,27 @@ def test_predictions_are_counted_by_class_and_regression_by_one_series() -> None
     recorder = ServingMetrics("m", classification=True)
     recorder.predicted, recorder.score = Recorded(), Recorded()
     recorder.predictions(
-        pd.DataFrame({"prediction": [1, 0, 1], "probability_0": [0.2, 0.9, 0.4], "probability_1": [0.8, 0.1, 0.6]})
+        Scored(
+            {
+                "prediction": np.array([1, 0, 1]),
+                "probability_0": np.array([0.2, 0.9, 0.4]),
+                "probability_1": np.array([0.8, 0.1, 0.6]),
+            }
+        )
     )
     assert sorted((tags["class"], v) for v, tags in recorder.predicted.calls) == [("0", 1), ("1", 2)]
     assert [v for v, _ in recorder.score.calls] == [0.8, 0.1, 0.6]  # the last class's probability
     regression = ServingMetrics("m", classification=False)
     regression.predicted = Recorded()
-    regression.predictions(pd.DataFrame({"prediction": [3.5, 1.25]}))
+    regression.predictions(Scored({"prediction": np.array([3.5, 1.25])}))
     assert [(tags["class"], v) for v, tags in regression.predicted.calls] == [("value", 2)]
 
 
 def test_unknown_categories_are_counted_from_what_the_model_reported() -> None:
     recorder = ServingMetrics("m", classification=True)
     recorder.unknown = Recorded()
-    output = pd.DataFrame({"prediction": [1, 0]})
-    recorder.unknown_categories(output)  # another model's output says nothing: nothing counted
-    output.attrs[UNKNOWN_CATEGORIES_ATTR] = {"plan": 2}
-    recorder.unknown_categories(output)
+    recorder.unknown_categories(Scored({"prediction": np.array([1, 0])}))  # another model's: nothing counted
+    recorder.unknown_categories(Scored({"prediction": np.array([1, 0])}, {"plan": 2}))
     assert recorder.unknown.calls == [(2, {"model": "m", "feature": "plan"})]
 
 

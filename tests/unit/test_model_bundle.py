@@ -1,0 +1,73 @@
+"""The model's two entry points: the pyfunc's frames and the columns Serve and batch inference pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines.core import synthetic
+from pipelines.core.config import parse_config
+from pipelines.core.feature_transform import FittedTransform, statistics
+from pipelines.core.network import NetworkSpec, TabularMLP
+from pipelines.training.bundle import LakeloopModel
+from pipelines.training.features import FeaturePipeline
+from serve.schemas import RecordValidator
+from tests.helpers import demo_raw_config
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LakeloopModel:
+    dataset = parse_config(demo_raw_config(tmp_path_factory.mktemp("bundle"))).dataset
+    train = synthetic.generate(2000, 0).to_pandas()
+    pipeline = FeaturePipeline(dataset)
+    pipeline.fitted = FittedTransform.fit(
+        statistics({n: train[n] for n in dataset.feature_names}, dataset.numeric, dataset.categorical),
+        dataset.numeric,
+        dataset.categorical,
+    )
+    spec = NetworkSpec(pipeline.output_dim, len(dataset.classes), 16, 2, 0.0)
+    return LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
+
+
+@pytest.fixture(scope="module")
+def records(model: LakeloopModel) -> list[dict]:
+    """Served rows: a missing value in every feature somewhere, and an unknown plan."""
+    frame = synthetic.generate(50, 1).to_pandas()[model.feature_names].astype(object)
+    rows = [{k: (None if v is None or v != v else v) for k, v in r.items()} for r in frame.to_dict("records")]
+    for i, name in enumerate(model.feature_names):
+        rows[i][name] = None
+    rows[-1]["plan"] = "platinum"  # not in the training vocabulary
+    return rows
+
+
+def test_columns_arrow_and_frames_give_the_same_answer(model: LakeloopModel, records: list[dict]) -> None:
+    frame = model.predict_frame(pd.DataFrame(records))
+    served = model.predict_columns(RecordValidator(model.pipeline.dataset, 100).columns(records))
+    table = pa.Table.from_pylist(records)
+    batch = model.predict_columns({name: table.column(name) for name in model.feature_names})
+    for scored in (served, batch):
+        assert list(scored.columns) == list(frame.columns)
+        assert scored.columns["prediction"].tolist() == frame["prediction"].tolist()
+        for name in frame.columns[1:]:
+            np.testing.assert_allclose(scored.columns[name], frame[name].to_numpy(), rtol=1e-6)
+        assert scored.unknown == {"plan": 1}
+    assert frame["prediction"].dtype == np.int64  # classes [0, 1]: the pyfunc's column is typed, as before
+    assert served.rows()[0].keys() == set(frame.columns)
+
+
+def test_a_one_row_slice_and_rows_are_plain_values(model: LakeloopModel, records: list[dict]) -> None:
+    served = model.predict_columns(RecordValidator(model.pipeline.dataset, 100).columns(records))
+    one = served.slice(3, 4)
+    assert len(one) == 1 and one.unknown == {}
+    assert one.rows() == [served.rows()[3]]
+    assert type(one.rows()[0]["prediction"]) is int and type(one.rows()[0]["probability_1"]) is float
+
+
+@pytest.mark.parametrize("arrow", [False, True])
+def test_a_value_that_is_not_a_number_names_its_feature(model: LakeloopModel, records: list[dict], arrow: bool) -> None:
+    rows = [{**records[0], "age": "forty"}]
+    columns = pa.Table.from_pylist(rows) if arrow else pd.DataFrame(rows)
+    with pytest.raises(ValueError, match="feature 'age' must be numeric"):
+        model.predict_columns({name: columns[name] for name in model.feature_names})
