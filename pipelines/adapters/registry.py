@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import httpx
 import pandas as pd
+import pyarrow as pa
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -72,7 +73,10 @@ class _PyfuncPredictor:
         return pd.DataFrame(self.model.predict(frame))
 
     def predict_columns(self, columns: Mapping[str, Any]) -> Scored:
-        return Scored.of_frame(self.predict_frame(pd.DataFrame(columns)))
+        frame = pd.DataFrame(
+            {n: c.to_pandas() if isinstance(c, pa.Array | pa.ChunkedArray) else c for n, c in columns.items()}
+        )
+        return Scored.of_frame(self.predict_frame(frame))
 
 
 def require_tracking_server(uri: str) -> None:

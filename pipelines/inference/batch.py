@@ -65,13 +65,14 @@ class BatchScorer:
         self.name, self.version, self.features = name, version, features
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Arrow in, Arrow out: only the feature columns become pandas (the model's input); the
-        batch's columns pass through uncopied and the predictions are appended as Arrow columns."""
-        scored = self.predictor.predict_frame(batch.select(self.features).to_pandas())
+        """Arrow in, Arrow out, no pandas: the model reads the feature columns as Arrow (strings are
+        looked up in Arrow), the batch's columns pass through uncopied and the predictions are appended
+        as Arrow columns."""
+        scored = self.predictor.predict_columns({name: batch.column(name) for name in self.features})
         added = [*scored.columns, MODEL_NAME, MODEL_VERSION]
         batch = batch.drop_columns([c for c in added if c in batch.column_names])  # re-scoring a scored table
-        for column in scored.columns:
-            batch = batch.append_column(column, pa.array(scored[column].to_numpy()))
+        for name, values in scored.columns.items():
+            batch = batch.append_column(name, pa.array(values))
         batch = batch.append_column(MODEL_NAME, pa.repeat(self.name, batch.num_rows))
         return batch.append_column(MODEL_VERSION, pa.repeat(self.version, batch.num_rows))
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipelines.adapters.registry import _PyfuncPredictor
 from pipelines.core import synthetic
 from pipelines.core.config import parse_config
 from pipelines.core.feature_transform import FittedTransform, statistics
@@ -71,3 +72,17 @@ def test_a_value_that_is_not_a_number_names_its_feature(model: LakeloopModel, re
     columns = pa.Table.from_pylist(rows) if arrow else pd.DataFrame(rows)
     with pytest.raises(ValueError, match="feature 'age' must be numeric"):
         model.predict_columns({name: columns[name] for name in model.feature_names})
+
+
+def test_a_pyfunc_not_logged_by_lakeloop_gets_a_frame_of_the_columns(records: list[dict]) -> None:
+    seen: list[pd.DataFrame] = []
+
+    class Foreign:
+        def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+            seen.append(frame)
+            return pd.DataFrame({"prediction": frame["age"].fillna(0).to_numpy() * 2})
+
+    table = pa.Table.from_pylist(records[:3])
+    scored = _PyfuncPredictor(Foreign()).predict_columns({"age": table.column("age"), "plan": table.column("plan")})
+    assert list(seen[0].columns) == ["age", "plan"] and seen[0]["plan"].tolist() == table.column("plan").to_pylist()
+    assert scored.columns["prediction"].tolist() == [2 * (r["age"] or 0) for r in records[:3]]
