@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from pipelines.adapters.registry import ModelRef
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.model_output import Scored
-from serve.app import ModelWatcher
+from serve.app import INLINE_ROWS, LoadedModel, ModelWatcher, _predict, _warm_up
 
 
 class FakePredictor:
@@ -81,3 +83,34 @@ def test_a_version_that_fails_warmup_is_never_swapped_in(watcher) -> None:
     assert watcher.check() is False
     assert watcher.current.ref.version == "1"
     assert "cannot score" in watcher.last_error
+
+
+class SlowPredictor(FakePredictor):
+    def predict_columns(self, columns: dict[str, np.ndarray]) -> Scored:
+        time.sleep(0.003)  # a model that takes 3 ms a row (not synchronisation)
+        return super().predict_columns(columns)
+
+
+class ThreadRecorder(FakePredictor):
+    def __init__(self) -> None:
+        super().__init__("1")
+        self.threads: list[int] = []
+
+    def predict_columns(self, columns: dict[str, np.ndarray]) -> Scored:
+        self.threads.append(threading.get_ident())
+        return super().predict_columns(columns)
+
+
+def test_a_fast_model_scores_small_batches_on_the_event_loop_and_the_rest_in_a_thread(config: LakeloopConfig) -> None:
+    assert _warm_up(FakePredictor("1"), config) == INLINE_ROWS
+    assert _warm_up(SlowPredictor("1"), config) == 0
+    recorder = ThreadRecorder()
+    model = LoadedModel(ModelRef("m", "1", "champion", "run"), recorder, "now", INLINE_ROWS)
+
+    async def score() -> int:
+        await _predict(model, {"x": np.zeros(INLINE_ROWS)})
+        await _predict(model, {"x": np.zeros(INLINE_ROWS + 1)})
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(score())
+    assert recorder.threads[0] == loop_thread and recorder.threads[1] != loop_thread
