@@ -88,10 +88,14 @@ def _warm_up(predictor: Predictor, config: LakeloopConfig) -> int:
     return INLINE_ROWS if fastest < INLINE_MAX_ROW_S else 0
 
 
+def _rows(columns: dict[str, np.ndarray]) -> int:
+    return len(next(iter(columns.values())))
+
+
 async def _predict(model: LoadedModel, columns: dict[str, np.ndarray]) -> Scored:
     """On the event loop for a small batch of a fast model, else in a thread (the loop keeps taking
     requests while a large batch is scored)."""
-    if len(next(iter(columns.values()))) <= model.inline_rows:
+    if _rows(columns) <= model.inline_rows:
         return model.predictor.predict_columns(columns)
     return await asyncio.to_thread(model.predictor.predict_columns, columns)
 
@@ -317,13 +321,12 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                 raise RequestError(503, "no model loaded yet", retry_after_s=5)
             if len(requests) == 1:  # alone in the batch (low load): nothing to concatenate or split
                 return [(model, await self._predict_alone(model, requests[0]))]
-            names = list(requests[0])
             try:
-                output = await _predict(model, {n: np.concatenate([r[n] for r in requests]) for n in names})
+                output = await _predict(model, {n: np.concatenate([r[n] for r in requests]) for n in requests[0]})
             except Exception:  # noqa: BLE001 - isolate the request that caused it, below
                 return [(model, await self._predict_alone(model, r)) for r in requests]
             self.metrics.unknown_categories(output)
-            bounds = np.cumsum([0, *(len(r[names[0]]) for r in requests)]).tolist()
+            bounds = np.cumsum([0, *map(_rows, requests)]).tolist()
             return [(model, output.slice(start, stop)) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
         async def _predict_alone(self, model: LoadedModel, columns: dict[str, np.ndarray]) -> Scored | Exception:
