@@ -56,19 +56,19 @@ def _pandas_matrices(frame, dataset) -> int:
     import pandas as pd
     import pyarrow as pa
 
-    from pipelines.core.splits import by_time, time_cutoffs
+    from pipelines.core.splits import SPLITS, TRAIN, by_time, time_cutoffs
 
     cutoffs = time_cutoffs(pa.array(frame[dataset.event_time]), dataset.split)
     split = by_time(frame[dataset.event_time], cutoffs)
-    train = frame[split == "train"]
+    train = frame[split == TRAIN]
     means = {c: train[c].mean() for c in dataset.numeric}
     stds = {c: train[c].fillna(means[c]).std(ddof=0) for c in dataset.numeric}
     modes = {c: train[c].mode().iloc[0] for c in dataset.categorical}
     categories = {c: sorted(train[c].dropna().unique()) for c in dataset.categorical}
     classes = {str(c): i for i, c in enumerate(dataset.classes or [])}
     rows = 0
-    for name in ("train", "validation", "test"):
-        part = frame[split == name]
+    for code in range(len(SPLITS)):
+        part = frame[split == code]
         numeric = [
             ((part[c].astype("float64").fillna(means[c]) - means[c]) / stds[c]).to_numpy(np.float32)[:, None]
             for c in dataset.numeric

@@ -53,13 +53,13 @@ class PreparedData:
 def _tag(batch: pa.Table, split: SplitConfig, event_time: str, plan: SplitPlan) -> pa.Table:
     keys = batch.column(split.key).to_pandas() if split.strategy == "hash" else None
     labels, weights = assign(epoch_micros(batch.column(event_time)), keys, split, plan)
-    return batch.append_column(SPLIT_COLUMN, pa.array(labels, pa.string())).append_column(
+    return batch.append_column(SPLIT_COLUMN, pa.array(labels, pa.int8())).append_column(
         WEIGHT_COLUMN, pa.array(weights, pa.float32())
     )
 
 
-def _keep(batch: pa.Table, name: str) -> pa.Table:
-    return batch.filter(pc.equal(batch.column(SPLIT_COLUMN), name)).drop_columns([SPLIT_COLUMN])
+def _keep(batch: pa.Table, code: int) -> pa.Table:
+    return batch.filter(pc.equal(batch.column(SPLIT_COLUMN), code)).drop_columns([SPLIT_COLUMN])
 
 
 def _since(batch: pa.Table, event_time: str, start: int) -> pa.Table:
@@ -111,7 +111,7 @@ def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]], plan: Spl
 
 def _cut(block: pa.Table) -> tuple[pa.Table, ...]:
     """One tagged block as one block per split, in SPLITS order."""
-    return tuple(_keep(block, name) for name in SPLITS)
+    return tuple(_keep(block, code) for code in range(len(SPLITS)))
 
 
 def prepare(

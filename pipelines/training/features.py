@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.core.config import DatasetConfig
 from pipelines.core.feature_transform import Column, Encoded, FittedTransform, Statistics, numeric_values, statistics
@@ -78,17 +79,25 @@ class FeaturePipeline:
             return labels.to_numpy(np.float32)
         return self.dataset.encode_labels(labels)
 
-    def _encode_batch(self, batch: pa.Table) -> dict[str, np.ndarray]:
+    def _encode_batch(self, batch: pa.Table) -> pa.Table:
+        """An Arrow table, built here: given numpy columns, Ray Data infers each 1-D column's Arrow type
+        by scanning its values (0.15 of the 0.41 s per 1M rows; 2 ms for this)."""
+        from ray.data.extensions import ArrowTensorArray
+
         columns = {name: batch.column(name) for name in self.feature_names}
         labels = pd.Series(batch.column(self.dataset.label).to_numpy(zero_copy_only=False))
         weights = batch.column(WEIGHT_COLUMN) if WEIGHT_COLUMN in batch.column_names else None
-        return {
-            FEATURES_COLUMN: self._transformer().transform(columns).matrix,
-            TARGET_COLUMN: self.encode_target(labels),
-            SAMPLE_WEIGHT_COLUMN: (
-                weights.to_numpy().astype(np.float32) if weights is not None else np.ones(batch.num_rows, np.float32)
-            ),
-        }
+        return pa.table(
+            {
+                FEATURES_COLUMN: ArrowTensorArray.from_numpy(self._transformer().transform(columns).matrix),
+                TARGET_COLUMN: pa.array(self.encode_target(labels)),
+                SAMPLE_WEIGHT_COLUMN: (
+                    pc.cast(weights, pa.float32())
+                    if weights is not None
+                    else pa.array(np.ones(batch.num_rows, np.float32))
+                ),
+            }
+        )
 
     def transform(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         """Labelled rows -> (features, target, weight) in parallel with map_batches."""

@@ -91,6 +91,15 @@ def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> No
     assert sum(newest.lineage.rows.values()) == 1200
 
 
+def test_a_table_is_read_into_few_blocks(config: LakeloopConfig, ray_local: None) -> None:
+    """Left to itself, Ray Data splits this 300,000-row file into 29 blocks (a task each in every
+    later map); lakeloop reads it into one block per CPU."""
+    delta.append(config.table_uri, synthetic.generate(300_000, 1))
+    read = delta.ray_read(config.table_uri).materialize()
+    assert read.count() == 300_000
+    assert read.num_blocks() == delta.read_blocks(300_000, int(ray.cluster_resources()["CPU"]))
+
+
 def reference_features(train: pd.DataFrame, rows: pd.DataFrame, config: LakeloopConfig) -> np.ndarray:
     """Single-process pandas reference: mean-impute, standardize, mode-impute, one-hot (sorted)."""
     parts = []

@@ -9,11 +9,16 @@ from pipelines.core import splits, synthetic
 from pipelines.core.config import RegimeConfig, SplitConfig
 
 
+def names(codes: np.ndarray) -> np.ndarray:
+    """Split codes as the names a reader checks: SPLITS, then "dropped"."""
+    return np.asarray([*splits.SPLITS, "dropped"])[codes]
+
+
 def test_time_split_puts_newest_rows_in_test() -> None:
     table = synthetic.generate(2000, 1)
     config = SplitConfig()
     cutoffs = splits.time_cutoffs(table.column("event_time"), config)
-    labels = splits.by_time(table.column("event_time").to_pandas(), cutoffs)
+    labels = names(splits.by_time(table.column("event_time").to_pandas(), cutoffs))
     frame = table.to_pandas().assign(split=labels)
     assert (
         frame["split"].value_counts(normalize=True) - pd.Series({"train": 0.7, "validation": 0.15, "test": 0.15})
@@ -25,8 +30,8 @@ def test_time_split_puts_newest_rows_in_test() -> None:
 def test_hash_split_is_stable_and_batch_independent() -> None:
     keys = pd.Series([f"user-{i}" for i in range(5000)])
     config = SplitConfig(strategy="hash", key="user")
-    whole = splits.by_hash(keys, config)
-    in_pieces = [*splits.by_hash(keys[:1234], config), *splits.by_hash(keys[1234:], config)]
+    whole = names(splits.by_hash(keys, config))
+    in_pieces = [*names(splits.by_hash(keys[:1234], config)), *names(splits.by_hash(keys[1234:], config))]
     assert list(whole) == in_pieces
     shares = pd.Series(whole).value_counts(normalize=True)
     assert shares["train"] == pytest.approx(0.7, abs=0.03)
@@ -56,15 +61,16 @@ def test_regime_split_puts_new_rows_in_every_split_and_weighs_old_ones() -> None
     plan = splits.plan_split(
         micros, SplitConfig(), start, RegimeConfig(min_rows=300, old_rows_weight_share=0.1, max_old_rows=1500)
     )
-    labels, weights = splits.assign(micros, None, SplitConfig(), plan)
+    codes, weights = splits.assign(micros, None, SplitConfig(), plan)
+    labels = names(codes)
     new = frame["event_time"] >= start
     assert pd.Series(labels[new.to_numpy()]).value_counts().to_dict() == pytest.approx(
         {"train": 700, "validation": 150, "test": 150}, abs=2
     )
     old = ~new.to_numpy()
-    assert set(labels[old]) == {"train", splits.DROPPED}
+    assert set(labels[old]) == {"train", "dropped"}
     assert (labels[old] == "train").sum() == 1500  # only the newest older rows are kept
-    assert labels[old][-1] == "train" and labels[old][0] == splits.DROPPED
+    assert labels[old][-1] == "train" and labels[old][0] == "dropped"
     assert weights[old & (labels == "train")].sum() == pytest.approx(0.1 * 1000, rel=1e-4)
     assert (weights[new.to_numpy()] == 1).all()
     assert plan.describe()["policy"] == "regime" and plan.describe()["regime_rows"] == 1000
@@ -75,8 +81,8 @@ def test_too_few_rows_since_the_drift_fall_back_to_one_split_and_say_so() -> Non
     micros = _micros(frame)
     plan = splits.plan_split(micros, SplitConfig(), frame["event_time"].iloc[1900], RegimeConfig(min_rows=300))
     assert plan.regime_start is None and "only 100 rows since the drift began" in plan.note
-    labels, weights = splits.assign(micros, None, SplitConfig(), plan)
-    assert (labels[-300:] == "test").all() and (weights == 1).all()
+    codes, weights = splits.assign(micros, None, SplitConfig(), plan)
+    assert (names(codes)[-300:] == "test").all() and (weights == 1).all()
 
 
 def test_regime_split_with_hash_strategy_keeps_old_rows_in_training() -> None:
@@ -84,6 +90,7 @@ def test_regime_split_with_hash_strategy_keeps_old_rows_in_training() -> None:
     micros = _micros(frame)
     split = SplitConfig(strategy="hash", key="customer_id")
     plan = splits.plan_split(micros, split, frame["event_time"].iloc[1000], RegimeConfig(min_rows=300))
-    labels, _ = splits.assign(micros, frame["customer_id"], split, plan)
+    codes, _ = splits.assign(micros, frame["customer_id"], split, plan)
+    labels = names(codes)
     assert set(labels[:1000]) == {"train"}
     assert {"train", "validation", "test"} == set(labels[1000:])
