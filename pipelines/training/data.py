@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
+from functools import partial, reduce
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,17 @@ from pipelines.adapters import delta
 from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, SplitConfig
 from pipelines.core.errors import ValidationFailed
-from pipelines.core.splits import SPLIT_COLUMN, SPLITS, WEIGHT_COLUMN, SplitPlan, assign, epoch_micros, plan_split
+from pipelines.core.feature_transform import Statistics, statistics
+from pipelines.core.splits import (
+    SPLIT_COLUMN,
+    SPLITS,
+    TRAIN,
+    WEIGHT_COLUMN,
+    SplitPlan,
+    assign,
+    epoch_micros,
+    plan_split,
+)
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.validation import ValidationReport, validate_table
 
@@ -91,9 +101,12 @@ def split_plan(config: LakeloopConfig, tables: list[tuple[str, int]], regime_sta
     return plan_split(micros, dataset.split, regime_start, config.train.regime)
 
 
-def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]], plan: SplitPlan) -> dict[str, ray.data.Dataset]:
+def read_splits(
+    config: LakeloopConfig, tables: list[tuple[str, int]], plan: SplitPlan
+) -> tuple[dict[str, ray.data.Dataset], Statistics]:
     """The raw rows of each split (with their training weight), from the union of pinned
-    (uri, version) tables read once; each split is materialized."""
+    (uri, version) tables read once, each split materialized; and the feature statistics of the
+    training split, gathered in the same tasks that cut the splits."""
     dataset = config.dataset
     options = config.storage.storage_options
     reads = [delta.ray_read(uri, options, v, dataset.required_columns) for uri, v in tables]
@@ -104,14 +117,19 @@ def read_splits(config: LakeloopConfig, tables: list[tuple[str, int]], plan: Spl
     tagged = source.map_batches(
         partial(_tag, split=dataset.split, event_time=dataset.event_time, plan=plan), batch_format="pyarrow"
     ).materialize()
-    cut_task = ray.remote(num_returns=len(SPLITS))(_cut)
-    cut = [cut_task.remote(block) for block in tagged.to_arrow_refs()]
-    return {name: ray.data.from_arrow_refs([parts[i] for parts in cut]) for i, name in enumerate(SPLITS)}
+    cut_task = ray.remote(num_returns=len(SPLITS) + 1)(_cut)
+    cut = [cut_task.remote(block, dataset.numeric, dataset.categorical) for block in tagged.to_arrow_refs()]
+    splits = {name: ray.data.from_arrow_refs([parts[i] for parts in cut]) for i, name in enumerate(SPLITS)}
+    # A Ray Data pass of its own over the training split took 0.6 s at 10M rows (benchmarks/preprocessing.py).
+    return splits, reduce(Statistics.merge, ray.get([parts[-1] for parts in cut]), Statistics())
 
 
-def _cut(block: pa.Table) -> tuple[pa.Table, ...]:
-    """One tagged block as one block per split, in SPLITS order."""
-    return tuple(_keep(block, code) for code in range(len(SPLITS)))
+def _cut(block: pa.Table, numeric: list[str], categorical: list[str]) -> tuple[pa.Table | Statistics, ...]:
+    """One tagged block as one block per split, in SPLITS order, then the partial feature statistics
+    of its training rows."""
+    parts = tuple(_keep(block, code) for code in range(len(SPLITS)))
+    train = parts[TRAIN]
+    return (*parts, statistics({name: train.column(name) for name in numeric + categorical}, numeric, categorical))
 
 
 def prepare(
@@ -127,7 +145,7 @@ def prepare(
     reports = reports or [validate_table(config, uri, version)]
     tables = [(r.table_uri, r.version) for r in reports]
     plan = split_plan(config, tables, regime_start)
-    raw = read_splits(config, tables, plan)  # materialized: every split's blocks are in the object store
+    raw, train_statistics = read_splits(config, tables, plan)  # materialized: every split is in the object store
     rows = {name: ds.count() for name, ds in raw.items()}
     lineage = Lineage([TableVersion(r.table_uri, r.version, r.fingerprint) for r in reports], rows, plan.describe())
     empty = [name for name, count in rows.items() if count == 0]
@@ -135,7 +153,7 @@ def prepare(
         raise ValidationFailed(
             [f"{lineage.describe()}: split '{name}' has no rows; add data or change dataset.split" for name in empty]
         )
-    pipeline = FeaturePipeline(config.dataset).fit(raw["train"])
+    pipeline = FeaturePipeline(config.dataset).fit(train_statistics)
     splits = {name: pipeline.transform(ds) for name, ds in raw.items()}
     return PreparedData(splits=splits, raw=raw, pipeline=pipeline, lineage=lineage)
 

@@ -64,9 +64,11 @@ class FeaturePipeline:
     def classes(self) -> list[str | int]:
         return list(self.dataset.classes or [])
 
-    def fit(self, train: ray.data.Dataset) -> FeaturePipeline:
+    def fit(self, train: ray.data.Dataset | Statistics) -> FeaturePipeline:
+        """Fitted on the training split's rows, or on their statistics where the caller gathered them."""
         numeric, categorical = self.dataset.numeric, self.dataset.categorical
-        self.fitted = FittedTransform.fit(fit_statistics(train, numeric, categorical), numeric, categorical)
+        stats = train if isinstance(train, Statistics) else fit_statistics(train, numeric, categorical)
+        self.fitted = FittedTransform.fit(stats, numeric, categorical)
         return self
 
     def _transformer(self) -> FittedTransform:

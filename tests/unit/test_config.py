@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipelines.core.config import load_config, parse_config
@@ -148,3 +149,19 @@ def test_credentials_in_a_tracking_uri_are_refused_whatever_the_case(raw_config:
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME") as refused:
         parse_config(raw_config)
     assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pd.Series([0, 1, 1, 2, 0], dtype="int64"),  # 2 is not a class
+        pd.Series([1.0, float("nan"), 0.0]),  # "1.0" is not "1": as typed
+        pd.Series(["1", "0", "yes"]),
+        pd.Series([True, 1, "1", None], dtype=object),  # True is not 1 here
+        pd.Series([1, None, 0], dtype="Int64"),
+    ],
+)
+def test_labels_encode_as_their_text_would(labels: pd.Series) -> None:
+    dataset = load_config(DEMO_CONFIG).dataset
+    expected = [dataset.class_index.get(str(value), -1) for value in labels.astype(str)]
+    assert dataset.encode_labels(labels).tolist() == expected
