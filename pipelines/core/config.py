@@ -285,6 +285,9 @@ class ServingConfig(StrictModel):
     prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
 
 
+READ_TASK_CPUS = 1.0  # what each Ray Data read task reserves (its default)
+
+
 class BatchInferenceConfig(StrictModel):
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
@@ -296,6 +299,13 @@ class BatchInferenceConfig(StrictModel):
         if self.max_actors < self.min_actors:
             raise ValueError("max_actors must be at least min_actors")
         return self
+
+    def starting_actors(self, free_cpus: float) -> int:
+        """The pool starts with as many actors as the free CPUs hold after one CPU for Ray Data's read
+        tasks (each reserves one; a pool that took that CPU waited forever for its input, on 2 CPUs
+        shared with Serve), within min_actors..max_actors; Ray Data adds the rest as CPUs free up."""
+        spare = max(0.0, free_cpus - READ_TASK_CPUS)
+        return max(self.min_actors, min(self.max_actors, int(spare / self.cpus_per_actor + 1e-9)))
 
 
 class DebounceConfig(StrictModel):

@@ -18,15 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow as pa
 import ray
 import ray.data
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
-from pipelines.adapters.registry import ModelRef, Predictor, Registry, require_tracking_server
+from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
+from pipelines.inference.batch_scorer import BatchScorer
 
 
 @dataclass(frozen=True)
@@ -51,30 +50,6 @@ def resolve_model(model: str | None, config: LakeloopConfig) -> ResolvedModel:
     if not version.isdigit():
         raise LakeloopError(f"{uri}: expected models:/NAME/VERSION with a numeric version")
     return ResolvedModel(name, version)
-
-
-class BatchScorer:
-    """Actor-pool UDF: takes the driver's model from the object store, appends predictions and the
-    model's identity."""
-
-    def __init__(self, model: ray.ObjectRef, name: str, version: str, features: list[str], threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self.predictor: Predictor = ray.get(model)
-        self.name, self.version, self.features = name, version, features
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Arrow in, Arrow out, no pandas: the model reads the feature columns as Arrow (strings are
-        looked up in Arrow), the batch's columns pass through uncopied and the predictions are appended
-        as Arrow columns."""
-        scored = self.predictor.predict_columns({name: batch.column(name) for name in self.features})
-        added = [*scored.columns, MODEL_NAME, MODEL_VERSION]
-        batch = batch.drop_columns([c for c in added if c in batch.column_names])  # re-scoring a scored table
-        for name, values in scored.columns.items():
-            batch = batch.append_column(name, pa.array(values))
-        batch = batch.append_column(MODEL_NAME, pa.repeat(self.name, batch.num_rows))
-        return batch.append_column(MODEL_VERSION, pa.repeat(self.version, batch.num_rows))
 
 
 def _as_dataset(
@@ -116,6 +91,7 @@ def predict(
     predictor = Registry.connect(config.mlflow.tracking_uri, resolved.name).load(
         ModelRef(resolved.name, resolved.version, "", None)
     )
+    starting = pool.starting_actors(ray.available_resources().get("CPU", 0.0))
     scored = data.map_batches(
         BatchScorer,
         fn_constructor_kwargs={
@@ -127,7 +103,7 @@ def predict(
         },
         batch_format="pyarrow",
         batch_size=pool.batch_size,
-        concurrency=(pool.min_actors, pool.max_actors),
+        concurrency=(starting, pool.max_actors),
         num_cpus=pool.cpus_per_actor,
     )
     if output:

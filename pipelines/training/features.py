@@ -1,6 +1,7 @@
 """The fitted feature pipeline: one picklable object that turns raw records into model inputs.
 
-It is fitted in one Ray Data pass over the training split and applies the same vectorised
+It is fitted from the training split's statistics (gathered where training cuts the splits, or in
+one Ray Data pass over a dataset) and applies the same vectorised
 transform (`pipelines.core.feature_transform`) everywhere: Ray Data batches in training and batch
 inference, pandas frames in the pyfunc, validated numpy columns in Serve.
 """

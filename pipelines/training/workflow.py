@@ -26,9 +26,10 @@ from pipelines.adapters.registry import TRIGGER_TAG, ChampionState, Registry, ml
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.gate import GateDecision, decide
 from pipelines.training import loop, plots
-from pipelines.training.bundle import LakeloopModel, LakeloopPyfunc, evaluate_predictions
+from pipelines.training.bundle import LakeloopModel, evaluate_predictions
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
 from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
+from pipelines.training.pyfunc import LakeloopPyfunc
 from pipelines.training.validation import ValidationReport, validate_table
 
 # (config, datasets {train, validation}, input dim, MLflow run id) -> (the trained network, its hyperparameters)

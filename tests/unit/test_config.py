@@ -165,3 +165,11 @@ def test_labels_encode_as_their_text_would(labels: pd.Series) -> None:
     dataset = load_config(DEMO_CONFIG).dataset
     expected = [dataset.class_index.get(str(value), -1) for value in labels.astype(str)]
     assert dataset.encode_labels(labels).tolist() == expected
+
+
+@pytest.mark.parametrize(("free_cpus", "expected"), [(4.0, 3), (2.0, 2), (1.5, 1), (1.0, 1), (0.0, 1)])
+def test_the_batch_pool_starts_with_the_actors_free_cpus_hold_beside_a_read_task(
+    free_cpus: float, expected: int
+) -> None:
+    pool = load_config(DEMO_CONFIG).batch_inference.model_copy(update={"min_actors": 1, "max_actors": 3})
+    assert pool.starting_actors(free_cpus) == expected  # 0.5 CPU each, one CPU kept for a read task
