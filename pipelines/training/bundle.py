@@ -3,7 +3,7 @@
 `LakeloopModel` is what evaluation, batch inference and serving call; `LakeloopPyfunc`
 (pipelines.training.pyfunc) wraps it for MLflow so `mlflow.pyfunc.load_model` and `mlflow models
 serve` run it unchanged. This module does not import MLflow: a batch-inference actor unpickles the
-model without it (importing MLflow cost each actor 1.3 s of CPU at start on 2 cores).
+model without it (this module took 3.25 s to import in a fresh process with MLflow, 2.29 s without).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def test_a_pyfunc_not_logged_by_lakeloop_gets_a_frame_of_the_columns(records: li
 
 
 def test_the_model_unpickles_without_importing_mlflow(model: LakeloopModel) -> None:
-    """What a batch-inference actor does: MLflow's import cost each actor 1.3 s of CPU at start."""
+    """What a batch-inference actor does: MLflow's import cost each actor about 1 s at start."""
     import pickle
     import subprocess
     import sys
