@@ -62,8 +62,8 @@ class PreparedData:
 # the work itself (benchmarks/preprocessing.py).
 def _tag(batch: pa.Table, split: SplitConfig, event_time: str, plan: SplitPlan) -> pa.Table:
     keys = batch.column(split.key).to_pandas() if split.strategy == "hash" else None
-    labels, weights = assign(epoch_micros(batch.column(event_time)), keys, split, plan)
-    return batch.append_column(SPLIT_COLUMN, pa.array(labels, pa.int8())).append_column(
+    codes, weights = assign(epoch_micros(batch.column(event_time)), keys, split, plan)
+    return batch.append_column(SPLIT_COLUMN, pa.array(codes, pa.int8())).append_column(
         WEIGHT_COLUMN, pa.array(weights, pa.float32())
     )
 
