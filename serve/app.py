@@ -88,6 +88,14 @@ def _warm_up(predictor: Predictor, config: LakeloopConfig) -> int:
     return INLINE_ROWS if fastest < INLINE_MAX_ROW_S else 0
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A validated request waiting in the batch: its id (the log's key) and its feature columns."""
+
+    request_id: str
+    columns: dict[str, np.ndarray]
+
+
 def _rows(columns: dict[str, np.ndarray]) -> int:
     return len(next(iter(columns.values())))
 
@@ -291,8 +299,8 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                 self.config, serving.prediction_log.predictions_table, predictions_schema(self.config.dataset), owner
             )
             self.feedback = _spool(self.config, serving.prediction_log.feedback_table, FEEDBACK_SCHEMA, owner)
-            self._predict_batch.set_max_batch_size(serving.max_batch_size)
-            self._predict_batch.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
+            self._score_batch.set_max_batch_size(serving.max_batch_size)
+            self._score_batch.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
             self.metrics = api.state.metrics = ServingMetrics(
                 self.config.mlflow.registered_model, self.config.dataset.task == "classification"
             )
@@ -311,59 +319,79 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
                 )
 
         @serve.batch  # sized in __init__ from serving.max_batch_size and serving.batch_wait_timeout_s
-        async def _predict_batch(
-            self, requests: list[dict[str, np.ndarray]]
-        ) -> list[tuple[LoadedModel, Scored | Exception]]:
+        async def _score_batch(self, requests: list[Pending]) -> list[tuple[LoadedModel, list[dict] | Exception]]:
             """One model for the whole batch, even during a swap. If the batch fails, each request is
-            scored alone, so a value the model cannot take fails only the request that sent it."""
+            scored alone, so a value the model cannot take fails only the request that sent it. The
+            scored rows of every request in the batch go to the log in one write, before any answer."""
             model = self.watcher.current
             if model is None:
                 raise RequestError(503, "no model loaded yet", retry_after_s=5)
+            outputs = await self._predict_each(model, [r.columns for r in requests])
+            answers = [output if isinstance(output, Exception) else output.rows() for output in outputs]
+            self._log(model, requests, answers)
+            return [(model, answer) for answer in answers]
+
+        async def _predict_each(
+            self, model: LoadedModel, requests: list[dict[str, np.ndarray]]
+        ) -> list[Scored | Exception]:
             if len(requests) == 1:  # alone in the batch (low load): nothing to concatenate or split
-                return [(model, await self._predict_alone(model, requests[0]))]
+                return [await self._predict_alone(model, requests[0])]
             try:
                 output = await _predict(model, {n: np.concatenate([r[n] for r in requests]) for n in requests[0]})
             except Exception:  # noqa: BLE001 - isolate the request that caused it, below
-                return [(model, await self._predict_alone(model, r)) for r in requests]
-            self.metrics.unknown_categories(output)
+                return [await self._predict_alone(model, r) for r in requests]
+            self._count(output)
             bounds = np.cumsum([0, *map(_rows, requests)]).tolist()
-            return [(model, output.slice(start, stop)) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+            return [output.slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
         async def _predict_alone(self, model: LoadedModel, columns: dict[str, np.ndarray]) -> Scored | Exception:
             try:
                 output = await _predict(model, columns)
             except Exception as exc:  # noqa: BLE001 - returned, and answered as this request's 422
                 return exc
-            self.metrics.unknown_categories(output)
+            self._count(output)
             return output
+
+        def _count(self, output: Scored) -> None:
+            self.metrics.unknown_categories(output)
+            self.metrics.predictions(output)
+
+        def _log(self, model: LoadedModel, requests: list[Pending], answers: list[list[dict] | Exception]) -> None:
+            """One spool write for the batch: a write releases the GIL, and the replica's two event loops
+            (Serve's HTTP one and the user code's) then trade it; one write per request cost a quarter of
+            a replica's time per request at 32 concurrent requests (A/B in one cluster: 0.94 -> 0.77 ms of
+            replica CPU per request without the write)."""
+            served_at = datetime.now(UTC)
+            logged = [
+                row
+                for request, answer in zip(requests, answers, strict=True)
+                if not isinstance(answer, Exception)
+                for row in prediction_rows(
+                    request.request_id,
+                    model.ref.name,
+                    model.ref.version,
+                    served_at,
+                    _as_lists(request.columns),
+                    answer,
+                    self.config.dataset,
+                )
+            ]
+            if not logged:
+                return
+            try:
+                self.predictions.add(logged)
+            except SpoolFull as exc:  # storage has been down for long: refuse rather than serve unlogged
+                raise RequestError(503, str(exc), retry_after_s=30) from None
 
         async def _score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
             columns = self.validator.columns(records)
             if self.watcher.current is None:
                 raise RequestError(503, "no model loaded yet; see GET /health", retry_after_s=5)
-            model, output = await self._predict_batch(columns)
-            if isinstance(output, Exception):
-                raise RequestError(422, f"the model cannot score these rows: {str(output)[:300]}")
-            rows = output.rows()
-            self.metrics.predictions(output)
             request_id = request_id_of(request)
-            self._log(request_id, model, columns, rows)
-            return request_id, model, rows
-
-        def _log(self, request_id: str, model: LoadedModel, columns: dict[str, np.ndarray], rows: list[dict]) -> None:
-            logged = prediction_rows(
-                request_id,
-                model.ref.name,
-                model.ref.version,
-                datetime.now(UTC),
-                _as_lists(columns),
-                rows,
-                self.config.dataset,
-            )
-            try:
-                self.predictions.add(logged)
-            except SpoolFull as exc:  # storage has been down for long: refuse rather than serve unlogged
-                raise RequestError(503, str(exc), retry_after_s=30) from None
+            model, answer = await self._score_batch(Pending(request_id, columns))
+            if isinstance(answer, Exception):
+                raise RequestError(422, f"the model cannot score these rows: {str(answer)[:300]}")
+            return request_id, model, answer
 
         @api.post("/invocations")
         async def invocations(self, request: Request) -> JSONResponse:
