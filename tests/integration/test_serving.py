@@ -288,9 +288,12 @@ def test_one_clients_odd_value_never_fails_another_clients_request(endpoint: str
     def send(body: dict) -> int:
         return httpx.post(f"{endpoint}/predict", json=body, timeout=30).status_code
 
+    accepted_before = replica_log(endpoint)["predictions"]["accepted"]
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(send, bodies))
     assert codes[1:] == [200] * 15 and codes[0] in (200, 422), codes
+    # a batch's rows are spooled in one write before any of its answers: every answered row, and no other
+    assert replica_log(endpoint)["predictions"]["accepted"] - accepted_before == codes.count(200)
 
 
 def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> None:
