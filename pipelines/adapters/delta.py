@@ -100,18 +100,27 @@ def append(
     app transaction recorded with the commit, so a writer can tell whether it already committed it
     (`transaction_version`). `cdf`: a table created by this append records its changes (change data
     feed). `expected_version`: compare-and-set, the commit lands only as the next version after this
-    one (NO_TABLE: only if it creates the table), else CommitConflict. (A recorded app transaction
+    one (NO_TABLE: only if it creates the table), else CommitConflict; without it, a blind append
+    that conflicts (nothing committed) is tried again, up to BLIND_APPEND_ATTEMPTS. (A recorded app transaction
     alone does not stop two concurrent writers: delta-rs rebases a blind append onto the other's
     commit, and two monitors started together both committed the same pass.)"""
-    creating = not table_exists(uri, storage_options)  # read once: it decides CDF and the retry below
-    try:
+    creating = not table_exists(uri, storage_options)  # read once: it decides CDF
+    if expected_version is not None:
         return _append(uri, data, storage_options, merge_schema, transaction, cdf and creating, expected_version)
-    except TableError:
-        if expected_version is None and creating and table_exists(uri, storage_options):
-            # another writer created the table first (its create commit won version 0, and delta-rs
-            # does not rebase a create: "protocol changed"); a blind append lands on it
-            return _append(uri, data, storage_options, merge_schema, transaction, False, None)
-        raise
+    for _ in range(BLIND_APPEND_ATTEMPTS - 1):
+        try:
+            return _append(uri, data, storage_options, merge_schema, transaction, cdf and creating, None)
+        except CommitConflict:
+            # Writers creating a table at once: delta-rs fails all but one create ("protocol
+            # changed"), and rebases some of them into later versions that carry their own metadata;
+            # any append that read the table before such a version then fails ("metadata changed";
+            # 4 writers, 1 run in 300 here). Nothing was committed and another writer progressed,
+            # so the next try meets fewer pending creates.
+            creating = False
+    return _append(uri, data, storage_options, merge_schema, transaction, False, None)
+
+
+BLIND_APPEND_ATTEMPTS = 8  # each conflict means another writer committed; more than any race here
 
 
 def _append(
@@ -148,7 +157,7 @@ def _append(
     except CommitFailedError as exc:
         if expected_version is not None:
             raise CommitConflict(f"{uri}: another writer committed after version {expected_version}") from None
-        raise TableError(f"{uri}: append failed: {exc}") from None
+        raise CommitConflict(f"{uri}: append failed: {exc}") from None
     except SchemaMismatchError as exc:
         raise SchemaConflict(f"{uri}: the rows do not fit the table's schema: {exc}") from None
     except DeltaError as exc:

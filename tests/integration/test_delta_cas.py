@@ -58,3 +58,26 @@ def test_blind_writers_creating_a_table_at_once_all_commit(tmp_path: Path) -> No
         thread.join()
     assert failures == []
     assert sorted(delta.read(uri).column("writer").to_pylist()) == [0, 1, 2, 3] and delta.version(uri) == 3
+
+
+def test_a_blind_append_that_read_the_table_before_a_metadata_commit_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rare interleaving behind the test above, made certain: under four creating writers,
+    delta-rs rebased two losing creates into versions 1 and 2, each with its own metadata, and a
+    writer that had read version 0 failed ("metadata changed") once in 300 runs."""
+    uri = str(tmp_path / "attempts")
+    delta.append(uri, pa.table({"writer": [0]}))
+    real_write, calls = delta.write_deltalake, []
+
+    def another_writer_changes_metadata_between_read_and_commit(target, data, **options) -> None:
+        calls.append(options.get("mode"))
+        if len(calls) == 1:
+            read_before = delta.open_table(uri)
+            delta.open_table(uri).alter.set_table_properties({"delta.appendOnly": "true"})
+            target = read_before
+        real_write(target, data, **options)
+
+    monkeypatch.setattr(delta, "write_deltalake", another_writer_changes_metadata_between_read_and_commit)
+    assert delta.append(uri, pa.table({"writer": [1]})) == 2
+    assert len(calls) == 2 and sorted(delta.read(uri).column("writer").to_pylist()) == [0, 1]
