@@ -357,10 +357,10 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
             self.metrics.predictions(output)
 
         def _log(self, model: LoadedModel, requests: list[Pending], answers: list[list[dict] | Exception]) -> None:
-            """One spool write for the batch: a write releases the GIL, and the replica's two event loops
-            (Serve's HTTP one and the user code's) then trade it. A write per request cost a quarter of a
-            replica's CPU per request at 32 concurrent requests (A/B in one cluster, 8 rounds: one write per
-            request 1.21 ms, one per batch 0.92 ms)."""
+            """One spool write for the batch. Measured when replicas still ran this code on a second event
+            loop beside Serve's (a write releases the GIL, and the two loops' threads traded it): a write
+            per request cost a quarter of a replica's CPU per request at 32 concurrent requests (A/B in one
+            cluster, 8 rounds: one write per request 1.21 ms, one per batch 0.92 ms)."""
             logged = [
                 row
                 for request, answer in zip(requests, answers, strict=True)

@@ -79,6 +79,7 @@ class CommitConflict(TableError):
 
 
 NO_TABLE = -1  # append(expected_version=NO_TABLE): only if this append creates the table
+BLIND_APPEND_ATTEMPTS = 8  # each conflict means another writer committed; more than any race here
 
 
 def version(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
@@ -118,9 +119,6 @@ def append(
             # so the next try meets fewer pending creates.
             creating = False
     return _append(uri, data, storage_options, merge_schema, transaction, False, None)
-
-
-BLIND_APPEND_ATTEMPTS = 8  # each conflict means another writer committed; more than any race here
 
 
 def _append(

@@ -68,10 +68,10 @@ def test_a_blind_append_that_read_the_table_before_a_metadata_commit_is_tried_ag
     writer that had read version 0 failed ("metadata changed") once in 300 runs."""
     uri = str(tmp_path / "attempts")
     delta.append(uri, pa.table({"writer": [0]}))
-    real_write, calls = delta.write_deltalake, []
+    real_write, calls = delta.write_deltalake, []  # one entry per write attempt
 
     def another_writer_changes_metadata_between_read_and_commit(target, data, **options) -> None:
-        calls.append(options.get("mode"))
+        calls.append(target)
         if len(calls) == 1:
             read_before = delta.open_table(uri)
             delta.open_table(uri).alter.set_table_properties({"delta.appendOnly": "true"})
