@@ -3,7 +3,7 @@ same preprocessed data and the same model.
 
     python -m benchmarks.training [--rows 5000000] [--epochs 5]
 
-The default is a realistic epoch (3.5M training rows: a plain epoch takes about 9 s here); at the
+The default is a realistic epoch (3.5M training rows: a plain epoch took 10-14 s here); at the
 demo's size (--rows 200000) an epoch takes about 0.3 s, short enough for noise to dominate.
 
 Both do the same work per epoch: shuffled mini-batches (256) of AdamW steps over the train split,
