@@ -34,8 +34,8 @@ def _rate(hits: int, n: int) -> str:
 def _suite(config, pipeline, seed: int):
     import torch
 
-    from pipelines.core import synthetic
     from pipelines.core.network import NetworkSpec, TabularMLP
+    from pipelines.scenarios import synthetic
     from pipelines.training.bundle import LakeloopModel
     from pipelines.training.detectors import DriftSuite
 
@@ -49,7 +49,7 @@ def _suite(config, pipeline, seed: int):
 
 def timings(suite, features: list[str], sizes: tuple[int, ...] = (500, 1000, 5000), repeats: int = 5) -> dict:
     """Median seconds per check, by detector and window size."""
-    from pipelines.core import synthetic
+    from pipelines.scenarios import synthetic
 
     out = {}
     for size in sizes:
@@ -74,8 +74,8 @@ def main() -> None:
 
     import ray
 
-    from pipelines.core import synthetic
     from pipelines.core.config import load_config
+    from pipelines.scenarios import synthetic
     from pipelines.training.detectors import DETECTORS
     from pipelines.training.features import FeaturePipeline
 

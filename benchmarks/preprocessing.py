@@ -31,7 +31,7 @@ CHUNK = 1_000_000
 
 def make_table(uri: str, rows: int) -> None:
     from pipelines.adapters import delta
-    from pipelines.core import synthetic
+    from pipelines.scenarios import synthetic
 
     for start in range(0, rows, CHUNK):
         delta.append(uri, synthetic.generate(min(CHUNK, rows - start), seed=start // CHUNK + 1))

@@ -5,7 +5,7 @@
 Each stream runs on the real embedded stack (an `mlflow server`, a Ray head with the Jobs API, a
 Serve endpoint): a champion trained on 4,000 rows of the old concept, then a labelled stream
 through POST /predict and POST /feedback, checked by the monitor after every round, retraining
-through the Jobs API, the gate, and the endpoint's swap (pipelines.monitoring.closed_loop). First a calm
+through the Jobs API, the gate, and the endpoint's swap (pipelines.scenarios.closed_loop). First a calm
 phase (rounds of 1,000 rows of the old concept: the false-alarm check), then the concept changes
 and rounds of 200 labelled rows continue until 1,000 rows after the swap, or --drift-rows.
 
@@ -48,14 +48,14 @@ class Stream:
     metric: str
 
     def rows(self, n: int, seed: int, drifted: bool) -> pd.DataFrame:
-        from pipelines.core import synthetic
+        from pipelines.scenarios import synthetic
 
         if self.name == "sea":
             return synthetic.sea(n, seed, concept=4 if drifted else 3).to_pandas()
         return synthetic.generate(n, seed, "concept" if drifted else "none").to_pandas()
 
     def table(self, n: int, seed: int):
-        from pipelines.core import synthetic
+        from pipelines.scenarios import synthetic
 
         return synthetic.sea(n, seed, concept=3) if self.name == "sea" else synthetic.generate(n, seed)
 
@@ -175,9 +175,9 @@ def run_stream(
 
     from benchmarks.common import deploy_shipped
     from pipelines.adapters import delta
-    from pipelines.adapters.endpoint import LabelledStream
     from pipelines.adapters.serving import wait_ready
-    from pipelines.monitoring.closed_loop import ClosedLoop
+    from pipelines.scenarios.closed_loop import ClosedLoop
+    from pipelines.scenarios.traffic import LabelledStream
     from pipelines.training.workflow import train_and_register
 
     config = stream_config(stream, workdir / stream.name, tracking_uri, gcs, jobs_api)

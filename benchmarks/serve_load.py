@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.common import RECORD, ROOT, registered_model, write_result
 from benchmarks.http_load import load, require_wrk
-from pipelines.core import synthetic
+from pipelines.scenarios import synthetic
 
 # The shipped configuration and the alternatives its defaults were chosen against.
 SERVE_MODES = {

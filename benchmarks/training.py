@@ -83,8 +83,8 @@ def main() -> None:
     import torch
 
     from pipelines.adapters import delta
-    from pipelines.core import synthetic
     from pipelines.core.network import NetworkSpec
+    from pipelines.scenarios import synthetic
     from pipelines.training import loop
     from pipelines.training.data import prepare, to_frame
     from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN

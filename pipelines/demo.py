@@ -2,7 +2,7 @@
 
     lakeloop demo [--rows N] [--drift covariate|concept] [--keep-running]
 
-See pipelines.scenarios.demo for what happens. Exits non-zero if a request failed, a served row is
+See pipelines.scenarios.whole_loop for what happens. Exits non-zero if a request failed, a served row is
 missing from the Delta log, or the loop did not do what the scenario expects.
 """
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    from pipelines.scenarios.demo import DemoOptions, run_demo
+    from pipelines.scenarios.whole_loop import DemoOptions, run_demo
 
     result = run_demo(DemoOptions(args.rows, args.seed, args.drift, args.keep_running), config)
     return StepResult(result.summary, result.data, exit_code=0 if result.ok else 1)

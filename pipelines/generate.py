@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
+from pipelines.scenarios import synthetic
 from pipelines.step_runner import StepResult, step_main
 
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.rows < 1:
         raise LakeloopError(f"--rows must be at least 1, got {args.rows}")
-    from pipelines.training.data import land_demo_rows
+    from pipelines.scenarios.demo_data import land_demo_rows
 
     landed = land_demo_rows(config, args.rows, args.seed, args.drift, args.table)
     return StepResult(

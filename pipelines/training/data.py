@@ -4,7 +4,7 @@ everything or, after drift, per regime), fit the feature pipeline on the trainin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial, reduce
 
 import numpy as np
@@ -15,7 +15,6 @@ import ray
 import ray.data
 
 from pipelines.adapters import delta
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, SplitConfig
 from pipelines.core.errors import ValidationFailed
 from pipelines.core.feature_transform import Statistics, statistics
@@ -165,28 +164,3 @@ def to_frame(ds: ray.data.Dataset) -> pd.DataFrame:
         return pd.DataFrame()
     names = tables[0].column_names  # blocks may order their columns differently
     return pa.concat_tables([t.select(names) for t in tables], promote_options="permissive").to_pandas()
-
-
-@dataclass(frozen=True)
-class Landing:
-    uri: str
-    version: int
-    rows: int
-    positive_rate: float
-
-
-def land_demo_rows(
-    config: LakeloopConfig, rows: int, seed: int, drift: synthetic.Drift = "none", table: str | None = None
-) -> Landing:
-    """Append `rows` rows of the demo generator to a Delta table (default: the dataset table), their
-    event times continuing after the newest already there."""
-    uri = config.source_table(table)
-    options = config.storage.storage_options
-    newest = None
-    if delta.table_exists(uri, options):
-        times = delta.read(uri, options, [synthetic.EVENT_TIME]).column(0)
-        newest = pc.max(times).as_py()
-    start = synthetic.DEFAULT_START if newest is None else newest + timedelta(seconds=1)
-    data = synthetic.generate(rows, seed, drift, start)
-    version = delta.append(uri, data, options)
-    return Landing(uri, version, data.num_rows, pc.mean(data.column(synthetic.LABEL)).as_py())

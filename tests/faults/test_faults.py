@@ -41,9 +41,9 @@ from pipelines.adapters.local_services import (
 )
 from pipelines.adapters.prediction_log import REQUEST_ID, ROW, dead_letter_uri
 from pipelines.adapters.registry import ModelRef, Registry
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, MonitorConfig, RayConfig, parse_config
 from pipelines.core.gate import GateDecision
+from pipelines.scenarios import synthetic
 from pipelines.training.detectors import PERFORMANCE
 from tests.helpers import ROOT, demo_raw_config, lakeloop, user_environment
 

@@ -18,8 +18,8 @@ from ray.util.state import list_actors
 
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
-from pipelines.core import synthetic
 from pipelines.core.config import HyperParams, parse_config
+from pipelines.scenarios import synthetic
 from pipelines.training import loop
 from pipelines.training.data import prepare
 from tests.helpers import demo_raw_config

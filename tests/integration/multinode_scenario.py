@@ -25,11 +25,11 @@ from ray.cluster_utils import Cluster
 
 from pipelines.adapters import delta, serving
 from pipelines.adapters.local_services import free_port
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.inference import batch as batch_inference
 from pipelines.monitoring import retraining
 from pipelines.monitoring.check import run_once
+from pipelines.scenarios import synthetic
 from pipelines.training.workflow import train_and_register
 from tests.helpers import demo_raw_config, serve_app
 

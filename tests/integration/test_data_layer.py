@@ -19,9 +19,9 @@ from deltalake import write_deltalake
 
 from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import labelled_rows, refresh_training_table
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import LakeloopError, ValidationFailed
+from pipelines.scenarios import synthetic
 from pipelines.training.data import prepare
 from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN, FeaturePipeline
 from pipelines.training.validation import validate_table

@@ -13,12 +13,12 @@ import pytest
 from ray import serve
 
 from pipelines.adapters import delta
-from pipelines.adapters.endpoint import LabelledStream
 from pipelines.adapters.local_services import free_port
 from pipelines.adapters.serving import wait_ready
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
-from pipelines.monitoring.closed_loop import ClosedLoop
+from pipelines.scenarios import synthetic
+from pipelines.scenarios.closed_loop import ClosedLoop
+from pipelines.scenarios.traffic import LabelledStream
 from pipelines.training.workflow import train_and_register
 from tests.helpers import demo_raw_config, deploy_endpoint
 

@@ -22,11 +22,11 @@ from deltalake import write_deltalake
 from pipelines.adapters import delta
 from pipelines.adapters.jobs import Jobs
 from pipelines.adapters.registry import Registry
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.models import run as models_step
 from pipelines.monitoring.champion import load_champion
 from pipelines.monitoring.check import describe, run_once
+from pipelines.scenarios import synthetic
 from pipelines.training.detectors import DriftSuite
 from pipelines.training.workflow import train_and_register
 from tests.helpers import ROOT, demo_raw_config, served_log, write_config

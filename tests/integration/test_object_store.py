@@ -138,9 +138,9 @@ def test_the_log_and_the_monitor_reach_the_store_through_the_configs_storage_opt
 
     from pipelines.adapters.log_spool import LogSpool
     from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
-    from pipelines.core import synthetic
     from pipelines.core.config import parse_config
     from pipelines.monitoring import check
+    from pipelines.scenarios import synthetic
 
     for name, value in object_store.env.items():
         if name not in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "MLFLOW_S3_ENDPOINT_URL"):

@@ -9,8 +9,8 @@ import pytest
 
 from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, join_labels
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig
+from pipelines.scenarios import synthetic
 from tests.helpers import served_log
 
 pytestmark = pytest.mark.integration

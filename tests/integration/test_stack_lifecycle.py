@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from pipelines.adapters.local_services import STATE_FILE, StackState, free_port, port_holder
-from pipelines.core import synthetic
+from pipelines.scenarios import synthetic
 from tests.helpers import ROOT, demo_raw_config, lakeloop, stack_processes, user_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_cluster]

@@ -13,10 +13,10 @@ from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
 from pipelines.adapters import delta
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import TableError
 from pipelines.maintain import run as maintain_step
+from pipelines.scenarios import synthetic
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from mlflow import MlflowClient
 
 from pipelines.adapters import delta
 from pipelines.adapters.registry import Registry
-from pipelines.core import synthetic
 from pipelines.core.config import HyperParams, LakeloopConfig, parse_config
 from pipelines.core.gate import GateDecision
+from pipelines.scenarios import synthetic
 from pipelines.training import search
 from pipelines.training.workflow import train_and_register
 from tests.helpers import ROOT, write_config

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from pipelines.adapters import delta
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.scenarios import synthetic
 from pipelines.training import loop
 from pipelines.training.bundle import LakeloopModel
 from pipelines.training.data import prepare

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 
 from pipelines.adapters.registry import _PyfuncPredictor
-from pipelines.core import synthetic
 from pipelines.core.config import parse_config
 from pipelines.core.feature_transform import FittedTransform, statistics
 from pipelines.core.network import NetworkSpec, TabularMLP
+from pipelines.scenarios import synthetic
 from pipelines.training.bundle import LakeloopModel
 from pipelines.training.features import FeaturePipeline
 from serve.schemas import RecordValidator

@@ -5,8 +5,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines.core import splits, synthetic
+from pipelines.core import splits
 from pipelines.core.config import RegimeConfig, SplitConfig
+from pipelines.scenarios import synthetic
 
 
 def names(codes: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from pipelines.core import synthetic
+from pipelines.scenarios import synthetic
 
 N = 8000
 

@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.core import synthetic
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.table_checks import check_table, collect_stats, schema_fingerprint
+from pipelines.scenarios import synthetic
 
 
 def problems(table: pa.Table, config: LakeloopConfig) -> list[str]:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from pipelines.adapters.endpoint import LabelledStream, ServedRow, Traffic, wait_for_version, wait_logged
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
 from pipelines.monitoring.check import run_once
 from pipelines.monitoring.retraining import follow
+from pipelines.scenarios.traffic import LabelledStream, ServedRow, Traffic, wait_for_version, wait_logged
 
 
 @dataclass

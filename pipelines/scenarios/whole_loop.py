@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import TextIO
 
 from pipelines.adapters import delta, local_services, ray_cluster, serving
-from pipelines.adapters.endpoint import (
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.errors import LakeloopError
+from pipelines.monitoring.check import describe as describe_check
+from pipelines.monitoring.check import run_once
+from pipelines.monitoring.retraining import follow
+from pipelines.scenarios import synthetic
+from pipelines.scenarios.closed_loop import ClosedLoop
+from pipelines.scenarios.demo_data import land_demo_rows
+from pipelines.scenarios.traffic import (
     ROWS_PER_REQUEST,
     LabelledStream,
     Traffic,
@@ -32,15 +40,7 @@ from pipelines.adapters.endpoint import (
     wait_for_version,
     wait_logged,
 )
-from pipelines.core import synthetic
-from pipelines.core.config import LakeloopConfig
-from pipelines.core.errors import LakeloopError
-from pipelines.monitoring.check import describe as describe_check
-from pipelines.monitoring.check import run_once
-from pipelines.monitoring.closed_loop import ClosedLoop
-from pipelines.monitoring.retraining import follow
 from pipelines.training import search
-from pipelines.training.data import land_demo_rows
 from pipelines.training.validation import validate_table
 from pipelines.training.workflow import train_and_register
 
