@@ -54,7 +54,7 @@ def writer(uri: str, number: int, commits: int, per_commit: int) -> list[float]:
     seconds = []
     for commit in range(commits):
         started = time.perf_counter()
-        delta.append(uri, rows(number, commit, per_commit), cdf=True)
+        delta.Table(uri).append(rows(number, commit, per_commit), cdf=True)
         seconds.append(time.perf_counter() - started)
     return seconds
 
@@ -62,7 +62,7 @@ def writer(uri: str, number: int, commits: int, per_commit: int) -> list[float]:
 def appends(uri: str, writers: int, commits: int, per_commit: int = 100) -> dict:
     from pipelines.adapters import delta
 
-    delta.append(uri, rows(-1, 0, 1), cdf=True)
+    delta.Table(uri).append(rows(-1, 0, 1), cdf=True)
     started = time.perf_counter()
     with ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("spawn")) as pool:
         latencies = [
@@ -71,7 +71,7 @@ def appends(uri: str, writers: int, commits: int, per_commit: int = 100) -> dict
             for s in part
         ]
     wall = time.perf_counter() - started
-    versions = sorted(e["version"] for e in delta.open_table(uri).history())
+    versions = sorted(e["version"] for e in delta.Table(uri).open().history())
     return {
         "writers": writers,
         "commits": writers * commits,
@@ -98,12 +98,12 @@ def upload(directory: Path, endpoint: str, bucket: str, prefix: str) -> str:
 def monitor_reads(uri: str) -> dict:
     from pipelines.adapters import delta
 
-    newest = delta.open_table(uri).version()
+    newest = delta.Table(uri).open().version()
     started = time.perf_counter()
-    first = delta.changes(uri, None, None, ["request_id", "row", "served_at"])[0].num_rows
+    first = delta.Table(uri).changes(None, ["request_id", "row", "served_at"])[0].num_rows
     first_s = time.perf_counter() - started
     started = time.perf_counter()
-    steady = delta.changes(uri, None, newest - 10, ["request_id", "row", "served_at"])[0].num_rows
+    steady = delta.Table(uri).changes(newest - 10, ["request_id", "row", "served_at"])[0].num_rows
     steady_s = time.perf_counter() - started
     return {
         "commits": newest,

@@ -34,7 +34,7 @@ def make_table(uri: str, rows: int) -> None:
     from pipelines.scenarios import synthetic
 
     for start in range(0, rows, CHUNK):
-        delta.append(uri, synthetic.generate(min(CHUNK, rows - start), seed=start // CHUNK + 1))
+        delta.Table(uri).append(synthetic.generate(min(CHUNK, rows - start), seed=start // CHUNK + 1))
 
 
 def run_ray(config, uri: str) -> dict:

@@ -181,7 +181,7 @@ def run_stream(
     from pipelines.training.workflow import train_and_register
 
     config = stream_config(stream, workdir / stream.name, tracking_uri, gcs, jobs_api)
-    delta.append(config.table_uri, stream.table(4000, 1))
+    delta.tables(config).events.append(stream.table(4000, 1))
     first = train_and_register(config)
     url = deploy_shipped(config, jobs_api, serve_port, f"recovery-{stream.name}", f"/{stream.name}")
     if not wait_ready(url, 180):
@@ -219,7 +219,7 @@ def run_stream(
     versions = [row.version for row in served]
     first_model = registered(config, first.model_version)
     rows_in_order = stream_rows.iloc[order].reset_index(drop=True)
-    events = delta.read(config.table_uri).to_pandas()
+    events = delta.tables(config).events.read().to_pandas()
     # stream rows happen after the training table, in the order they were served
     rows_in_order[config.dataset.event_time] = events[config.dataset.event_time].max() + pd.to_timedelta(
         np.arange(1, len(rows_in_order) + 1), unit="s"

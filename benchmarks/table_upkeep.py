@@ -41,13 +41,13 @@ def timed(work: Callable[[], object]) -> float:
 def reads(uri: str) -> dict:
     from pipelines.adapters import delta
 
-    newest = delta.version(uri)
+    newest = delta.Table(uri).version()
     one_request = pc.field("request_id") == "w1-c7"
     return {
-        "open_ms": round(1000 * timed(lambda: delta.open_table(uri)), 1),
-        "filtered_read_ms": round(1000 * timed(lambda: delta.read(uri, None, ["row"], one_request)), 1),
+        "open_ms": round(1000 * timed(lambda: delta.Table(uri).open()), 1),
+        "filtered_read_ms": round(1000 * timed(lambda: delta.Table(uri).read(["row"], one_request)), 1),
         "monitor_steady_pass_ms": round(
-            1000 * timed(lambda: delta.changes(uri, None, newest - 10, ["request_id", "row"])), 1
+            1000 * timed(lambda: delta.Table(uri).changes(newest - 10, ["request_id", "row"])), 1
         ),
     }
 
@@ -71,8 +71,8 @@ def main() -> None:
             # as `lakeloop data maintain` runs it with a monitor 10 commits behind: those commits keep
             # their files (retention stretches back to the oldest unread one), so nothing is vacuumed
             # this soon after the appends; reads of the current version touch only the compacted files
-            unread = delta.commit_time(uri, None, delta.version(uri) - 10)
-            upkeep = delta.maintain(uri, None, retention_hours=0, keep_since=unread)
+            unread = delta.Table(uri).commit_time(delta.version(uri) - 10)
+            upkeep = delta.Table(uri).maintain(retention_hours=0, keep_since=unread)
             maintain_s = time.perf_counter() - started
             after = reads(uri)
             row = {

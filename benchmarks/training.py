@@ -92,7 +92,7 @@ def main() -> None:
     results: dict[str, dict] = {}  # setup -> epoch start times and the whole run's seconds
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp))
-        delta.append(config.table_uri, synthetic.generate(args.rows, 1))
+        delta.tables(config).events.append(synthetic.generate(args.rows, 1))
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR")
         try:
             prepared = prepare(config)

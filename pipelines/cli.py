@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         print(bash_completion(parser))
         return
     module = args._module
-    sys.exit(execute(module.run, args, getattr(module, "JOINS_STACK", True)))
+    step = " ".join(["lakeloop", args.command, *([args.step] if getattr(args, "step", None) else [])])
+    sys.exit(execute(module.run, args, getattr(module, "JOINS_STACK", True), step))
 
 
 if __name__ == "__main__":

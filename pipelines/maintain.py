@@ -41,8 +41,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         config = config.model_copy(
             update={"maintenance": config.maintenance.model_copy(update={"retention_hours": args.retention_hours})}
         )
-    tables = [config.source_table(t) for t in args.table] if args.table else None
-    outcomes = maintain(config, tables, keep_pinned=not args.unpin)
+    outcomes = maintain(config, args.table, keep_pinned=not args.unpin)
     return StepResult(describe(outcomes), {"tables": outcomes})
 
 

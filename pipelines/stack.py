@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     from pipelines.adapters.local_services import STATE_FILE
 
-    state_path = Path(config.storage.table_uri(STATE_FILE))
+    state_path = Path(config.storage.resolve(STATE_FILE))
     return _down(state_path) if args.action == "down" else _up(args, config, state_path)
 
 

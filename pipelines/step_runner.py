@@ -14,6 +14,9 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,7 @@ class StepResult:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="configuration file (default: $LAKELOOP_CONFIG or conf/lakeloop.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a summary")
+    parser.add_argument("--debug", action="store_true", help="let an unexpected error end in its traceback")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,8 +127,22 @@ def join_stack(config: LakeloopConfig) -> tuple[LakeloopConfig, str | None]:
     )
 
 
-def execute(run: Run, args: argparse.Namespace, joins_stack: bool = True) -> int:
-    """Run a step; user errors become one clear message per line and a non-zero exit."""
+def _report_unexpected(step: str, exc: BaseException) -> str:
+    """One line naming the step and the cause; the traceback goes to a file (readable by this user
+    only) that the line names."""
+    name = step.removeprefix("lakeloop ").replace(" ", "-")
+    path = Path(tempfile.gettempdir()) / f"lakeloop-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(traceback.format_exception(exc)))
+    cause = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{step} failed: {type(exc).__name__}: {cause} (traceback in {path}; --debug prints it)"
+
+
+def execute(run: Run, args: argparse.Namespace, joins_stack: bool = True, step: str = "lakeloop") -> int:
+    """Run a step; user errors become one clear message per line and a non-zero exit, and so does an
+    unexpected error (its traceback goes to a file, or with --debug to the terminal)."""
     set_entry_invariants()
     # With --json, stdout carries only the JSON document; library chatter goes to stderr.
     chatter = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
@@ -142,6 +160,17 @@ def execute(run: Run, args: argparse.Namespace, joins_stack: bool = True) -> int
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"error: {step}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        message = _report_unexpected(step, exc)
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "errors": [message]}))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"ok": result.exit_code == 0, **result.data}, default=str))
     else:
@@ -155,4 +184,4 @@ def step_main(
     parser = argparse.ArgumentParser(prog=prog)
     add_arguments(parser)
     add_common_arguments(parser)
-    sys.exit(execute(run, parser.parse_args(argv), joins_stack))
+    sys.exit(execute(run, parser.parse_args(argv), joins_stack, prog.removeprefix("python -m ")))

@@ -33,6 +33,7 @@ from ray import serve
 from starlette.datastructures import MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipelines.adapters import delta
 from pipelines.adapters.log_spool import LogSpool, SpoolFull
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
@@ -266,15 +267,14 @@ async def _json_body(request: Request) -> Any:
 
 
 def _spool(config: LakeloopConfig, table: str, schema, owner: str) -> LogSpool:
-    log_config, storage = config.serving.prediction_log, config.storage
+    log_config = config.serving.prediction_log
     return LogSpool(
-        storage.table_uri(table),
+        delta.tables(config).named(table),
         schema,
         config.spool_dir,
         log_config.flush_rows,
         log_config.flush_interval_s,
         log_config.max_spool_bytes,
-        storage.storage_options,
         owner,
     )
 

@@ -27,7 +27,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import DEAD_LETTER_SCHEMA, dead_letter_row, dead_letter_uri
+from pipelines.adapters.prediction_log import DEAD_LETTER_SCHEMA, dead_letter_row
 from pipelines.core.errors import LakeloopError
 
 log = logging.getLogger("lakeloop.log")
@@ -112,30 +111,28 @@ class Counts:
     extra: dict = field(default_factory=dict)
 
 
-def commit_segment(
-    uri: str, schema: pa.Schema, owner: str, number: int, path: Path, storage_options: Mapping[str, str] | None
-) -> tuple[int, int]:
+def commit_segment(target: delta.Table, schema: pa.Schema, owner: str, number: int, path: Path) -> tuple[int, int]:
     """Commit one segment exactly once; returns (rows written, rows dead-lettered). Raises on a
     storage error (the segment stays for the next attempt)."""
     app_id = f"lakeloop-log:{owner}"
     rows = read_segment(path)
     table, bad = to_table(rows, schema)
     written = 0
-    if table.num_rows and (delta.transaction_version(uri, app_id, storage_options) or -1) < number:
+    if table.num_rows and (target.transaction_version(app_id) or -1) < number:
         try:
-            delta.append(uri, table, storage_options, merge_schema=True, transaction=(app_id, number), cdf=True)
+            target.append(table, merge_schema=True, transaction=(app_id, number), cdf=True)
             written = table.num_rows
         except delta.SchemaConflict as exc:  # a column changed type: the rows cannot join this table
             bad += [(row, str(exc)) for row in table.to_pylist()]
-    dead = 0
-    if bad and (delta.transaction_version(dead_letter_uri(uri), app_id, storage_options) or -1) < number:
+    dead, letters_table = 0, target.dead_letter()
+    if bad and (letters_table.transaction_version(app_id) or -1) < number:
         letters = pa.Table.from_pylist(
-            [dead_letter_row(uri, row, reason) for row, reason in bad], schema=DEAD_LETTER_SCHEMA
+            [dead_letter_row(target.uri, row, reason) for row, reason in bad], schema=DEAD_LETTER_SCHEMA
         )
-        delta.append(dead_letter_uri(uri), letters, storage_options, transaction=(app_id, number))
+        letters_table.append(letters, transaction=(app_id, number))
         dead = len(bad)
         log.warning(
-            "%d rows for %s could not be written and went to %s: %s", dead, uri, dead_letter_uri(uri), bad[0][1]
+            "%d rows for %s could not be written and went to %s: %s", dead, target.uri, letters_table.uri, bad[0][1]
         )
     path.unlink()
     return written, dead
@@ -149,19 +146,18 @@ def _segments(directory: Path) -> list[tuple[int, Path]]:
 class LogSpool:
     def __init__(
         self,
-        uri: str,
+        table: delta.Table,
         schema: pa.Schema,
         spool_dir: Path,
         flush_rows: int,
         flush_interval_s: float,
         max_spool_bytes: int,
-        storage_options: Mapping[str, str] | None = None,
         owner: str | None = None,
     ) -> None:
-        self.uri, self.schema, self.flush_rows, self.flush_interval_s = uri, schema, flush_rows, flush_interval_s
-        self.max_spool_bytes, self.storage_options = max_spool_bytes, dict(storage_options or {})
+        self.table, self.schema, self.flush_rows, self.flush_interval_s = table, schema, flush_rows, flush_interval_s
+        self.uri, self.max_spool_bytes = table.uri, max_spool_bytes
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.root = spool_dir / delta.table_key(uri)
+        self.root = spool_dir / delta.table_key(table.uri)
         self.directory = self.root / self.owner
         self._lock_file = self._claim_directory()
         self.counts = Counts()
@@ -245,7 +241,7 @@ class LogSpool:
                     continue  # the open segment
                 size = path.stat().st_size
                 try:
-                    rows, dead = commit_segment(self.uri, self.schema, self.owner, number, path, self.storage_options)
+                    rows, dead = commit_segment(self.table, self.schema, self.owner, number, path)
                 except Exception as exc:  # noqa: BLE001 - storage outages: keep the segment, retry later
                     with self._lock:
                         self.counts.failed_commits += 1
@@ -274,9 +270,7 @@ class LogSpool:
                     continue  # alive
                 try:
                     for number, path in _segments(other):
-                        rows, dead = commit_segment(
-                            self.uri, self.schema, other.name, number, path, self.storage_options
-                        )
+                        rows, dead = commit_segment(self.table, self.schema, other.name, number, path)
                         written += rows
                         with self._lock:
                             self.counts.written += rows

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -150,6 +151,33 @@ class Registry:
         inner = getattr(python_model, "model", None)
         return inner if hasattr(inner, "predict_columns") else _PyfuncPredictor(model)
 
+    def load_version(self, version: str) -> Predictor:
+        return self.load(ModelRef(self.name, str(version), "", None))
+
+    def register(self, model_uri: str, run_id: str, model_id: str | None, tags: Mapping[str, str]) -> str:
+        """A new version of this registered model (created on first use) from a logged model; returns it."""
+        try:
+            self.client.create_registered_model(self.name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        created = self.client.create_model_version(
+            self.name, source=model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
+        )
+        return str(created.version)
+
+    def tag_version(self, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric the run logged."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def download(self, run_id: str, artifact_path: str) -> Path:
+        """A run's artifact (file or directory) in a local temporary directory."""
+        return Path(self.client.download_artifacts(run_id, artifact_path))
+
     def state(self) -> ChampionState:
         try:
             model = self.client.get_registered_model(self.name)
@@ -228,10 +256,10 @@ class Registry:
                         raise
 
     def record(self, version: str, decision: GateDecision) -> None:
-        self.client.set_model_version_tag(
-            self.name, version, "lakeloop.gate", "promoted" if decision.promote else "refused"
+        self.tag_version(
+            version,
+            {"lakeloop.gate": "promoted" if decision.promote else "refused", "lakeloop.gate_reason": decision.reason},
         )
-        self.client.set_model_version_tag(self.name, version, "lakeloop.gate_reason", decision.reason)
 
     def promote(self, version: str, compared: ChampionState, decision: GateDecision) -> GateDecision:
         """Apply a gate decision made against `compared`; refuse if the champion moved since."""

@@ -59,8 +59,9 @@ class StorageConfig(StrictModel):
         replicas and Ray workers (whose working directories differ) see the same tables."""
         return root if "://" in root else str(Path(root).expanduser().resolve())
 
-    def table_uri(self, name: str) -> str:
-        """A table name relative to the root, or a full path/URI used as is."""
+    def resolve(self, name: str) -> str:
+        """A name relative to the root (a table, a file the stack keeps there), or a full path/URI used
+        as is."""
         if "://" in name or name.startswith("/"):
             return name
         if name.startswith((".", "~")) or "/" in name:  # a path the user typed, relative to where they are
@@ -388,14 +389,6 @@ class LakeloopConfig(StrictModel):
         return self
 
     @property
-    def table_uri(self) -> str:
-        return self.storage.table_uri(self.dataset.table)
-
-    def source_table(self, given: str | None) -> str:
-        """A --table argument (a name under storage.root, or a path/URI), else the dataset table."""
-        return self.storage.table_uri(given) if given else self.table_uri
-
-    @property
     def spool_dir(self) -> Path:
         configured = self.serving.prediction_log.spool_dir
         if configured:
@@ -404,7 +397,7 @@ class LakeloopConfig(StrictModel):
 
     @property
     def train_storage_path(self) -> str:
-        return self.train.storage_path or self.storage.table_uri("ray_results")
+        return self.train.storage_path or self.storage.resolve("ray_results")
 
 
 def _format_error(source: str, error: ValidationError) -> str:

@@ -60,10 +60,10 @@ def _as_dataset(
     if isinstance(source, pd.DataFrame):
         return ray.data.from_pandas(source)
     if isinstance(source, str):
-        options = config.storage.storage_options
-        table = delta.open_table(source, options, version)
-        delta.require_readable(table, source)
-        return delta.ray_read(source, options, table.version())
+        table = delta.tables(config).named(source)
+        opened = table.open(version)
+        table.require_readable(opened)
+        return table.ray_read(opened.version())
     raise LakeloopError(
         f"source must be a Delta table path, a ray.data.Dataset or a pandas DataFrame, not {type(source).__name__}"
     )
@@ -81,8 +81,6 @@ def predict(
     config = config or load_config()
     require_tracking_server(config.mlflow.tracking_uri)  # MLflow's own retries took 4 min to fail here
     resolved = resolve_model(model, config)
-    source = config.source_table(source) if isinstance(source, str) else source
-    output = config.source_table(output) if output else None
     data = _as_dataset(source, version, config)
     missing = [c for c in config.dataset.feature_names if c not in data.schema().names]
     if missing:
@@ -108,5 +106,5 @@ def predict(
     )
     if output:
         scored = scored.materialize()
-        delta.ray_append(scored, output, config.storage.storage_options)
+        delta.tables(config).named(output).ray_append(scored)
     return scored

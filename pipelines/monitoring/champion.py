@@ -4,7 +4,6 @@ training run) and the test scores it was promoted with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipelines.adapters.registry import Registry
 from pipelines.core.config import LakeloopConfig
@@ -22,15 +21,12 @@ class Champion:
 
 
 def load_champion(config: LakeloopConfig) -> Champion:
-    import mlflow
-
     registry = Registry.from_config(config)
     ref = registry.resolve("champion")
     if ref is None:
         raise LakeloopError(f"model '{config.mlflow.registered_model}' has no champion to monitor yet")
     model = registry.load(ref)
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    directory = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=DRIFT_ARTIFACT)
-    logged = registry.client.get_run(ref.run_id).data.metrics
+    directory = registry.download(ref.run_id, DRIFT_ARTIFACT)
+    logged = registry.run_metrics(ref.run_id)
     test_metrics = {k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")}
-    return Champion(ref.name, ref.version, ref.run_id, DriftSuite.load(Path(directory), model), test_metrics)
+    return Champion(ref.name, ref.version, ref.run_id, DriftSuite.load(directory, model), test_metrics)

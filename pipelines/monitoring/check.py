@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT, UTC_MICROS, join_labels
+from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT, UTC_MICROS
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.retrying import with_retries
@@ -21,6 +21,7 @@ from pipelines.monitoring.champion import Champion, load_champion
 from pipelines.monitoring.reports import RANK
 from pipelines.monitoring.retraining import retraining_step
 from pipelines.training.detectors import DetectorResult, performance_check
+from pipelines.training.labelled_feedback import join_labels
 
 
 @dataclass
@@ -34,12 +35,12 @@ class Landed:
 
 
 def _since(
-    uri: str, config: LakeloopConfig, performance: bool, columns: list[str], order: list[str]
+    table: delta.Table, config: LakeloopConfig, performance: bool, columns: list[str], order: list[str]
 ) -> pd.DataFrame | None:
-    """The rows of `uri` after the monitor's position (a commit version and how many of its rows, in
+    """The rows of `table` after the monitor's position (a commit version and how many of its rows, in
     the canonical order, were checked), each ranked within its commit."""
     version, offset = reports.position(config, performance)
-    landed = delta.changes(uri, config.storage.storage_options, None if version is None else version - 1, columns)
+    landed = table.changes(None if version is None else version - 1, columns)
     if landed is None:
         return None
     rows = landed[0].to_pandas().sort_values([delta.COMMIT_VERSION, *order], kind="stable")
@@ -53,9 +54,9 @@ def _traffic(config: LakeloopConfig) -> Landed:
     """Windows of the served rows that landed (by Delta commit) after the last checked window: a row
     that lands late (another replica's flush, a retried append) is checked in a later window, and no row
     twice. Row windows never split a request; time windows are by commit time."""
-    monitor, storage = config.monitor, config.storage
+    monitor = config.monitor
     rows = _since(
-        storage.table_uri(config.serving.prediction_log.predictions_table),
+        delta.tables(config).predictions,
         config,
         False,
         [*KEY, SERVED_AT, *config.dataset.feature_names],
@@ -84,9 +85,9 @@ def _labels(config: LakeloopConfig) -> Landed:
     """Windows of the labels that landed after the last checked performance window, joined with the
     rows they label. A label whose row has not landed yet holds itself (and the labels after it) back
     until it does, or until monitor.label_join_wait_s has passed (then it is counted as orphaned)."""
-    monitor, storage = config.monitor, config.storage
+    monitor = config.monitor
     rows = _since(
-        storage.table_uri(config.serving.prediction_log.feedback_table),
+        delta.tables(config).feedback,
         config,
         True,
         [*KEY, RECEIVED_AT, LABEL],

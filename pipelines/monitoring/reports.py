@@ -47,12 +47,7 @@ REPORT_SCHEMA = pa.schema(
 
 def _checked(config: LakeloopConfig, performance: bool, columns: list[str]) -> pa.Table | None:
     kind = pc.field("detector") == PERFORMANCE
-    return delta.read(
-        config.storage.table_uri(config.monitor.drift_reports_table),
-        config.storage.storage_options,
-        columns,
-        kind if performance else ~kind,
-    )
+    return delta.tables(config).drift_reports.read(columns, kind if performance else ~kind)
 
 
 def position(config: LakeloopConfig, performance: bool = False) -> tuple[int | None, int]:
@@ -79,7 +74,7 @@ def position_time(config: LakeloopConfig) -> tuple[int | None, datetime | None]:
 def claim_pass(config: LakeloopConfig) -> int:
     """The reports table's version as this pass begins (before it reads its position): the pass's
     reports commit only as the very next version."""
-    return delta.version(config.storage.table_uri(config.monitor.drift_reports_table), config.storage.storage_options)
+    return delta.tables(config).drift_reports.version()
 
 
 def record(config: LakeloopConfig, found: list[dict], claim: int) -> bool:
@@ -87,12 +82,8 @@ def record(config: LakeloopConfig, found: list[dict], claim: int) -> bool:
     claimed version: if another monitor has committed since this pass began, it checked the same
     rows, and these reports are dropped."""
     try:
-        delta.append(
-            config.storage.table_uri(config.monitor.drift_reports_table),
-            pa.Table.from_pylist(found, schema=REPORT_SCHEMA),
-            config.storage.storage_options,
-            merge_schema=True,
-            expected_version=claim,
+        delta.tables(config).drift_reports.append(
+            pa.Table.from_pylist(found, schema=REPORT_SCHEMA), merge_schema=True, expected_version=claim
         )
     except delta.CommitConflict:  # the other monitor won the race for this pass
         return False
@@ -149,11 +140,8 @@ def window_decisions(config: LakeloopConfig, version: str) -> dict[str, list[tup
     """Per kind of window ("traffic", "performance") of this champion version, oldest first: (drifted by
     any detector, or None for no decision; the event time of the window's oldest row). The kinds are
     debounced apart: calm traffic windows must not outvote labels that show the model is wrong."""
-    table = delta.read(
-        config.storage.table_uri(config.monitor.drift_reports_table),
-        config.storage.storage_options,
-        ["window_start", "window_end", "detector", "is_drift", "data_start"],
-        pc.field("model_version") == version,
+    table = delta.tables(config).drift_reports.read(
+        ["window_start", "window_end", "detector", "is_drift", "data_start"], pc.field("model_version") == version
     )
     if table is None or table.num_rows == 0:
         return {}

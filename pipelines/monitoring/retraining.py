@@ -67,21 +67,15 @@ def submit_retraining(
 
 
 def attempt_events(config: LakeloopConfig, champion: Champion) -> list[dict]:
-    table = delta.read(
-        config.storage.table_uri(config.monitor.attempts_table),
-        config.storage.storage_options,
-        filter=(pc.field("champion_name") == champion.name) & (pc.field("champion_version") == champion.version),
+    table = delta.tables(config).attempts.read(
+        filter=(pc.field("champion_name") == champion.name) & (pc.field("champion_version") == champion.version)
     )
     return [] if table is None else table.to_pylist()
 
 
 def record_events(config: LakeloopConfig, events: list[dict]) -> None:
     if events:
-        delta.append(
-            config.storage.table_uri(config.monitor.attempts_table),
-            pa.Table.from_pylist(events, schema=ATTEMPT_SCHEMA),
-            config.storage.storage_options,
-        )
+        delta.tables(config).attempts.append(pa.Table.from_pylist(events, schema=ATTEMPT_SCHEMA))
 
 
 def _event(champion: Champion, event: str, attempt: int = 0, **fields) -> dict:
@@ -143,13 +137,13 @@ def reconcile(config: LakeloopConfig, champion: Champion, events: list[dict]) ->
 
 def training_rows(config: LakeloopConfig) -> int:
     """Rows in what train.source reads: the events table and/or labels received through /feedback."""
-    storage, log = config.storage, config.serving.prediction_log
-    tables = {
-        "events": [config.table_uri],
-        "feedback": [storage.table_uri(log.feedback_table)],
-        "both": [config.table_uri, storage.table_uri(log.feedback_table)],
+    tables = delta.tables(config)
+    sources = {
+        "events": [tables.events],
+        "feedback": [tables.feedback],
+        "both": [tables.events, tables.feedback],
     }[config.train.source]
-    return sum(delta.count(uri, storage.storage_options) for uri in tables)
+    return sum(table.count() for table in sources)
 
 
 def retraining_step(config: LakeloopConfig, champion: Champion, regime_start: datetime | None, submit: bool) -> dict:

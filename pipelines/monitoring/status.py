@@ -52,7 +52,7 @@ def _serving(serve_config: Path) -> dict:
 
 
 def _drift(config: LakeloopConfig) -> dict:
-    table = delta.read(config.storage.table_uri(config.monitor.drift_reports_table), config.storage.storage_options)
+    table = delta.tables(config).drift_reports.read()
     if table is None:
         return {"traffic": [], "performance": []}
     reports = table.sort_by("window_end").to_pylist()
@@ -64,7 +64,7 @@ def _drift(config: LakeloopConfig) -> dict:
 
 
 def _retraining(config: LakeloopConfig) -> list[dict]:
-    table = delta.read(config.storage.table_uri(config.monitor.attempts_table), config.storage.storage_options)
+    table = delta.tables(config).attempts.read()
     if table is None:
         return []
     attempts = table.filter(pc.is_valid(table.column("submission_id"))).sort_by("at").to_pylist()
@@ -76,11 +76,11 @@ def _retraining(config: LakeloopConfig) -> list[dict]:
 
 
 def _tables(config: LakeloopConfig) -> list[dict]:
-    options, found = config.storage.storage_options, []
-    for uri in [config.table_uri, *maintained_tables(config)]:
-        if delta.table_exists(uri, options):
-            table = delta.open_table(uri, options)
-            found.append({"table": uri, "version": table.version(), "files": len(table.file_uris())})
+    found = []
+    for table in [delta.tables(config).events, *maintained_tables(config)]:
+        if table.exists():
+            opened = table.open()
+            found.append({"table": table.uri, "version": opened.version(), "files": len(opened.file_uris())})
     return found
 
 

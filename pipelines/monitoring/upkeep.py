@@ -16,48 +16,43 @@ from pipelines.core.config import LakeloopConfig
 from pipelines.monitoring import reports
 
 
-def maintained_tables(config: LakeloopConfig) -> list[str]:
-    log = config.serving.prediction_log
-    names = config.maintenance.tables or [
-        log.predictions_table,
-        log.feedback_table,
-        log.labelled_table,
-        config.monitor.drift_reports_table,
-    ]
-    return [config.storage.table_uri(name) for name in names]
+def maintained_tables(config: LakeloopConfig) -> list[delta.Table]:
+    tables = delta.tables(config)
+    if config.maintenance.tables:
+        return [tables.named(name) for name in config.maintenance.tables]
+    return [tables.predictions, tables.feedback, tables.labelled, tables.drift_reports]
 
 
-def _unread_since(config: LakeloopConfig, uri: str):
+def _unread_since(config: LakeloopConfig, table: delta.Table):
     """The commit time of the monitor's oldest unread commit of a table it reads, else None."""
-    log, storage = config.serving.prediction_log, config.storage
-    readers = {storage.table_uri(log.predictions_table): False, storage.table_uri(log.feedback_table): True}
-    if uri not in readers:
+    tables = delta.tables(config)
+    readers = {tables.predictions.uri: False, tables.feedback.uri: True}
+    if table.uri not in readers:
         return None
-    checked, _ = reports.position(config, performance=readers[uri])
+    checked, _ = reports.position(config, performance=readers[table.uri])
     first_unread = 0 if checked is None else checked  # its last commit may be read only in part
-    if first_unread > delta.version(uri, config.storage.storage_options):
+    if first_unread > table.version():
         return None
-    return delta.commit_time(uri, config.storage.storage_options, first_unread)
+    return table.commit_time(first_unread)
 
 
-def maintain(config: LakeloopConfig, tables: list[str] | None = None, keep_pinned: bool = True) -> list[dict]:
-    """Compact, checkpoint and vacuum each table that exists; one outcome per table."""
-    options = config.storage.storage_options
+def maintain(config: LakeloopConfig, names: list[str] | None = None, keep_pinned: bool = True) -> list[dict]:
+    """Compact, checkpoint and vacuum each table that exists (`names`: these instead of the
+    configured ones); one outcome per table."""
     pinned: dict[str, set[int]] = {}
     if keep_pinned:
         with mlflow_errors(config.mlflow.tracking_uri):
             pinned = {uri.rstrip("/"): v for uri, v in Registry.from_config(config).pinned_tables().items()}
     outcomes = []
-    for uri in tables or maintained_tables(config):
-        if not delta.table_exists(uri, options):
+    chosen = [delta.tables(config).named(name) for name in names] if names else maintained_tables(config)
+    for table in chosen:
+        if not table.exists():
             continue
         started = time.perf_counter()
-        outcome = delta.maintain(
-            uri,
-            options,
+        outcome = table.maintain(
             config.maintenance.retention_hours,
-            keep_versions=sorted(pinned.get(uri.rstrip("/"), ())),
-            keep_since=_unread_since(config, uri),
+            keep_versions=sorted(pinned.get(table.uri.rstrip("/"), ())),
+            keep_since=_unread_since(config, table),
         )
         outcomes.append({**outcome, "seconds": round(time.perf_counter() - started, 2)})
     return outcomes

@@ -26,13 +26,11 @@ def land_demo_rows(
 ) -> Landing:
     """Append `rows` rows of the demo generator to a Delta table (default: the dataset table), their
     event times continuing after the newest already there."""
-    uri = config.source_table(table)
-    options = config.storage.storage_options
+    target = delta.tables(config).source(table)
     newest = None
-    if delta.table_exists(uri, options):
-        times = delta.read(uri, options, [synthetic.EVENT_TIME]).column(0)
-        newest = pc.max(times).as_py()
+    if target.exists():
+        newest = pc.max(target.read([synthetic.EVENT_TIME]).column(0)).as_py()
     start = synthetic.DEFAULT_START if newest is None else newest + timedelta(seconds=1)
     data = synthetic.generate(rows, seed, drift, start)
-    version = delta.append(uri, data, options)
-    return Landing(uri, version, data.num_rows, pc.mean(data.column(synthetic.LABEL)).as_py())
+    version = target.append(data)
+    return Landing(target.uri, version, data.num_rows, pc.mean(data.column(synthetic.LABEL)).as_py())

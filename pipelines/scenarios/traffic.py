@@ -144,13 +144,10 @@ def _plain(value: object) -> object:
 def wait_logged(config: LakeloopConfig, predictions: int, feedback: int = 0, timeout_s: float = 60) -> bool:
     """True once the Delta logs hold at least this many served rows and labels (replicas append
     every flush interval); False at the timeout."""
-    storage, log = config.storage, config.serving.prediction_log
+    tables = delta.tables(config)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (
-            delta.count(storage.table_uri(log.predictions_table), storage.storage_options) >= predictions
-            and delta.count(storage.table_uri(log.feedback_table), storage.storage_options) >= feedback
-        ):
+        if tables.predictions.count() >= predictions and tables.feedback.count() >= feedback:
             return True
         time.sleep(0.5)
     return False

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pipelines.adapters import delta, local_services, ray_cluster, serving
+from pipelines.adapters.registry import Registry
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
 from pipelines.monitoring.check import describe as describe_check
@@ -120,7 +121,7 @@ def _start_stack(config: LakeloopConfig, keep_running: bool, cleanup: ExitStack)
     if keep_running:  # `lakeloop stack down` stops it, and other commands join it
         local_services.StackState(
             [mlflow_service, head_service], info["gcs_address"], head_service.url, mlflow_service.url
-        ).write(Path(config.storage.table_uri(local_services.STATE_FILE)))
+        ).write(Path(config.storage.resolve(local_services.STATE_FILE)))
     else:  # in reverse: the head (and whatever its session left behind), then MLflow
         for process in (mlflow_process, head_process):
             cleanup.callback(local_services.stop_session, process.pid)
@@ -148,8 +149,7 @@ def _deploy(config: LakeloopConfig) -> str:
 def _logged_rows(config: LakeloopConfig, expected: int = 0) -> int:
     """Rows in the predictions log once it holds `expected` (or after 30 s: replicas flush every few seconds)."""
     wait_logged(config, expected, timeout_s=30)
-    log = config.serving.prediction_log
-    return delta.count(config.storage.table_uri(log.predictions_table), config.storage.storage_options)
+    return delta.tables(config).predictions.count()
 
 
 def _p_values(outcome: dict) -> str:
@@ -386,11 +386,8 @@ def _describe_round(result) -> str:
 
 
 def _accuracy(config: LakeloopConfig, version: str, frame) -> float:
-    import mlflow
-
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
-    predicted = model.predict(frame[config.dataset.feature_names])["prediction"].astype(str).to_numpy()
+    model = Registry.from_config(config).load_version(version)
+    predicted = model.predict_frame(frame[config.dataset.feature_names])["prediction"].astype(str).to_numpy()
     return float((predicted == frame[config.dataset.label].astype(str).to_numpy()).mean())
 
 

@@ -86,29 +86,30 @@ def current_regime(config: LakeloopConfig, prepared: PreparedData, split: str) -
     return rows.map_batches(partial(_since, event_time=config.dataset.event_time, start=micros), batch_format="pyarrow")
 
 
-def _event_micros(config: LakeloopConfig, uri: str, version: int) -> pa.ChunkedArray:
-    table = delta.open_table(uri, config.storage.storage_options, version)
+def _event_micros(config: LakeloopConfig, source: delta.Table, version: int) -> pa.ChunkedArray:
+    table = source.open(version)
     return epoch_micros(delta.arrow_dataset(table).to_table(columns=[config.dataset.event_time]).column(0))
 
 
-def split_plan(config: LakeloopConfig, tables: list[tuple[str, int]], regime_start: datetime | None) -> SplitPlan:
+def split_plan(
+    config: LakeloopConfig, tables: list[tuple[delta.Table, int]], regime_start: datetime | None
+) -> SplitPlan:
     """Decided once from every event time of the pinned tables (one column, read in Arrow)."""
     dataset = config.dataset
     if dataset.split.strategy == "hash" and regime_start is None:
         return SplitPlan(None)
-    micros = np.concatenate([_event_micros(config, uri, v) for uri, v in tables])
+    micros = np.concatenate([_event_micros(config, table, v) for table, v in tables])
     return plan_split(micros, dataset.split, regime_start, config.train.regime)
 
 
 def read_splits(
-    config: LakeloopConfig, tables: list[tuple[str, int]], plan: SplitPlan
+    config: LakeloopConfig, tables: list[tuple[delta.Table, int]], plan: SplitPlan
 ) -> tuple[dict[str, ray.data.Dataset], Statistics]:
     """The raw rows of each split (with their training weight), from the union of pinned
-    (uri, version) tables read once, each split materialized; and the feature statistics of the
+    (table, version) pairs read once, each split materialized; and the feature statistics of the
     training split, gathered in the same tasks that cut the splits."""
     dataset = config.dataset
-    options = config.storage.storage_options
-    reads = [delta.ray_read(uri, options, v, dataset.required_columns) for uri, v in tables]
+    reads = [table.ray_read(v, dataset.required_columns) for table, v in tables]
     source = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     # Read and tag once, then cut each tagged block three ways in one task: lazily, each split would
     # re-read the whole table, and three filtered Ray Data passes over the tagged rows took 5-6 s more
@@ -133,7 +134,7 @@ def _cut(block: pa.Table, numeric: list[str], categorical: list[str]) -> tuple[p
 
 def prepare(
     config: LakeloopConfig,
-    uri: str | None = None,
+    table: str | None = None,
     version: int | None = None,
     reports: list[ValidationReport] | None = None,
     regime_start: datetime | None = None,
@@ -141,8 +142,8 @@ def prepare(
     """Validate (unless the caller already did), then read, split, fit on train only, and transform.
     `reports` names several validated tables to train on their union (train.source: both);
     `regime_start` (when drift began) splits the rows since then on their own (train.regime)."""
-    reports = reports or [validate_table(config, uri, version)]
-    tables = [(r.table_uri, r.version) for r in reports]
+    reports = reports or [validate_table(config, table, version)]
+    tables = [(delta.tables(config).named(r.table_uri), r.version) for r in reports]
     plan = split_plan(config, tables, regime_start)
     raw, train_statistics = read_splits(config, tables, plan)  # materialized: every split is in the object store
     rows = {name: ds.count() for name, ds in raw.items()}

@@ -29,6 +29,7 @@ from ray.train import (
     ScalingConfig,
 )
 
+from pipelines.adapters import delta
 from pipelines.core import metrics
 from pipelines.core.config import HyperParams, LakeloopConfig
 from pipelines.core.network import NetworkSpec, TabularMLP, loss_function, output_dim
@@ -305,6 +306,13 @@ REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 REPORT_POLL_S = "0.2"
 
 
+def storage(config: LakeloopConfig) -> dict:
+    """RunConfig's storage_path and storage_filesystem: the configured storage options reach Ray Train
+    (it resolves an object-store path with pyarrow's defaults and would miss an endpoint given only there)."""
+    filesystem, path = delta.train_filesystem(config.storage, config.train_storage_path)
+    return {"storage_path": path, "storage_filesystem": filesystem}
+
+
 def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, callbacks: list | None = None):
     os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_S)
     return ray.train.torch.TorchTrainer(
@@ -318,7 +326,7 @@ def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, 
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=config.train_storage_path,
+            **storage(config),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,

@@ -93,9 +93,7 @@ def search(
                 reduction_factor=config.tune.reduction_factor,
             ),
         ),
-        run_config=tune.RunConfig(
-            name=f"tune-{(parent_run_id or 'adhoc')[:8]}", storage_path=config.train_storage_path
-        ),
+        run_config=tune.RunConfig(name=f"tune-{(parent_run_id or 'adhoc')[:8]}", **loop.storage(config)),
     )
     best = tuner.fit().get_best_result(metric=monitor, mode=mode, scope="all")
     path = (best.metrics or {}).get(CHECKPOINT_PATH_KEY)

@@ -19,10 +19,12 @@ class ValidationReport:
     fingerprint: str
 
 
-def validate_table(config: LakeloopConfig, uri: str | None = None, version: int | None = None) -> ValidationReport:
-    """Raise ValidationFailed listing every problem (one line each, naming the column)."""
-    uri = config.source_table(uri)
-    table = delta.open_table(uri, config.storage.storage_options, version)
+def validate_table(config: LakeloopConfig, name: str | None = None, version: int | None = None) -> ValidationReport:
+    """The dataset table, or `name` (a table under storage.root, or a path/URI), at `version` (default:
+    the latest); raise ValidationFailed listing every problem (one line each, naming the column)."""
+    source = delta.tables(config).source(name)
+    uri = source.uri
+    table = source.open(version)
     pinned = table.version()
     where = f"{uri} (version {pinned})"
     unsupported = delta.unsupported_features(table)

@@ -20,8 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 
 import pipelines
-from pipelines.adapters import ray_cluster
-from pipelines.adapters.prediction_log import NoLabelledRows, refresh_training_table
+from pipelines.adapters import delta, ray_cluster
 from pipelines.adapters.registry import TRIGGER_TAG, ChampionState, Registry, mlflow_errors, require_tracking_server
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.gate import GateDecision, decide
@@ -29,6 +28,7 @@ from pipelines.training import loop, plots
 from pipelines.training.bundle import LakeloopModel, evaluate_predictions
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
 from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
+from pipelines.training.labelled_feedback import NoLabelledRows, refresh_training_table
 from pipelines.training.pyfunc import LakeloopPyfunc
 from pipelines.training.validation import ValidationReport, validate_table
 
@@ -127,11 +127,12 @@ def training_tables(
     try:
         labelled = refresh_training_table(config)
     except NoLabelledRows as exc:
+        events = delta.tables(config).events.uri
         return [validate_table(config)], [
-            f"train.source is {config.train.source}, but {exc}: trained on the events table {config.table_uri} alone"
+            f"train.source is {config.train.source}, but {exc}: trained on the events table {events} alone"
         ]
-    uris = [config.table_uri, labelled] if config.train.source == "both" else [labelled]
-    return [validate_table(config, uri) for uri in uris], []
+    names = [config.dataset.table, labelled] if config.train.source == "both" else [labelled]
+    return [validate_table(config, name) for name in names], []
 
 
 def _champion_metrics(
@@ -143,8 +144,7 @@ def _champion_metrics(
         return None
     dataset = config.dataset
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version}")
-        predictions = model.predict(test[dataset.feature_names])
+        predictions = registry.load_version(version).predict_frame(test[dataset.feature_names])
     except (MlflowException, ValueError, KeyError) as exc:
         mlflow.set_tag("lakeloop.champion_error", str(exc)[:500])
         print(f"warning: champion version {version} could not score the held-out data: {str(exc)[:300]}")
@@ -166,10 +166,12 @@ def model_metadata(config: LakeloopConfig) -> dict:
     return {"lakeloop_features": [{"name": f.name, "kind": f.kind} for f in config.dataset.features]}
 
 
-def log_model(model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig) -> str:
-    """Log the pyfunc (preprocessor + network + package code), register it, and log its test scores
-    to the run and to the logged model (after it exists: MLflow 3's model page shows only metrics
-    linked to the model); return the version."""
+def log_model(
+    model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig, registry: Registry, tags: dict
+) -> str:
+    """Log the pyfunc (preprocessor + network + package code), register it with `tags`, and log its
+    test scores to the run and to the logged model (after it exists: MLflow 3's model page shows only
+    metrics linked to the model); return the version."""
     example = test[config.dataset.feature_names].head(5).reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         directory = model.save(Path(tmp) / "model")
@@ -182,11 +184,10 @@ def log_model(model: LakeloopModel, test: pd.DataFrame, scores: dict, config: La
             metadata=model_metadata(config),
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=config.mlflow.registered_model,
         )
         mlflow.log_artifact(str(directory / "pipeline.pkl"), artifact_path="preprocessor")
     mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()}, model_id=info.model_id)
-    return str(info.registered_model_version)
+    return registry.register(info.model_uri, info.run_id, info.model_id, tags)
 
 
 def log_drift_reference(model: LakeloopModel, prepared: PreparedData, config: LakeloopConfig) -> None:
@@ -230,9 +231,7 @@ def _gate(
     champion_scores = _champion_metrics(registry, compared.version, test, config)
     if champion_scores:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
-    version = log_model(model, test, scores, config)
-    if trigger_id:
-        registry.client.set_model_version_tag(registry.name, version, TRIGGER_TAG, trigger_id)
+    version = log_model(model, test, scores, config, registry, {TRIGGER_TAG: trigger_id} if trigger_id else {})
     decision = registry.promote(version, compared, decide(scores, champion_scores, config.gate, compared.version))
     mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
     return version, compared, champion_scores, decision

@@ -39,7 +39,7 @@ from pipelines.adapters.local_services import (
     start_mlflow_server,
     stop_pid,
 )
-from pipelines.adapters.prediction_log import REQUEST_ID, ROW, dead_letter_uri
+from pipelines.adapters.prediction_log import REQUEST_ID, ROW
 from pipelines.adapters.registry import ModelRef, Registry
 from pipelines.core.config import LakeloopConfig, MonitorConfig, RayConfig, parse_config
 from pipelines.core.gate import GateDecision
@@ -82,7 +82,7 @@ class Stack:
 
     @property
     def predictions(self) -> str:
-        return self.config.storage.table_uri(self.config.serving.prediction_log.predictions_table)
+        return self.config.storage.resolve(self.config.serving.prediction_log.predictions_table)
 
 
 def two_replicas(path: Path) -> Path:
@@ -214,7 +214,7 @@ class Load:
 
 
 def logged_keys(stack: Stack) -> pd.DataFrame:
-    table = delta.read(stack.predictions, columns=[REQUEST_ID, ROW])
+    table = delta.Table(stack.predictions).read(columns=[REQUEST_ID, ROW])
     return pd.DataFrame(columns=[REQUEST_ID, ROW]) if table is None else table.to_pandas()
 
 
@@ -421,7 +421,7 @@ def test_a_60_s_storage_outage_keeps_serving_bounds_memory_and_loses_no_row(stac
         "rss_mb_before": sorted(round(v) for v in rss_before.values()),
         "rss_growth_mb_max": round(max(rss_peak[p] - rss_before[p] for p in pids), 1),
         **check_every_served_row_logged(stack, load.served()),
-        "dead_lettered": delta.count(dead_letter_uri(stack.predictions)),
+        "dead_lettered": delta.Table(stack.predictions).dead_letter().count(),
     }
     record("storage_outage", figures)
     assert figures["failed_during_outage"] == 0 and figures["pending_rows_peak_per_replica"] > 0
@@ -639,9 +639,9 @@ def test_drift_while_the_jobs_api_is_down_or_silent_gives_exactly_one_retraining
 def monitor_progress(stack: Stack) -> dict:
     """Rows landed in the predictions table, rows in the monitor's traffic windows, and rows before
     its position (commit version and offset of the newest checked window)."""
-    landed = delta.changes(stack.predictions, None, None, [REQUEST_ID])[0].to_pandas()
+    landed = delta.Table(stack.predictions).changes(None, [REQUEST_ID])[0].to_pandas()
     per_commit = landed.groupby(delta.COMMIT_VERSION).size()
-    table = delta.read(stack.config.storage.table_uri(stack.config.monitor.drift_reports_table))
+    table = delta.Table(stack.config.storage.resolve(stack.config.monitor.drift_reports_table)).read()
     traffic = table.to_pandas() if table is not None else pd.DataFrame()
     if traffic.empty:
         return {"rows_landed": len(landed), "rows_in_windows": 0, "rows_before_position": 0}

@@ -54,7 +54,7 @@ def main(root: str) -> None:
         dashboard_port=free_port(),
         logging_level=logging.WARNING,
     )
-    delta.append(config.table_uri, synthetic.generate(20000, 2))
+    delta.tables(config).events.append(synthetic.generate(20000, 2))
     prepared = prepare(config)
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
     outcome: dict = {}

@@ -76,7 +76,7 @@ def main(root: str, tracking_uri: str) -> None:
         raw["batch_inference"].update(min_actors=2, max_actors=2, cpus_per_actor=1, batch_size=500)  # one node each
         raw["serving"]["prediction_log"].update(flush_rows=20, flush_interval_s=0.5)
         config = parse_config(raw)
-        delta.append(config.table_uri, synthetic.generate(3000, 1))
+        delta.tables(config).events.append(synthetic.generate(3000, 1))
 
         outcome = train_and_register(config)
         tags = MlflowClient(tracking_uri).get_run(outcome.run_id).data.tags
@@ -84,9 +84,9 @@ def main(root: str, tracking_uri: str) -> None:
         facts["lineage"] = tags["lakeloop.tables"]
         facts["artifact_uri"] = MlflowClient(tracking_uri).get_run(outcome.run_id).info.artifact_uri
 
-        scored = batch_inference.predict(config.table_uri, output="scored", config=config).materialize()
+        scored = batch_inference.predict(delta.tables(config).events.uri, output="scored", config=config).materialize()
         facts["scored_rows"] = scored.count()
-        facts["scored_rows_on_store"] = delta.count(config.storage.table_uri("scored"))
+        facts["scored_rows_on_store"] = delta.Table(config.storage.resolve("scored")).count()
         used = re.findall(r"(\d+) nodes used", scored.stats())
         facts["batch_nodes_used"] = max(int(n) for n in used) if used else 0
 
@@ -167,16 +167,16 @@ def _close_the_loop(config: LakeloopConfig, url: str) -> dict:
     storage = config.storage
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
-        delta.count(storage.table_uri(log.predictions_table)) < len(records)
-        or delta.count(storage.table_uri(log.feedback_table)) < 20
+        delta.Table(storage.resolve(log.predictions_table)).count() < len(records)
+        or delta.Table(storage.resolve(log.feedback_table)).count() < 20
     ):
         time.sleep(0.5)
     outcome = run_once(config)
     if outcome["submitted"]:  # what it trains is other tests' business; here it must not hold the CPUs
         retraining.jobs(config).stop(outcome["submission_id"])
     return {
-        "logged_on_store": delta.count(storage.table_uri(log.predictions_table)),
-        "feedback_on_store": delta.count(storage.table_uri(log.feedback_table)),
+        "logged_on_store": delta.Table(storage.resolve(log.predictions_table)).count(),
+        "feedback_on_store": delta.Table(storage.resolve(log.feedback_table)).count(),
         "monitor_windows": len(outcome["windows"]),
         "monitor_drifted_windows": sum(bool(w["drift"]) for w in outcome["windows"]),
         "retraining_submitted": outcome["submitted"],

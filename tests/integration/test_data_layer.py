@@ -18,12 +18,12 @@ import ray
 from deltalake import write_deltalake
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import labelled_rows, refresh_training_table
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import LakeloopError, ValidationFailed
 from pipelines.scenarios import synthetic
 from pipelines.training.data import prepare
 from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN, FeaturePipeline
+from pipelines.training.labelled_feedback import labelled_rows, refresh_training_table
 from pipelines.training.validation import validate_table
 from pipelines.training.workflow import train_and_register
 from tests.helpers import ROOT, served_log, write_config
@@ -64,13 +64,13 @@ def test_validate_cli_names_a_missing_feature(raw_config: dict, tmp_path: Path) 
 
 def test_unreadable_delta_features_are_named(config: LakeloopConfig) -> None:
     frame = synthetic.generate(100, 1).to_pandas()
-    write_deltalake(config.table_uri, frame, configuration={"delta.enableDeletionVectors": "true"})
+    write_deltalake(delta.tables(config).events.uri, frame, configuration={"delta.enableDeletionVectors": "true"})
     with pytest.raises(ValidationFailed, match="deletion vectors"):
         validate_table(config)
 
 
 def test_validation_runs_before_any_ray_work(config: LakeloopConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    delta.append(config.table_uri, synthetic.generate(200, 1).drop_columns(["plan"]))
+    delta.tables(config).events.append(synthetic.generate(200, 1).drop_columns(["plan"]))
 
     def no_ray_work(*args, **kwargs):
         raise AssertionError("Ray Data was asked to read a table that failed validation")
@@ -81,8 +81,8 @@ def test_validation_runs_before_any_ray_work(config: LakeloopConfig, monkeypatch
 
 
 def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> None:
-    delta.append(config.table_uri, synthetic.generate(500, 1))
-    delta.append(config.table_uri, synthetic.generate(700, 2))
+    delta.tables(config).events.append(synthetic.generate(500, 1))
+    delta.tables(config).events.append(synthetic.generate(700, 2))
     old = prepare(config, version=0)
     assert old.lineage.tables[0].version == 0
     assert sum(old.lineage.rows.values()) == 500
@@ -94,8 +94,8 @@ def test_reads_the_pinned_version(config: LakeloopConfig, ray_local: None) -> No
 def test_a_table_is_read_into_few_blocks(config: LakeloopConfig, ray_local: None) -> None:
     """Left to itself, Ray Data splits this 300,000-row file into 29 blocks (a task each in every
     later map); lakeloop reads it into one block per CPU."""
-    delta.append(config.table_uri, synthetic.generate(300_000, 1))
-    read = delta.ray_read(config.table_uri).materialize()
+    delta.tables(config).events.append(synthetic.generate(300_000, 1))
+    read = delta.tables(config).events.ray_read().materialize()
     assert read.count() == 300_000
     assert read.num_blocks() == delta.read_blocks(300_000, int(ray.cluster_resources()["CPU"]))
 
@@ -119,7 +119,7 @@ def sort_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def test_ray_preprocessing_matches_single_process_reference(config: LakeloopConfig, ray_local: None) -> None:
-    delta.append(config.table_uri, synthetic.generate(3000, 5))
+    delta.tables(config).events.append(synthetic.generate(3000, 5))
     prepared = prepare(config)
     train_raw = prepared.raw["train"].to_pandas()
     for split in ("train", "test"):
@@ -163,7 +163,7 @@ def test_a_differently_named_table_trains_by_changing_only_conf(
     for feature in dataset["features"]:
         feature["name"] = renames.get(feature["name"], feature["name"])
     config = parse_config(raw_config)
-    delta.append(config.table_uri, table)
+    delta.tables(config).events.append(table)
     prepared = prepare(config)
     assert sum(prepared.lineage.rows.values()) == 2000
     assert prepared.lineage.rows["test"] == pytest.approx(400, abs=60)
@@ -185,15 +185,15 @@ def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(
 ) -> None:
     with pytest.raises(LakeloopError, match="no row of 'predictions' has a label in 'feedback'"):
         refresh_training_table(config)
-    delta.append(config.table_uri, synthetic.generate(1000, 1))
+    delta.tables(config).events.append(synthetic.generate(1000, 1))
     frame = synthetic.generate(300, 2).to_pandas()
     served, feedback = served_log(config, frame, datetime(2026, 6, 1, tzinfo=UTC))
-    write_deltalake(config.storage.table_uri("predictions"), served)
-    write_deltalake(config.storage.table_uri("feedback"), feedback.slice(0, 200))  # 200 of 300 rows labelled
+    write_deltalake(config.storage.resolve("predictions"), served)
+    write_deltalake(config.storage.resolve("feedback"), feedback.slice(0, 200))  # 200 of 300 rows labelled
     relabel = feedback.slice(0, 1).to_pylist()[0]
     relabel.update(label=str(1 - int(relabel["label"])), received_at=relabel["received_at"] + timedelta(days=1))
     write_deltalake(
-        config.storage.table_uri("feedback"), pa.Table.from_pylist([relabel], schema=feedback.schema), mode="append"
+        config.storage.resolve("feedback"), pa.Table.from_pylist([relabel], schema=feedback.schema), mode="append"
     )
     rows = labelled_rows(config)
     assert len(rows) == 200  # the relabelled row counts once, with its newest label
@@ -201,13 +201,13 @@ def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(
     assert first["churned"] == 1 - frame["churned"].iloc[0]
     assert first["monthly_charges"] == pytest.approx(frame["monthly_charges"].iloc[0])
     uri = refresh_training_table(config)
-    events_types = delta.arrow_dataset(delta.open_table(config.table_uri)).schema
-    labelled_types = delta.arrow_dataset(delta.open_table(uri)).schema
+    events_types = delta.arrow_dataset(delta.tables(config).events.open()).schema
+    labelled_types = delta.arrow_dataset(delta.Table(uri).open()).schema
     assert labelled_types.field("tenure_months").type == events_types.field("tenure_months").type == pa.int64()
     reports = [validate_table(config), validate_table(config, uri)]
     prepared = prepare(config, reports=reports)
     assert sum(prepared.lineage.rows.values()) == 1200
-    assert [t.uri for t in prepared.lineage.tables] == [config.table_uri, uri]
+    assert [t.uri for t in prepared.lineage.tables] == [delta.tables(config).events.uri, uri]
     # one time split over the union (a request's rows share a timestamp, so quantiles tie a little)
     assert prepared.lineage.rows["test"] == pytest.approx(180, abs=10)
 

@@ -17,14 +17,14 @@ pytestmark = pytest.mark.integration
 def test_of_writers_that_saw_one_version_exactly_one_commits(tmp_path: Path, existing: bool) -> None:
     uri = str(tmp_path / "reports")
     if existing:
-        delta.append(uri, pa.table({"writer": [-1]}))
-    seen = delta.version(uri)
+        delta.Table(uri).append(pa.table({"writer": [-1]}))
+    seen = delta.Table(uri).version()
     start, outcomes = threading.Barrier(4), []
 
     def write(number: int) -> None:
         start.wait()  # all four append at once, from the same observed version
         try:
-            delta.append(uri, pa.table({"writer": [number]}), expected_version=seen)
+            delta.Table(uri).append(pa.table({"writer": [number]}), expected_version=seen)
             outcomes.append("committed")
         except delta.CommitConflict:
             outcomes.append("conflict")
@@ -35,7 +35,7 @@ def test_of_writers_that_saw_one_version_exactly_one_commits(tmp_path: Path, exi
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["committed", "conflict", "conflict", "conflict"]
-    assert delta.version(uri) == seen + 1 and delta.count(uri) == (2 if existing else 1)
+    assert delta.Table(uri).version() == seen + 1 and delta.Table(uri).count() == (2 if existing else 1)
 
 
 def test_blind_writers_creating_a_table_at_once_all_commit(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_blind_writers_creating_a_table_at_once_all_commit(tmp_path: Path) -> No
     def write(number: int) -> None:
         start.wait()
         try:
-            delta.append(uri, pa.table({"writer": [number]}))
+            delta.Table(uri).append(pa.table({"writer": [number]}))
         except delta.TableError as exc:
             failures.append(str(exc))
 
@@ -57,7 +57,9 @@ def test_blind_writers_creating_a_table_at_once_all_commit(tmp_path: Path) -> No
     for thread in threads:
         thread.join()
     assert failures == []
-    assert sorted(delta.read(uri).column("writer").to_pylist()) == [0, 1, 2, 3] and delta.version(uri) == 3
+    assert (
+        sorted(delta.Table(uri).read().column("writer").to_pylist()) == [0, 1, 2, 3] and delta.Table(uri).version() == 3
+    )
 
 
 def test_a_blind_append_that_read_the_table_before_a_metadata_commit_is_tried_again(
@@ -67,17 +69,17 @@ def test_a_blind_append_that_read_the_table_before_a_metadata_commit_is_tried_ag
     delta-rs rebased two losing creates into versions 1 and 2, each with its own metadata, and a
     writer that had read version 0 failed ("metadata changed") once in 300 runs."""
     uri = str(tmp_path / "attempts")
-    delta.append(uri, pa.table({"writer": [0]}))
+    delta.Table(uri).append(pa.table({"writer": [0]}))
     real_write, calls = delta.write_deltalake, []  # one entry per write attempt
 
     def another_writer_changes_metadata_between_read_and_commit(target, data, **options) -> None:
         calls.append(target)
         if len(calls) == 1:
-            read_before = delta.open_table(uri)
-            delta.open_table(uri).alter.set_table_properties({"delta.appendOnly": "true"})
+            read_before = delta.Table(uri).open()
+            delta.Table(uri).open().alter.set_table_properties({"delta.appendOnly": "true"})
             target = read_before
         real_write(target, data, **options)
 
     monkeypatch.setattr(delta, "write_deltalake", another_writer_changes_metadata_between_read_and_commit)
-    assert delta.append(uri, pa.table({"writer": [1]})) == 2
-    assert len(calls) == 2 and sorted(delta.read(uri).column("writer").to_pylist()) == [0, 1]
+    assert delta.Table(uri).append(pa.table({"writer": [1]})) == 2
+    assert len(calls) == 2 and sorted(delta.Table(uri).read().column("writer").to_pylist()) == [0, 1]

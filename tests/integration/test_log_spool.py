@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.adapters import delta
 from pipelines.adapters.log_spool import LogSpool, SpoolFull, _segments, read_segment
-from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, dead_letter_uri, feedback_row
+from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def rows(n: int, start: int = 0) -> list[dict]:
 def spool(tmp_path: Path, uri: str, **options) -> LogSpool:
     settings = {"flush_rows": 1000, "flush_interval_s": 3600, "max_spool_bytes": 1 << 20, **options}
     return LogSpool(
-        uri,
+        delta.Table(uri),
         FEEDBACK_SCHEMA,
         tmp_path / "spool",
         settings["flush_rows"],
@@ -38,7 +38,7 @@ def spool(tmp_path: Path, uri: str, **options) -> LogSpool:
 
 
 def ids(uri: str) -> list[str]:
-    table = delta.read(uri, columns=["request_id"])
+    table = delta.Table(uri).read(columns=["request_id"])
     return [] if table is None else sorted(table.column(0).to_pylist())
 
 
@@ -58,10 +58,11 @@ KILLED_WRITER = """
 import os, signal, sys
 from datetime import UTC, datetime
 from pathlib import Path
+from pipelines.adapters import delta
 from pipelines.adapters.log_spool import LogSpool
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row
 uri, root = sys.argv[1:]
-log = LogSpool(uri, FEEDBACK_SCHEMA, Path(root), 1000, 3600, 1 << 20)
+log = LogSpool(delta.Table(uri), FEEDBACK_SCHEMA, Path(root), 1000, 3600, 1 << 20)
 log.add([feedback_row(f"k{i}", 0, 1, datetime.now(UTC)) for i in range(40)])
 log.flush()  # 40 rows committed
 log.add([feedback_row(f"k{i}", 0, 1, datetime.now(UTC)) for i in range(40, 100)])
@@ -114,7 +115,7 @@ def test_a_row_that_can_never_be_written_goes_to_the_dead_letter_table_and_block
     log.add([*rows(3), bad, *rows(3, start=3)])
     assert log.flush() == 6
     assert ids(uri) == sorted(f"r{i}" for i in range(6))
-    letters = delta.read(dead_letter_uri(uri)).to_pylist()
+    letters = delta.Table(uri).dead_letter().read().to_pylist()
     assert len(letters) == 1 and "too-far" in letters[0]["row_json"]
     assert letters[0]["reason"].startswith("column 'row' (int32): ")
     assert log.snapshot()["dead_lettered"] == 1 and log.pending() == 0
@@ -123,8 +124,8 @@ def test_a_row_that_can_never_be_written_goes_to_the_dead_letter_table_and_block
 
 def test_a_changed_feature_set_evolves_the_schema_and_a_changed_type_is_dead_lettered(tmp_path: Path) -> None:
     uri = str(tmp_path / "predictions")
-    delta.append(
-        uri, pa.table({"request_id": ["old"], "row": pa.array([0], pa.int32()), "plan": ["basic"], "age": [40.0]})
+    delta.Table(uri).append(
+        pa.table({"request_id": ["old"], "row": pa.array([0], pa.int32()), "plan": ["basic"], "age": [40.0]})
     )
     wider = pa.schema(
         [
@@ -134,10 +135,10 @@ def test_a_changed_feature_set_evolves_the_schema_and_a_changed_type_is_dead_let
             pa.field("region", pa.string()),
         ]
     )  # plan gone, region added
-    log = LogSpool(uri, wider, tmp_path / "spool", 1000, 3600, 1 << 20)
+    log = LogSpool(delta.Table(uri), wider, tmp_path / "spool", 1000, 3600, 1 << 20)
     log.add([{"request_id": "new", "row": 0, "age": 30.0, "region": "north"}])
     assert log.flush() == 1
-    table = delta.read(uri).to_pylist()
+    table = delta.Table(uri).read().to_pylist()
     assert {r["request_id"]: (r["plan"], r["region"]) for r in table} == {
         "old": ("basic", None),
         "new": (None, "north"),
@@ -146,10 +147,10 @@ def test_a_changed_feature_set_evolves_the_schema_and_a_changed_type_is_dead_let
     clashing = pa.schema(
         [pa.field("request_id", pa.string()), pa.field("row", pa.int32()), pa.field("age", pa.string())]
     )  # age became categorical; the table holds numbers
-    log = LogSpool(uri, clashing, tmp_path / "spool", 1000, 3600, 1 << 20)
+    log = LogSpool(delta.Table(uri), clashing, tmp_path / "spool", 1000, 3600, 1 << 20)
     log.add([{"request_id": "clash", "row": 0, "age": "forty"}])
     log.flush()
-    assert "clash" not in ids(uri) and "clash" in delta.read(dead_letter_uri(uri)).to_pylist()[0]["row_json"]
+    assert "clash" not in ids(uri) and "clash" in delta.Table(uri).dead_letter().read().to_pylist()[0]["row_json"]
     log.close()
 
 

@@ -35,7 +35,7 @@ def loop_config(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ra
     raw["ray"].update(dashboard=ray_local)
     raw["monitor"].update(retrain_entrypoint=f"{sys.executable} -m pipelines.train --json")
     config = parse_config(raw)
-    delta.append(config.table_uri, synthetic.generate(4000, 1))  # the old rule
+    delta.tables(config).events.append(synthetic.generate(4000, 1))  # the old rule
     assert train_and_register(config).promoted
     return config
 

@@ -47,7 +47,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, jobs_a
     raw["ray"].update(dashboard=jobs_api)
     raw["monitor"].update(window_rows=500, retrain_entrypoint=f"{sys.executable} -c \"print('retrain')\"", retries=4)
     config = parse_config(raw)
-    delta.append(config.table_uri, synthetic.generate(4000, 1))
+    delta.tables(config).events.append(synthetic.generate(4000, 1))
     train_and_register(config)
     return raw
 
@@ -60,9 +60,9 @@ def with_traffic(raw: dict, root: Path, drift: str, seed: int, labels: str | Non
     if labels == "flipped":
         frame[config.dataset.label] = 1 - frame[config.dataset.label]
     served, feedback = served_log(config, frame, datetime(2026, 6, 1, tzinfo=UTC))
-    write_deltalake(config.storage.table_uri("predictions"), served)
+    write_deltalake(config.storage.resolve("predictions"), served)
     if labels:
-        write_deltalake(config.storage.table_uri("feedback"), feedback)
+        write_deltalake(config.storage.resolve("feedback"), feedback)
     return config
 
 
@@ -180,7 +180,7 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"degrade-{uuid.uuid4().hex[:8]}")
     raw["train"].update(max_epochs=4)
     config = parse_config(raw)
-    delta.append(config.table_uri, synthetic.generate(3000, 1))
+    delta.tables(config).events.append(synthetic.generate(3000, 1))
     assert train_and_register(config).promoted
     # the retraining jobs: as small as a job can be, and refused by a gate no model can pass
     raw["train"].update(max_epochs=1)
@@ -204,7 +204,7 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     assert "below the floor" in refused["retraining"]["attempts"][0]["reason"]
     assert refused["retraining"]["action"] == "wait" and not refused["submitted"]  # no new rows yet: not live, waiting
 
-    delta.append(config.table_uri, synthetic.generate(150, 2))  # new training rows arrive
+    delta.tables(config).events.append(synthetic.generate(150, 2))  # new training rows arrive
     retry = run_once(config)
     assert retry["submitted"] and retry["submission_id"] != first["submission_id"]
     second = retry["retraining"]["attempts"][1]
@@ -234,11 +234,11 @@ def test_rows_that_land_late_are_checked_and_none_twice(trained: dict, tmp_path:
         served_log(config, frame.iloc[:500], datetime(2026, 6, 2, tzinfo=UTC)),
         served_log(config, frame.iloc[500:], datetime(2026, 6, 1, tzinfo=UTC)),
     )
-    predictions = config.storage.table_uri("predictions")
-    delta.append(predictions, later[0])
+    predictions = config.storage.resolve("predictions")
+    delta.Table(predictions).append(later[0])
     first = run_once(config, submit=False)
     assert [w["rows"] for w in first["windows"]] == [500]
-    delta.append(predictions, earlier[0])  # served a day before the rows already checked
+    delta.Table(predictions).append(earlier[0])  # served a day before the rows already checked
     second = run_once(config, submit=False)
     assert [w["rows"] for w in second["windows"]] == [500] and second["pending_rows"] == 0
     assert run_once(config, submit=False)["windows"] == []
@@ -252,10 +252,10 @@ def test_a_label_that_arrives_before_its_row_waits_for_it(trained: dict, tmp_pat
         "received_at",
         pa.array([datetime.now(UTC)] * feedback.num_rows, pa.timestamp("us", tz="UTC")),
     )
-    delta.append(config.storage.table_uri("feedback"), labels)  # the labels land first
+    delta.Table(config.storage.resolve("feedback")).append(labels)  # the labels land first
     waiting = run_once(config, submit=False)
     assert waiting["performance_windows"] == [] and waiting["orphaned_labels"] == 0
-    delta.append(config.storage.table_uri("predictions"), served)  # the rows they label land later
+    delta.Table(config.storage.resolve("predictions")).append(served)  # the rows they label land later
     joined = run_once(config, submit=False)
     assert [w["rows"] for w in joined["performance_windows"]] == [200]
 
@@ -271,7 +271,9 @@ def test_two_monitors_at_once_record_each_window_once(trained: dict, tmp_path: P
     ]
     outcomes = [json.loads(m.communicate(timeout=300)[0]) for m in monitors]
     assert sorted(len(o["windows"]) for o in outcomes) == [0, 3]  # one checked the three windows, not both
-    checked = delta.read(config.storage.table_uri("drift_reports"), columns=["source_to", "source_offset", "detector"])
+    checked = delta.Table(config.storage.resolve("drift_reports")).read(
+        columns=["source_to", "source_offset", "detector"]
+    )
     frame = checked.to_pandas()
     assert not frame.duplicated().any() and frame["source_to"].notna().sum() == len(frame)
 

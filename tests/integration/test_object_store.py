@@ -4,6 +4,7 @@ exactly one win, with no lock error. The whole loop on this storage runs in test
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
 import time
@@ -37,7 +38,7 @@ def append_commits(uri: str, writer: int, commits: int) -> list[float]:
     seconds = []
     for number in range(commits):
         started = time.perf_counter()
-        delta.append(uri, pa.table({"writer": [writer], "commit": [number]}))
+        delta.Table(uri).append(pa.table({"writer": [writer], "commit": [number]}))
         seconds.append(time.perf_counter() - started)
     return seconds
 
@@ -46,13 +47,13 @@ def test_concurrent_appenders_on_s3_lose_no_commit(s3) -> None:
     """deltalake 1.6 commits to S3 with a conditional put (If-None-Match: *, which the server
     enforces): of two writers racing for a version one gets 412, re-reads and takes the next one."""
     uri = s3.uri(f"concurrent-{uuid.uuid4().hex[:8]}")
-    delta.append(uri, pa.table({"writer": [-1], "commit": [-1]}))  # version 0
+    delta.Table(uri).append(pa.table({"writer": [-1], "commit": [-1]}))  # version 0
     with ProcessPoolExecutor(WRITERS, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(append_commits, [uri] * WRITERS, range(WRITERS), [COMMITS] * WRITERS))
-    rows = delta.read(uri).to_pandas()
+    rows = delta.Table(uri).read().to_pandas()
     written = sorted(zip(rows["writer"], rows["commit"], strict=True))
     assert written == sorted([(-1, -1)] + [(w, c) for w in range(WRITERS) for c in range(COMMITS)])
-    versions = sorted(entry["version"] for entry in delta.open_table(uri).history())
+    versions = sorted(entry["version"] for entry in delta.Table(uri).open().history())
     assert versions == list(range(WRITERS * COMMITS + 1))  # contiguous: no commit lost or overwritten
 
 
@@ -152,13 +153,11 @@ def test_the_log_and_the_monitor_reach_the_store_through_the_configs_storage_opt
     )
     raw_config["monitor"].update(window_rows=100)
     config = parse_config(raw_config)
-    storage, log = config.storage, config.serving.prediction_log
+    log = config.serving.prediction_log
     dataset = config.dataset
 
     def spool(table: str, schema: pa.Schema) -> LogSpool:
-        return LogSpool(
-            storage.table_uri(table), schema, tmp_path / "spool", 1000, 60, 1 << 20, storage.storage_options
-        )
+        return LogSpool(delta.tables(config).named(table), schema, tmp_path / "spool", 1000, 60, 1 << 20)
 
     predictions, feedback = (
         spool(log.predictions_table, predictions_schema(dataset)),
@@ -177,3 +176,36 @@ def test_the_log_and_the_monitor_reach_the_store_through_the_configs_storage_opt
     traffic, labelled = check._traffic(config), check._labels(config)
     assert [len(w.rows) for w in traffic.windows] == [100, 100] and traffic.pending == 50
     assert labelled.pending == 1  # the label joined its served row, read from the store
+
+
+def test_train_and_batch_inference_reach_the_store_through_the_configs_storage_options(
+    object_store, mlflow_server: str, raw_config: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lakeloop train` and `lakeloop predict` as a user runs them, with the endpoint only in
+    `storage.storage_options` and the credentials in the environment: Ray Data's reads and writes and
+    Ray Train's checkpoints must all use the options (Train's checkpoints went to AWS itself before)."""
+    from tests.helpers import lakeloop, user_environment
+
+    root = object_store.uri(f"train-{uuid.uuid4().hex[:8]}")
+    raw_config["storage"].update(
+        root=root, storage_options={"AWS_ENDPOINT_URL": object_store.endpoint, "AWS_ALLOW_HTTP": "true"}
+    )
+    raw_config["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"s3opt-{uuid.uuid4().hex[:8]}")
+    raw_config["train"].update(num_workers=1, max_epochs=2, source="events")
+    env = user_environment(raw_config, tmp_path)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "MLFLOW_S3_ENDPOINT_URL"):
+        env.pop(name, None)
+    env |= {k: v for k, v in object_store.env.items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env |= {"MLFLOW_TRACKING_URI": mlflow_server, "AWS_REGION": "us-east-1"}
+
+    generated = lakeloop("data", "generate", "--rows", "800", env=env)
+    assert generated.returncode == 0, generated.stderr
+    trained = lakeloop("train", "--json", env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    outcome = json.loads(trained.stdout)
+    assert outcome["model_version"] == "1" and outcome["lineage"]["tables"][0]["uri"] == f"{root}/events"
+    scored = lakeloop("predict", "--input", "events", "--output", "scored", "--json", env=env)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(name, env[name])
+    assert delta.Table(f"{root}/scored", raw_config["storage"]["storage_options"]).count() == 800

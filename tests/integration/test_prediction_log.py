@@ -8,9 +8,10 @@ import pyarrow as pa
 import pytest
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, join_labels
+from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row
 from pipelines.core.config import LakeloopConfig
 from pipelines.scenarios import synthetic
+from pipelines.training.labelled_feedback import join_labels
 from tests.helpers import served_log
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ def test_labels_for_requests_never_served_are_unjoined_not_an_error(config: Lake
     """A label whose request id matches no served row at all (a client's typo, a fuzzer) used to make
     the join fail on every monitor pass (an empty match gave a column of Arrow type null)."""
     served, _ = served_log(config, synthetic.generate(10, 1).to_pandas(), datetime(2026, 1, 1, tzinfo=UTC))
-    delta.append(config.storage.table_uri(config.serving.prediction_log.predictions_table), served)
+    delta.Table(config.storage.resolve(config.serving.prediction_log.predictions_table)).append(served)
     now = datetime.now(UTC)
     labels = pa.Table.from_pylist(
         [feedback_row("never-served", 0, 1, now), feedback_row("also-unknown", 3, 0, now)], schema=FEEDBACK_SCHEMA
@@ -31,7 +32,7 @@ def test_labels_for_requests_never_served_are_unjoined_not_an_error(config: Lake
 
 def test_a_label_joins_its_row_and_the_newest_label_wins(config: LakeloopConfig) -> None:
     served, labels = served_log(config, synthetic.generate(10, 1).to_pandas(), datetime(2026, 1, 1, tzinfo=UTC))
-    delta.append(config.storage.table_uri(config.serving.prediction_log.predictions_table), served)
+    delta.Table(config.storage.resolve(config.serving.prediction_log.predictions_table)).append(served)
     first_label = labels.column("label")[0].as_py()
     other = next(c for c in config.dataset.classes if str(c) != str(first_label))
     relabel = feedback_row("q0", 0, other, datetime(2027, 1, 1, tzinfo=UTC))

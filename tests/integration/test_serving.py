@@ -44,7 +44,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray
     raw["serving"].update(poll_interval_s=0.5)
     raw["serving"]["prediction_log"].update(flush_rows=50, flush_interval_s=0.5)
     config = parse_config(raw)
-    delta.append(config.table_uri, synthetic.generate(2000, 3))
+    delta.tables(config).events.append(synthetic.generate(2000, 3))
     outcome = train_and_register(config)
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.register_model(f"runs:/{outcome.run_id}/model", config.mlflow.registered_model)
@@ -71,7 +71,7 @@ def rows(n: int, seed: int = 5) -> pd.DataFrame:
 
 
 def logged_rows(config: LakeloopConfig, table: str = "predictions") -> int:
-    return delta.count(config.storage.table_uri(table))
+    return delta.Table(config.storage.resolve(table)).count()
 
 
 def replica_log(url: str) -> dict:
@@ -300,7 +300,7 @@ def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> N
     answer = httpx.post(f"{endpoint}/predict", json={"records": [GOOD]}).json()
     response = httpx.post(f"{endpoint}/feedback", json={"request_id": answer["request_id"], "label": 1})
     assert response.status_code == 202
-    uri = registered.storage.table_uri("feedback")
+    uri = registered.storage.resolve("feedback")
     assert wait_for(
         lambda: (
             DeltaTable.is_deltatable(uri) and answer["request_id"] in DeltaTable(uri).to_pandas()["request_id"].tolist()
@@ -311,7 +311,7 @@ def test_feedback_lands_in_delta(endpoint: str, registered: LakeloopConfig) -> N
 def test_batch_api_matches_http_for_path_dataset_and_frame(
     endpoint: str, registered: LakeloopConfig, tmp_path: Path
 ) -> None:
-    source = registered.table_uri
+    source = delta.tables(registered).events.uri
     table = DeltaTable(source).to_pandas().head(40)
     http = httpx.post(f"{endpoint}/invocations", json={"dataframe_records": rows_of(table)}).json()["predictions"]
     expected = dict(zip(table["customer_id"], (p["probability_1"] for p in http), strict=True))

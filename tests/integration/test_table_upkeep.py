@@ -41,7 +41,7 @@ def maintain(config: LakeloopConfig, *tables: str, unpin: bool = False) -> dict:
 
 def readable(uri: str, version: int) -> bool:
     try:
-        delta.open_table(uri, version=version).to_pyarrow_table()
+        delta.Table(uri).open(version=version).to_pyarrow_table()
     except (TableError, OSError):
         return False
     return True
@@ -50,33 +50,33 @@ def readable(uri: str, version: int) -> bool:
 def test_maintain_compacts_and_keeps_pinned_versions_and_unread_commits(raw_config: dict, mlflow_server: str) -> None:
     raw_config["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"upkeep-{uuid.uuid4().hex[:8]}")
     config = parse_config(raw_config)
-    events, predictions = config.table_uri, config.storage.table_uri("predictions")
-    delta.append(events, synthetic.generate(200, 1))
+    events, predictions = delta.tables(config).events.uri, config.storage.resolve("predictions")
+    delta.Table(events).append(synthetic.generate(200, 1))
     register_model_trained_on(config, events, 0)
     for i in range(30):
-        delta.append(events, synthetic.generate(5, 100 + i))
-        delta.append(predictions, pa.table({"request_id": [f"q{i}"], "row": [0]}), cdf=True)
-    rows = delta.count(events)
+        delta.Table(events).append(synthetic.generate(5, 100 + i))
+        delta.Table(predictions).append(pa.table({"request_id": [f"q{i}"], "row": [0]}), cdf=True)
+    rows = delta.Table(events).count()
 
     done = maintain(config, events, predictions)
     assert done[events]["files_after"] == 1 and done[events]["files_compacted"] == 31
     assert done[events]["kept_versions"] == [0] and readable(events, 0)  # the model's lineage
     assert not readable(events, 15)  # an unpinned old version's files are gone
-    assert delta.count(events) == rows
+    assert delta.Table(events).count() == rows
     # the monitor has read none of the predictions: their files stay, and each commit's rows are read once
     assert done[predictions]["files_after"] == 1 and done[predictions]["files_vacuumed"] == 0
-    changes, _ = delta.changes(predictions, None, None, ["request_id"])
+    changes, _ = delta.Table(predictions).changes(None, ["request_id"])
     assert sorted(changes.column("request_id").to_pylist()) == sorted(f"q{i}" for i in range(30))
 
     maintain(config, events, unpin=True)
     assert not readable(events, 0)  # told to, it drops the pin too
-    assert delta.count(events) == rows
+    assert delta.Table(events).count() == rows
 
 
 def test_maintain_defaults_to_the_loops_tables_and_skips_missing_ones(config: LakeloopConfig) -> None:
-    log = config.storage.table_uri("feedback")
+    log = config.storage.resolve("feedback")
     for i in range(5):
-        delta.append(log, pa.table({"request_id": [f"q{i}"], "label": ["1"]}), cdf=True)
+        delta.Table(log).append(pa.table({"request_id": [f"q{i}"], "label": ["1"]}), cdf=True)
     config = config.model_copy(
         update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": "http://127.0.0.1:9"})}
     )

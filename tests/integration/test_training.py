@@ -65,7 +65,7 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(
     raw_config: dict, mlflow_server: str, ray_local: None
 ) -> None:
     config = small_config(raw_config, mlflow_server)
-    delta.append(config.table_uri, synthetic.generate(3000, 1))
+    delta.tables(config).events.append(synthetic.generate(3000, 1))
     first = train_and_register(config)
     assert first.promoted and first.model_version == "1"
     assert "first model" in first.reason
@@ -85,7 +85,7 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(first.run_id)
-    assert run.data.params["tables"] == f"{config.table_uri} version 0"
+    assert run.data.params["tables"] == f"{delta.tables(config).events.uri} version 0"
     assert len(run.data.tags["lakeloop.worker_nodes"].split(",")) == config.train.num_workers
     assert set(first.seconds) == {"prepare", "fit", "evaluate", "gate"}
     assert run.data.metrics["seconds_fit"] == first.seconds["fit"] > 0
@@ -158,7 +158,7 @@ def test_two_trainings_finishing_at_once_cannot_both_win(mlflow_server: str) -> 
 def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow_server: str, ray_local: None) -> None:
     raw_config["tune"].update(num_samples=3, grace_period=1)
     config = small_config(raw_config, mlflow_server, num_workers=1, cpus_per_worker=1)
-    delta.append(config.table_uri, synthetic.generate(2000, 4))
+    delta.tables(config).events.append(synthetic.generate(2000, 4))
     outcome = train_and_register(config, search.search, "tune")
     client = MlflowClient(mlflow_server)
     children = client.search_runs(
@@ -190,7 +190,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
 def test_training_a_bad_table_fails_validation_before_ray_or_mlflow(raw_config: dict, tmp_path: Path) -> None:
     config = parse_config(raw_config)
-    delta.append(config.table_uri, synthetic.generate(300, 1).drop_columns(["contract"]))
+    delta.tables(config).events.append(synthetic.generate(300, 1).drop_columns(["contract"]))
     conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
     # Unreachable Ray and MLflow addresses: reaching either would fail differently than validation.
     env = {
@@ -284,10 +284,10 @@ def test_feedback_as_a_source_with_no_labels_yet_trains_on_the_events_table(
 ) -> None:
     raw_config["train"].update(source="both")
     config = small_config(raw_config, mlflow_server, max_epochs=1)
-    delta.append(config.table_uri, synthetic.generate(1500, 2))
+    delta.tables(config).events.append(synthetic.generate(1500, 2))
     outcome = train_and_register(config)
     assert outcome.promoted
-    assert [t["uri"] for t in outcome.lineage["tables"]] == [config.table_uri]
+    assert [t["uri"] for t in outcome.lineage["tables"]] == [delta.tables(config).events.uri]
     assert any("no row of 'predictions' has a label" in n and "trained on the events table" in n for n in outcome.notes)
     run = MlflowClient(mlflow_server).get_run(outcome.run_id)
     assert "trained on the events table" in run.data.tags["lakeloop.notes"]
@@ -305,7 +305,7 @@ def test_a_regression_model_trains_registers_gates_and_predicts(
     raw_config["gate"].update(metric="rmse", min_improvement=0.0, thresholds={"rmse": 20.0})
     config = small_config(raw_config, mlflow_server, max_epochs=8, patience=3)
     rows = synthetic.generate(3000, 6).to_pandas().dropna(subset=["monthly_charges"])
-    delta.append(config.table_uri, pa.Table.from_pandas(rows, preserve_index=False))
+    delta.tables(config).events.append(pa.Table.from_pandas(rows, preserve_index=False))
     outcome = train_and_register(config)
     assert outcome.promoted, outcome.reason
     assert outcome.metrics["rmse"] < 16 and outcome.metrics["r2"] > 0.4, outcome.metrics

@@ -32,7 +32,7 @@ def model(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Iterator
     raw = demo_raw_config(tmp_path_factory.mktemp("behaviour") / "data")
     raw["train"].update(max_epochs=12, patience=3)
     config: LakeloopConfig = parse_config(raw)
-    delta.append(config.table_uri, synthetic.generate(8000, 21))
+    delta.tables(config).events.append(synthetic.generate(8000, 21))
     prepared = prepare(config)
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
     trained = loop.fit(config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, "behaviour")

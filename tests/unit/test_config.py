@@ -65,14 +65,13 @@ def test_ecosystem_variables_win(raw_config: dict, monkeypatch: pytest.MonkeyPat
     config = parse_config(raw_config)
     assert config.ray.address == "ray://head:10001"
     assert config.mlflow.tracking_uri == "http://mlflow:5000"
-    assert config.table_uri == str(tmp_path / "elsewhere" / "events")
+    assert config.storage.resolve(config.dataset.table) == str(tmp_path / "elsewhere" / "events")
 
 
-def test_table_uri_keeps_object_store_uris(raw_config: dict) -> None:
+def test_table_names_resolve_under_object_store_roots(raw_config: dict) -> None:
     raw_config["storage"]["root"] = "s3://bucket/lake"
-    assert parse_config(raw_config).table_uri == "s3://bucket/lake/events"
-    raw_config["dataset"]["table"] = "gs://other/events"
-    assert parse_config(raw_config).table_uri == "gs://other/events"
+    assert parse_config(raw_config).storage.resolve("events") == "s3://bucket/lake/events"
+    assert parse_config(raw_config).storage.resolve("gs://other/events") == "gs://other/events"
 
 
 def test_search_space_domain_shape(raw_config: dict) -> None:
@@ -91,7 +90,9 @@ def test_a_job_gets_its_configuration_as_yaml_text(raw_config: dict, monkeypatch
     raw_config["storage"]["root"] = "s3://bucket/lakeloop"
     monkeypatch.setenv("LAKELOOP_CONFIG_YAML", yaml.safe_dump(raw_config))
     config = load_config()
-    assert config.train.source == "both" and config.table_uri == "s3://bucket/lakeloop/events"
+    assert (
+        config.train.source == "both" and config.storage.resolve(config.dataset.table) == "s3://bucket/lakeloop/events"
+    )
     monkeypatch.setenv("LAKELOOP_CONFIG_YAML", "train: {sorce: events}")
     with pytest.raises(ConfigError, match=r"\$LAKELOOP_CONFIG_YAML"):
         load_config()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.adapters.prediction_log import training_table
 from pipelines.core.config import LakeloopConfig
+from pipelines.training.labelled_feedback import training_table
 
 
 def rows(tenure: list[float]) -> pd.DataFrame:

@@ -1,0 +1,61 @@
+"""How every step ends: a summary, one JSON document, or one error line (never a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipelines.core.errors import ConfigError
+from pipelines.step_runner import StepResult, execute
+from tests.helpers import write_config
+
+
+def _args(tmp_path: Path, raw_config: dict, **flags) -> argparse.Namespace:
+    conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
+    return argparse.Namespace(config=str(conf), json=False, debug=False, **flags)
+
+
+def _broken(args: argparse.Namespace, config) -> StepResult:
+    return {}["no such key"]  # a bug: KeyError
+
+
+def test_an_unexpected_error_is_one_line_naming_the_step_and_the_traceback_goes_to_a_file(
+    tmp_path: Path, raw_config: dict, capsys: pytest.CaptureFixture
+) -> None:
+    code = execute(_broken, _args(tmp_path, raw_config), joins_stack=False, step="lakeloop train")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: lakeloop train failed: KeyError: 'no such key'")
+    assert "Traceback" not in err
+    log = Path(re.search(r"traceback in (\S+);", err).group(1))
+    assert "Traceback (most recent call last)" in log.read_text() and "_broken" in log.read_text()
+    assert log.stat().st_mode & 0o077 == 0  # readable by this user only
+
+
+def test_with_json_the_error_is_the_json_document(
+    tmp_path: Path, raw_config: dict, capsys: pytest.CaptureFixture
+) -> None:
+    args = _args(tmp_path, raw_config)
+    args.json = True
+    assert execute(_broken, args, joins_stack=False, step="lakeloop status") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is False and "lakeloop status failed: KeyError" in document["errors"][0]
+
+
+def test_with_debug_the_traceback_is_shown(tmp_path: Path, raw_config: dict) -> None:
+    args = _args(tmp_path, raw_config)
+    args.debug = True
+    with pytest.raises(KeyError):
+        execute(_broken, args, joins_stack=False)
+
+
+def test_a_user_error_keeps_its_own_exit_code(tmp_path: Path, raw_config: dict, capsys) -> None:
+    def bad_config(args, config) -> StepResult:
+        raise ConfigError("conf/lakeloop.yaml: train.max_epochs: must be at least 1")
+
+    assert execute(bad_config, _args(tmp_path, raw_config), joins_stack=False) == 2
+    assert capsys.readouterr().err == "error: conf/lakeloop.yaml: train.max_epochs: must be at least 1\n"
