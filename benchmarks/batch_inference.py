@@ -31,7 +31,7 @@ def main() -> None:
     from deltalake import DeltaTable
 
     from benchmarks.preprocessing import make_table
-    from pipelines.inference.batch import predict
+    from pipelines.inference.scoring import predict
 
     with tempfile.TemporaryDirectory() as tmp, registered_model(Path(tmp)) as model:
         config = demo_config(Path(tmp) / "data", model.tracking_uri)

@@ -117,8 +117,8 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
 
     from pipelines.adapters.local_services import start_mlflow_server, stop_pid
     from pipelines.core.network import NetworkSpec, TabularMLP
-    from pipelines.training.bundle import LakeloopModel
     from pipelines.training.features import FeaturePipeline
+    from pipelines.training.fitted_model import LakeloopModel
     from pipelines.training.workflow import log_model
 
     process, service = start_mlflow_server(workdir / "mlflow")
@@ -177,13 +177,13 @@ def deploy_shipped(
 ) -> str:
     """conf/serve.yaml (the shipped deployment options, optionally overridden; optionally another
     application with the same options) deployed the one way lakeloop deploys; returns its URL."""
-    from pipelines.adapters import serving
+    from pipelines.adapters import ray_serve
 
-    serve_config = serving.with_lakeloop_config(
-        serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, http_port=port
+    serve_config = ray_serve.with_lakeloop_config(
+        ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml"), config, http_port=port
     )
-    application = serving.application(serve_config, app, route_prefix, **deployment_options)
+    application = ray_serve.application(serve_config, app, route_prefix, **deployment_options)
     if import_path:
         application["import_path"] = import_path
     serve_config["applications"] = [application]
-    return serving.deploy(serve_config, dashboard).rstrip("/") + route_prefix.rstrip("/")
+    return ray_serve.deploy(serve_config, dashboard).rstrip("/") + route_prefix.rstrip("/")

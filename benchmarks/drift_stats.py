@@ -36,8 +36,8 @@ def _suite(config, pipeline, seed: int):
 
     from pipelines.core.network import NetworkSpec, TabularMLP
     from pipelines.scenarios import synthetic
-    from pipelines.training.bundle import LakeloopModel
     from pipelines.training.detectors import DriftSuite
+    from pipelines.training.fitted_model import LakeloopModel
 
     torch.manual_seed(seed)
     hp = config.train.hyperparams

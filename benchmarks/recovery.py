@@ -97,8 +97,8 @@ def fit_family(config, frame: pd.DataFrame, seed: int = 0):
 
     from pipelines.core import metrics
     from pipelines.core.network import NetworkSpec, TabularMLP, loss_function, output_dim
-    from pipelines.training.bundle import LakeloopModel
     from pipelines.training.features import FeaturePipeline
+    from pipelines.training.fitted_model import LakeloopModel
 
     dataset, hp = config.dataset, config.train.hyperparams
     ordered = frame.sort_values(dataset.event_time).reset_index(drop=True)
@@ -175,7 +175,7 @@ def run_stream(
 
     from benchmarks.common import deploy_shipped
     from pipelines.adapters import delta
-    from pipelines.adapters.serving import wait_ready
+    from pipelines.adapters.ray_serve import wait_ready
     from pipelines.scenarios.closed_loop import ClosedLoop
     from pipelines.scenarios.traffic import LabelledStream
     from pipelines.training.workflow import train_and_register

@@ -107,7 +107,7 @@ def _with_any_input_schema(model_dir: Path, into: Path) -> Path:
 
 
 def _wait_until_up(url: str, path: str, timeout: float = 180) -> None:
-    from pipelines.adapters.serving import wait_ready
+    from pipelines.adapters.ray_serve import wait_ready
 
     if not wait_ready(url, timeout, path):
         raise TimeoutError(f"{url}{path} did not answer 200 within {timeout} s")
@@ -122,14 +122,14 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
     from ray import serve
 
     from benchmarks.common import demo_config, deploy_shipped
-    from pipelines.adapters import serving
+    from pipelines.adapters import ray_serve
     from pipelines.adapters.local_services import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp), tracking_uri)
         batching = {k: variant[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in variant}
         config = config.model_copy(update={"serving": config.serving.model_copy(update=batching)})
-        shipped = serving.load_serve_config(ROOT / "conf" / "serve.yaml")["applications"][0]["deployments"][0]
+        shipped = ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml")["applications"][0]["deployments"][0]
         overrides = {}
         if "min_replicas" in variant:
             overrides["autoscaling_config"] = {**shipped["autoscaling_config"], "min_replicas": variant["min_replicas"]}

@@ -31,9 +31,9 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
 COMMANDS: dict[str, str] = {
     "train": "pipelines.train",
     "tune": "pipelines.tune",
-    "model": "pipelines.models",
+    "model": "pipelines.model",
     "serve": "pipelines.deploy",
-    "predict": "pipelines.batch_inference",
+    "predict": "pipelines.predict",
     "monitor": "pipelines.monitor",
     "status": "pipelines.status",
     "stack": "pipelines.stack",

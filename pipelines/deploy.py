@@ -40,10 +40,10 @@ def _wait_for_signal() -> None:
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    from pipelines.adapters import ray_cluster, serving
+    from pipelines.adapters import ray_cluster, ray_serve
 
-    api_key = serving.api_key_from_env()
-    serve_config = serving.with_lakeloop_config(serving.load_serve_config(args.serve_config), config, api_key)
+    api_key = ray_serve.api_key_from_env()
+    serve_config = ray_serve.with_lakeloop_config(ray_serve.load_serve_config(args.serve_config), config, api_key)
     if config.ray.address:  # a cluster: deploy through its dashboard, and leave it serving
         return _deploy(serve_config, config, config.ray.dashboard, args.ready_timeout, config.ray.address)
     with ray_cluster.ray_session(config) as dashboard:  # a private cluster, living as long as this process
@@ -54,17 +54,17 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
             flush=True,
         )
         _wait_for_signal()
-        serving.shutdown(dashboard)  # replicas drain and flush their logs; the ingress stops
+        ray_serve.shutdown(dashboard)  # replicas drain and flush their logs; the ingress stops
     return result
 
 
 def _deploy(serve_config: dict, config: LakeloopConfig, dashboard: str, ready_timeout: float, where: str) -> StepResult:
-    from pipelines.adapters import local_services, serving
+    from pipelines.adapters import local_services, ray_serve
 
-    if not serving.running(dashboard):  # a Serve of our own would hold these ports; a leftover must not
-        local_services.require_free_ports(serving.ingress_ports(serve_config))
-    url = serving.deploy(serve_config, dashboard)
-    ready = serving.wait_ready(url, ready_timeout)
+    if not ray_serve.running(dashboard):  # a Serve of our own would hold these ports; a leftover must not
+        local_services.require_free_ports(ray_serve.ingress_ports(serve_config))
+    url = ray_serve.deploy(serve_config, dashboard)
+    ready = ray_serve.wait_ready(url, ready_timeout)
     status = "ready" if ready else f"deployed, but no model loaded within {ready_timeout:.0f}s (see GET /health)"
     summary = (
         f"serving {config.mlflow.registered_model}@{config.serving.alias} at {url} ({status}); docs at "

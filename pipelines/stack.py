@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
 
 
 def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> StepResult:
-    from pipelines.adapters import local_services, serving
+    from pipelines.adapters import local_services, ray_serve
 
     recorded = local_services.StackState.read(state_path)
     if recorded is not None and recorded.alive():
@@ -53,7 +53,7 @@ def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> S
         {
             args.mlflow_port: "MLflow",
             args.dashboard_port: "Ray dashboard",
-            **serving.ingress_ports(serving.load_serve_config(args.serve_config)),
+            **ray_serve.ingress_ports(ray_serve.load_serve_config(args.serve_config)),
         }
     )
     root = state_path.parent
@@ -102,7 +102,7 @@ def _job_environment(config: LakeloopConfig, mlflow_url: str) -> dict[str, str]:
 
 
 def _down(state_path: Path) -> StepResult:
-    from pipelines.adapters import local_services, serving
+    from pipelines.adapters import local_services, ray_serve
 
     state = local_services.StackState.read(state_path)
     if state is None:
@@ -110,7 +110,7 @@ def _down(state_path: Path) -> StepResult:
     notes = []
     if state.dashboard_url and state.alive():
         try:
-            serving.shutdown(state.dashboard_url)
+            ray_serve.shutdown(state.dashboard_url)
         except Exception as exc:  # noqa: BLE001 - an unreachable dashboard must not keep the stack up
             notes.append(f"Serve could not be shut down cleanly ({exc}); its processes are stopped below")
     left_over = []

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    from pipelines.monitoring.status import describe, gather
+    from pipelines.monitoring.loop_status import describe, gather
 
     status = gather(config, args.serve_config)
     return StepResult(describe(status), status)

@@ -45,7 +45,7 @@ def set_entry_invariants() -> None:
     for name, value in ENTRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ:
-        from pipelines.adapters.serving import loopback_haproxy
+        from pipelines.adapters.ray_serve import loopback_haproxy
 
         os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = loopback_haproxy()
 
@@ -71,7 +71,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_serve_config(parser: argparse.ArgumentParser, what: str) -> None:
     """--serve-config: the one Serve config file every command reads (conf/serve.yaml by default)."""
-    from pipelines.adapters.serving import DEFAULT_SERVE_CONFIG
+    from pipelines.adapters.ray_serve import DEFAULT_SERVE_CONFIG
 
     parser.add_argument(
         "--serve-config",

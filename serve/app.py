@@ -36,8 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipelines.adapters import delta
 from pipelines.adapters.log_spool import LogSpool, SpoolFull
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
+from pipelines.adapters.ray_serve import api_key_digest, api_key_from_env
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
-from pipelines.adapters.serving import api_key_digest, api_key_from_env
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
 from pipelines.core.model_output import Scored
 from serve.metrics import Reporter, ServingMetrics

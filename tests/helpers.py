@@ -54,24 +54,24 @@ def served_log(config, frame, start: datetime, rows_per_request: int = 5) -> tup
 
 def deploy_endpoint(config, dashboard: str, port: int, *extra_apps: dict, api_key: str | None = None) -> str:
     """conf/serve.yaml with this configuration, deployed the one way lakeloop deploys (Serve's REST
-    API), plus `extra_apps` (from pipelines.adapters.serving.application); returns the base URL."""
-    from pipelines.adapters import serving
+    API), plus `extra_apps` (from pipelines.adapters.ray_serve.application); returns the base URL."""
+    from pipelines.adapters import ray_serve
 
-    serve_config = serving.with_lakeloop_config(
-        serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key, http_port=port
+    serve_config = ray_serve.with_lakeloop_config(
+        ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key, http_port=port
     )
     serve_config["applications"] += list(extra_apps)
-    return serving.deploy(serve_config, dashboard)
+    return ray_serve.deploy(serve_config, dashboard)
 
 
 def serve_app(config, name: str, route_prefix: str, api_key: str | None = None, **deployment_options) -> dict:
     """An application of conf/serve.yaml under another name and route, with options replaced."""
-    from pipelines.adapters import serving
+    from pipelines.adapters import ray_serve
 
-    serve_config = serving.with_lakeloop_config(
-        serving.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key
+    serve_config = ray_serve.with_lakeloop_config(
+        ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key
     )
-    return serving.application(serve_config, name, route_prefix, **deployment_options)
+    return ray_serve.application(serve_config, name, route_prefix, **deployment_options)
 
 
 def lakeloop(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from pipelines.core.retrying import ServiceUnavailable, with_retries
+from pipelines.core.service_retries import ServiceUnavailable, with_retries
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 REQUEST_TIMEOUT_S = 30.0

@@ -15,7 +15,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT, UTC_MICROS
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
-from pipelines.core.retrying import with_retries
+from pipelines.core.service_retries import with_retries
 from pipelines.monitoring import html_report, reports
 from pipelines.monitoring.champion import Champion, load_champion
 from pipelines.monitoring.reports import RANK

@@ -14,9 +14,9 @@ import pyarrow.compute as pc
 from pipelines.adapters import delta
 from pipelines.adapters.jobs import Jobs
 from pipelines.adapters.registry import TRIGGER_TAG, Registry
-from pipelines.core import drift_policy, retry_policy
+from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import CONFIG_YAML_ENV, LakeloopConfig, dump_config
-from pipelines.core.retrying import with_retries
+from pipelines.core.service_retries import with_retries
 from pipelines.monitoring.champion import Champion
 
 ATTEMPT_SCHEMA = pa.schema(
@@ -43,7 +43,7 @@ def jobs(config: LakeloopConfig) -> Jobs:
 
 
 def submit_retraining(
-    config: LakeloopConfig, champion: Champion, plan: retry_policy.RetrainingPlan, regime_start: datetime | None
+    config: LakeloopConfig, champion: Champion, plan: retraining_policy.RetrainingPlan, regime_start: datetime | None
 ) -> tuple[str, bool]:
     """Submit the planned attempt; returns (id, newly submitted). The id is deterministic per
     (champion version, attempt), so a second monitor's submission is refused by the Jobs API."""
@@ -93,11 +93,11 @@ def job_outcome(config: LakeloopConfig, submission_id: str) -> tuple[str, str, s
     """(promoted | refused | failed, reason, candidate version) of a finished attempt; None while it runs."""
     state = jobs(config).state(submission_id)
     if state is None:
-        return retry_policy.FAILED, "the Jobs API does not know this job (was the cluster restarted?)", None
+        return retraining_policy.FAILED, "the Jobs API does not know this job (was the cluster restarted?)", None
     if not state.finished:
         return None
     if state.status != "SUCCEEDED":
-        return retry_policy.FAILED, f"job {state.status}: {state.message[-300:]}", None
+        return retraining_policy.FAILED, f"job {state.status}: {state.message[-300:]}", None
     registry = Registry.from_config(config)
     found = with_retries(
         "reading the retrained model from MLflow",
@@ -105,18 +105,20 @@ def job_outcome(config: LakeloopConfig, submission_id: str) -> tuple[str, str, s
         lambda: registry.versions_tagged(TRIGGER_TAG, submission_id),
     )
     if not found:
-        return retry_policy.FAILED, "the job succeeded but registered no model version", None
+        return retraining_policy.FAILED, "the job succeeded but registered no model version", None
     version = found[0]
-    outcome = retry_policy.PROMOTED if version.tags.get("lakeloop.gate") == "promoted" else retry_policy.REFUSED
+    outcome = (
+        retraining_policy.PROMOTED if version.tags.get("lakeloop.gate") == "promoted" else retraining_policy.REFUSED
+    )
     return outcome, version.tags.get("lakeloop.gate_reason", ""), str(version.version)
 
 
 def reconcile(config: LakeloopConfig, champion: Champion, events: list[dict]) -> list[dict]:
     """Outcome events for attempts whose job has finished since the last pass."""
     found = []
-    for attempt in retry_policy.fold_attempts(events):
+    for attempt in retraining_policy.fold_attempts(events):
         if (
-            attempt.outcome == retry_policy.SUBMITTED
+            attempt.outcome == retraining_policy.SUBMITTED
             and (outcome := job_outcome(config, attempt.submission_id)) is not None
         ):
             kind, reason, candidate = outcome
@@ -152,8 +154,8 @@ def retraining_step(config: LakeloopConfig, champion: Champion, regime_start: da
     new = reconcile(config, champion, events) if submit else []
     events += new
     rows = training_rows(config)
-    plan = retry_policy.plan_retraining(
-        retry_policy.fold_attempts(events), regime_start is not None, rows, config.monitor.retry
+    plan = retraining_policy.plan_retraining(
+        retraining_policy.fold_attempts(events), regime_start is not None, rows, config.monitor.retry
     )
     submission, submitted = None, False
     if plan.action == "submit" and submit:
@@ -161,7 +163,7 @@ def retraining_step(config: LakeloopConfig, champion: Champion, regime_start: da
         new.append(
             _event(
                 champion,
-                retry_policy.SUBMITTED,
+                retraining_policy.SUBMITTED,
                 plan.attempt,
                 submission_id=submission,
                 tune=plan.tune,
@@ -170,21 +172,23 @@ def retraining_step(config: LakeloopConfig, champion: Champion, regime_start: da
                 reason=plan.reason,
             )
         )
-    degraded, _ = retry_policy.health(events)
+    degraded, _ = retraining_policy.health(events)
     if plan.action == "degraded" and not degraded:
-        new.append(_event(champion, retry_policy.DEGRADED, reason=plan.reason))
+        new.append(_event(champion, retraining_policy.DEGRADED, reason=plan.reason))
     elif degraded and plan.action == "none":
-        new.append(_event(champion, retry_policy.RECOVERED, reason=plan.reason or "recent windows no longer drift"))
+        new.append(
+            _event(champion, retraining_policy.RECOVERED, reason=plan.reason or "recent windows no longer drift")
+        )
     record_events(config, new)
-    if any(e["event"] in (retry_policy.DEGRADED, retry_policy.RECOVERED) for e in new):
+    if any(e["event"] in (retraining_policy.DEGRADED, retraining_policy.RECOVERED) for e in new):
         reason = plan.reason if plan.action == "degraded" else None
         with_retries(
             "marking the champion's health in MLflow",
             config.monitor.retries,
             lambda: Registry.from_config(config).set_health(champion.version, reason),
         )
-    attempts = retry_policy.fold_attempts(events + new)
-    if submission is None and attempts and attempts[-1].outcome == retry_policy.SUBMITTED:
+    attempts = retraining_policy.fold_attempts(events + new)
+    if submission is None and attempts and attempts[-1].outcome == retraining_policy.SUBMITTED:
         submission = attempts[-1].submission_id
     state = "degraded" if plan.action == "degraded" else "retraining" if plan.action in ("submit", "wait") else "ok"
     return {

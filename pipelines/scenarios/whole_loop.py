@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipelines.adapters import delta, local_services, ray_cluster, serving
+from pipelines.adapters import delta, local_services, ray_cluster, ray_serve
 from pipelines.adapters.registry import Registry
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
@@ -137,11 +137,11 @@ def _start_stack(config: LakeloopConfig, keep_running: bool, cleanup: ExitStack)
 
 def _deploy(config: LakeloopConfig) -> str:
     """conf/serve.yaml through the same path as `lakeloop serve` (on a free port if 8000 is taken)."""
-    serve_config = serving.load_serve_config(serving.DEFAULT_SERVE_CONFIG)
+    serve_config = ray_serve.load_serve_config(ray_serve.DEFAULT_SERVE_CONFIG)
     port = int(serve_config.get("http_options", {}).get("port", 8000))
     port = port if not local_services.port_holder(port) else local_services.free_port()
-    url = serving.deploy(serving.with_lakeloop_config(serve_config, config, http_port=port), config.ray.dashboard)
-    if not serving.wait_ready(url, 120):
+    url = ray_serve.deploy(ray_serve.with_lakeloop_config(serve_config, config, http_port=port), config.ray.dashboard)
+    if not ray_serve.wait_ready(url, 120):
         raise LakeloopError("the endpoint did not load the champion within 120 s")
     return url
 
@@ -209,14 +209,14 @@ def _run_demo(args: DemoOptions, config: LakeloopConfig, timeline: Timeline, log
         )
         url = timeline.run("serve", lambda: _deploy(config), lambda u: f"{u}/docs")
         if not args.keep_running:
-            cleanup.callback(serving.shutdown, config.ray.dashboard)
+            cleanup.callback(ray_serve.shutdown, config.ray.dashboard)
         normal = Traffic(url, records(synthetic.generate(4000, 101).to_pandas(), features))
         timeline.run("traffic", lambda: normal.send(requests), lambda s: dict(s))
         _logged_rows(config, normal.served_rows)
         calm = timeline.run("monitor (calm)", lambda: run_once(config), describe_check)
         phase = _concept_phase if args.drift == "concept" else _covariate_phase
         shifted = phase(args, config, url, timeline)
-        serving.shutdown(config.ray.dashboard)  # drain: replicas flush their prediction buffers
+        ray_serve.shutdown(config.ray.dashboard)  # drain: replicas flush their prediction buffers
         served = normal.served_rows + shifted.served_rows
         logged = _logged_rows(config, served)
         if args.keep_running:

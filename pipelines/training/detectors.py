@@ -22,7 +22,7 @@ import pandas as pd
 from pipelines.core.config import MonitorConfig
 from pipelines.core.effect_sizes import feature_effects
 from pipelines.core.metrics import greater_is_better
-from pipelines.training.bundle import PREDICTION_COLUMN, PROBABILITY_PREFIX, LakeloopModel, evaluate_predictions
+from pipelines.training.fitted_model import PREDICTION_COLUMN, PROBABILITY_PREFIX, LakeloopModel, evaluate_predictions
 
 DRIFT_ARTIFACT = "drift"  # where a training run stores the detectors (MLflow artifacts)
 DETECTORS = ("features", "multivariate", "prediction")  # fitted at training time, stored with the model

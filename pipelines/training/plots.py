@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from pipelines.core.config import DatasetConfig
-from pipelines.training.bundle import PREDICTION_COLUMN
+from pipelines.training.fitted_model import PREDICTION_COLUMN
 
 
 def learning_curves(history: list[dict]) -> plt.Figure:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow.pyfunc
 import pandas as pd
 
-from pipelines.training.bundle import LakeloopModel
+from pipelines.training.fitted_model import LakeloopModel
 
 
 class LakeloopPyfunc(mlflow.pyfunc.PythonModel):

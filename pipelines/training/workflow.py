@@ -25,9 +25,9 @@ from pipelines.adapters.registry import TRIGGER_TAG, ChampionState, Registry, ml
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.gate import GateDecision, decide
 from pipelines.training import loop, plots
-from pipelines.training.bundle import LakeloopModel, evaluate_predictions
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
 from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
+from pipelines.training.fitted_model import LakeloopModel, evaluate_predictions
 from pipelines.training.labelled_feedback import NoLabelledRows, refresh_training_table
 from pipelines.training.pyfunc import LakeloopPyfunc
 from pipelines.training.validation import ValidationReport, validate_table
@@ -207,7 +207,7 @@ def _datasets(prepared: PreparedData) -> dict:
 def _evaluate(
     config: LakeloopConfig, prepared: PreparedData, trained: loop.TrainedNetwork
 ) -> tuple[LakeloopModel, pd.DataFrame, dict]:
-    """The candidate as a model bundle (its figures logged), its test scores, and the test rows."""
+    """The candidate as a fitted model (its figures logged), its test scores, and the test rows."""
     dataset = config.dataset
     model = LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
     test = to_frame(prepared.raw["test"])

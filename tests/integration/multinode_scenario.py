@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from pipelines.adapters import delta, serving
+from pipelines.adapters import delta, ray_serve
 from pipelines.adapters.local_services import free_port
 from pipelines.core.config import LakeloopConfig, parse_config
-from pipelines.inference import batch as batch_inference
+from pipelines.inference import scoring
 from pipelines.monitoring import retraining
 from pipelines.monitoring.check import run_once
 from pipelines.scenarios import synthetic
@@ -84,7 +84,7 @@ def main(root: str, tracking_uri: str) -> None:
         facts["lineage"] = tags["lakeloop.tables"]
         facts["artifact_uri"] = MlflowClient(tracking_uri).get_run(outcome.run_id).info.artifact_uri
 
-        scored = batch_inference.predict(delta.tables(config).events.uri, output="scored", config=config).materialize()
+        scored = scoring.predict(delta.tables(config).events.uri, output="scored", config=config).materialize()
         facts["scored_rows"] = scored.count()
         facts["scored_rows_on_store"] = delta.Table(config.storage.resolve("scored")).count()
         used = re.findall(r"(\d+) nodes used", scored.stats())
@@ -99,7 +99,7 @@ def main(root: str, tracking_uri: str) -> None:
             autoscaling_config=None,
             ray_actor_options={"num_cpus": 0.25, "resources": {"worker": 0.1}},
         )
-        url = serving.deploy(
+        url = ray_serve.deploy(
             {
                 "proxy_location": "HeadOnly",
                 "http_options": {"host": "127.0.0.1", "port": free_port()},
@@ -107,7 +107,7 @@ def main(root: str, tracking_uri: str) -> None:
             },
             f"http://127.0.0.1:{dashboard_port}",
         )
-        assert serving.wait_ready(url, 180), "the endpoint never loaded the champion"
+        assert ray_serve.wait_ready(url, 180), "the endpoint never loaded the champion"
         facts.update(_close_the_loop(config, url))
         before = set(replicas(url).values())
         facts["replica_nodes_before"] = sorted(before)

@@ -14,7 +14,7 @@ from ray import serve
 
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
-from pipelines.adapters.serving import wait_ready
+from pipelines.adapters.ray_serve import wait_ready
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.scenarios import synthetic
 from pipelines.scenarios.closed_loop import ClosedLoop

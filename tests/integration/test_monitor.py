@@ -23,7 +23,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.jobs import Jobs
 from pipelines.adapters.registry import Registry
 from pipelines.core.config import LakeloopConfig, parse_config
-from pipelines.models import run as models_step
+from pipelines.model import run as models_step
 from pipelines.monitoring.champion import load_champion
 from pipelines.monitoring.check import describe, run_once
 from pipelines.scenarios import synthetic

@@ -23,9 +23,9 @@ from ray import serve
 
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
-from pipelines.adapters.serving import wait_ready
+from pipelines.adapters.ray_serve import wait_ready
 from pipelines.core.config import LakeloopConfig, parse_config
-from pipelines.inference.batch import predict
+from pipelines.inference.scoring import predict
 from pipelines.scenarios import synthetic
 from pipelines.training.workflow import train_and_register
 from tests.helpers import demo_raw_config, deploy_endpoint, serve_app

@@ -18,8 +18,8 @@ from pipelines.adapters import delta
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.scenarios import synthetic
 from pipelines.training import loop
-from pipelines.training.bundle import LakeloopModel
 from pipelines.training.data import prepare
+from pipelines.training.fitted_model import LakeloopModel
 from tests.helpers import demo_raw_config
 
 pytestmark = pytest.mark.integration

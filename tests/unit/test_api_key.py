@@ -6,7 +6,7 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from pipelines.adapters.serving import API_KEY_ENV, api_key_digest, api_key_from_env
+from pipelines.adapters.ray_serve import API_KEY_ENV, api_key_digest, api_key_from_env
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
 from serve.app import create_api

@@ -8,7 +8,7 @@ import pytest
 from pipelines.adapters.local_services import free_port
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
-from pipelines.inference.batch import predict
+from pipelines.inference.scoring import predict
 
 
 def test_an_unreachable_tracking_server_is_named(config: LakeloopConfig) -> None:
@@ -20,7 +20,7 @@ def test_an_unreachable_tracking_server_is_named(config: LakeloopConfig) -> None
 
 
 def test_a_model_that_is_not_a_registry_uri_is_refused(config: LakeloopConfig) -> None:
-    from pipelines.inference.batch import resolve_model
+    from pipelines.inference.scoring import resolve_model
 
     with pytest.raises(LakeloopError, match="models:/NAME@ALIAS"):
         resolve_model("runs:/abc/model", config)

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from pipelines.adapters.jobs import Jobs
-from pipelines.core.retrying import ServiceUnavailable
+from pipelines.core.service_retries import ServiceUnavailable
 
 
 class JobsApi:
@@ -39,7 +39,7 @@ def submit(api: JobsApi, retries: int = 3) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pipelines.core.retrying.time.sleep", lambda _s: None)
+    monkeypatch.setattr("pipelines.core.service_retries.time.sleep", lambda _s: None)
 
 
 def test_a_submit_whose_reply_timed_out_is_recognised_as_its_own_on_the_retry() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.adapters.ray_cluster import secure_auth_token
-from pipelines.adapters.serving import LOOPBACK_HAPROXY
+from pipelines.adapters.ray_serve import LOOPBACK_HAPROXY
 
 # The shape of the config Ray 2.60's Serve generates for HAProxy (the parts the wrapper rewrites).
 RAY_HAPROXY_CONFIG = """global

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from pipelines.adapters.serving import api_key_digest, load_serve_config, with_lakeloop_config
+from pipelines.adapters.ray_serve import api_key_digest, load_serve_config, with_lakeloop_config
 from pipelines.core.config import load_config, parse_config_text
 from tests.helpers import ROOT
 

@@ -1,10 +1,10 @@
 """Batch inference: score a Delta table, a Ray Dataset or a DataFrame with a registered model.
 
-    from pipelines.inference.batch import predict
+    from pipelines.inference.scoring import predict
     scored = predict("/data/events", model="models:/lakeloop-churn@champion", output="/data/scored")
 
     lakeloop predict --input PATH [--version N] --output PATH
-    ray job submit --working-dir . -- python -m pipelines.batch_inference --input ... --output ...
+    ray job submit --working-dir . -- python -m pipelines.predict --input ... --output ...
 
 The same pyfunc as serving (feature pipeline + network) runs in an actor pool. The driver resolves
 the version once and loads the model once; the actors get it from Ray's object store, so every row
@@ -25,7 +25,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
-from pipelines.inference.batch_scorer import BatchScorer
+from pipelines.inference.scoring_actor import BatchScorer
 
 
 @dataclass(frozen=True)

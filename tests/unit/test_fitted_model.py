@@ -12,8 +12,8 @@ from pipelines.core.config import parse_config
 from pipelines.core.feature_transform import FittedTransform, statistics
 from pipelines.core.network import NetworkSpec, TabularMLP
 from pipelines.scenarios import synthetic
-from pipelines.training.bundle import LakeloopModel
 from pipelines.training.features import FeaturePipeline
+from pipelines.training.fitted_model import LakeloopModel
 from serve.schemas import RecordValidator
 from tests.helpers import ROOT, demo_raw_config
 
@@ -96,19 +96,10 @@ def test_the_model_unpickles_without_importing_mlflow(model: LakeloopModel) -> N
 
     code = (
         "import pickle, sys; model = pickle.loads(sys.stdin.buffer.read()); "
-        "assert model.feature_names; import pipelines.inference.batch_scorer; "
+        "assert model.feature_names; import pipelines.inference.scoring_actor; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], input=pickle.dumps(model), capture_output=True, check=True, cwd=ROOT
     )
     assert done.stdout.decode().strip() == "[]"
-
-
-def test_a_pyfunc_pickled_before_the_wrapper_moved_still_resolves() -> None:
-    """Models logged before pipelines.training.pyfunc existed name the wrapper in bundle."""
-    import pickle
-
-    from pipelines.training.pyfunc import LakeloopPyfunc
-
-    assert pickle.loads(b"cpipelines.training.bundle\nLakeloopPyfunc\n.") is LakeloopPyfunc

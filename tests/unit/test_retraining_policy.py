@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipelines.core.config import RetryConfig
-from pipelines.core.retry_policy import (
+from pipelines.core.retraining_policy import (
     Attempt,
     fold_attempts,
     health,

@@ -1,9 +1,9 @@
 """Step: score a Delta table with a registered model into a new Delta table.
 
-The Python API is pipelines.inference.batch.predict.
+The Python API is pipelines.inference.scoring.predict.
 
     lakeloop predict --input PATH [--version N] --output PATH
-    ray job submit --working-dir . -- python -m pipelines.batch_inference --input ... --output ...
+    ray job submit --working-dir . -- python -m pipelines.predict --input ... --output ...
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     from pipelines.adapters import ray_cluster
     from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
-    from pipelines.inference.batch import predict
+    from pipelines.inference.scoring import predict
 
     with ray_cluster.ray_session(config):
         scored = predict(args.input, args.model, args.output, version=args.version, config=config)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    step_main("python -m pipelines.batch_inference", add_arguments, run, argv)
+    step_main("python -m pipelines.predict", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

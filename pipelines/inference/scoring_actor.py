@@ -1,6 +1,6 @@
 """The actor-pool UDF of batch inference, in a module of its own: each actor imports this module and
 what the model's pickle needs (torch, the feature transform), not MLflow or the registry
-(`pipelines.inference.batch` imports both: about 1 s more per actor start on 2 cores)."""
+(`pipelines.inference.scoring` imports both: about 1 s more per actor start on 2 cores)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pyarrow.compute as pc
 
-from pipelines.adapters import delta, local_services, serving
+from pipelines.adapters import delta, local_services, ray_serve
 from pipelines.adapters.registry import Registry, mlflow_errors
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
@@ -40,7 +40,7 @@ def _champion(config: LakeloopConfig) -> dict:
 
 
 def _serving(serve_config: Path) -> dict:
-    url = serving.base_url(serving.load_serve_config(serve_config))
+    url = ray_serve.base_url(ray_serve.load_serve_config(serve_config))
     try:
         answer = httpx.get(f"{url}/model", timeout=5)
     except httpx.HTTPError as exc:

@@ -56,7 +56,7 @@ class LakeloopModel:
     def predict_columns(self, columns: Mapping[str, Column]) -> Scored:
         """Feature columns (numpy, Arrow or pandas; Serve's validated columns, batch inference's Arrow
         batches) in, output columns out, with no DataFrame either way: on 1 row, building and reading
-        the frames cost 0.2 of the 0.3 ms the model took (tests/unit/test_model_bundle.py checks both agree)."""
+        the frames cost 0.2 of the 0.3 ms the model took (tests/unit/test_fitted_model.py checks both agree)."""
         encoded = self.pipeline.encode(columns)
         outputs = self.network(torch.from_numpy(encoded.matrix)).numpy()
         return Scored(self._outputs(outputs), {name: n for name, n in encoded.unknown.items() if n})
@@ -96,12 +96,3 @@ def evaluate_predictions(predictions: pd.DataFrame, labels: pd.Series, dataset: 
         return metrics.regression(labels.to_numpy(float), predictions[PREDICTION_COLUMN].to_numpy(float))
     probability = predictions[probability_columns(dataset)].to_numpy(float)
     return metrics.classification(dataset.encode_labels(labels), probability)
-
-
-def __getattr__(name: str) -> object:
-    """Models logged before the wrapper moved pickled it as pipelines.training.bundle.LakeloopPyfunc."""
-    if name == "LakeloopPyfunc":
-        from pipelines.training.pyfunc import LakeloopPyfunc
-
-        return LakeloopPyfunc
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

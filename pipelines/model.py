@@ -1,7 +1,7 @@
 """Step: the registered versions of the model, and moving the champion back.
 
-lakeloop model list [--json]        python -m pipelines.models list
-lakeloop model rollback [--json]    python -m pipelines.models rollback
+lakeloop model list [--json]        python -m pipelines.model list
+lakeloop model rollback [--json]    python -m pipelines.model rollback
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    step_main("python -m pipelines.models", add_arguments, run, argv)
+    step_main("python -m pipelines.model", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
