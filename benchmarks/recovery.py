@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -193,8 +193,8 @@ def run_stream(
         frames.append(stream.rows(CALM_ROUND, 1000 + seed, drifted=False))
         result = loop.round(frames[-1])
         served += result.served
-        calm_windows += len(result.check["windows"]) + len(result.check["performance_windows"])
-        calm_triggers += bool(result.check["triggered"])
+        calm_windows += len(result.check.windows) + len(result.check.performance_windows)
+        calm_triggers += bool(result.check.triggered)
         jobs += [result.job] if result.job else []
     drift_at = len(served)
     recovered_at, submitted_with = None, None
@@ -241,7 +241,7 @@ def run_stream(
         "calm_triggers": calm_triggers,
         "drift_at_row": drift_at,
         "rows": len(served),
-        "jobs": jobs,
+        "jobs": [asdict(j) for j in jobs],
         "loop_seconds": round(loop_seconds, 1),
         "failed_requests": loop.stream.failed,
     }

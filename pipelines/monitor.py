@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         return _report(args, config)
     if args.once:
         outcome = run_once(config, submit=not args.no_submit)
-        return StepResult(describe(outcome), outcome)
+        return StepResult(describe(outcome), outcome.to_dict())
     recorder = _metrics(config)
     upkeep_due = time.monotonic()  # the loop maintains the tables at its start, then every maintenance.every_s
     while True:  # until interrupted: no error ends the loop, each is reported and the next pass runs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -36,6 +37,21 @@ ENTRY_DEFAULTS = {
     # (benchmarks/serve_load.py). Set it to 0 to use the Python proxy.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
 }
+
+
+class _LevelPrefix(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _library_warnings() -> None:
+    """Warnings the libraries log (lakeloop.*) reach the user's terminal as `warning: ...` lines."""
+    logger = logging.getLogger("lakeloop")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelPrefix())
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
 
 
 def set_entry_invariants() -> None:
@@ -144,6 +160,7 @@ def execute(run: Run, args: argparse.Namespace, joins_stack: bool = True, step: 
     """Run a step; user errors become one clear message per line and a non-zero exit, and so does an
     unexpected error (its traceback goes to a file, or with --debug to the terminal)."""
     set_entry_invariants()
+    _library_warnings()
     # With --json, stdout carries only the JSON document; library chatter goes to stderr.
     chatter = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:

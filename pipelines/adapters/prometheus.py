@@ -19,6 +19,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from pipelines.core.drift_policy import verdict
+from pipelines.core.loop_outcomes import MonitorPass
 
 
 class MonitorMetrics:
@@ -41,17 +42,17 @@ class MonitorMetrics:
         """Start the HTTP endpoint (a daemon thread)."""
         start_http_server(port, addr=host, registry=self.registry)
 
-    def passed(self, outcome: dict) -> None:
+    def passed(self, outcome: MonitorPass) -> None:
         """A pass's outcome (pipelines.monitoring.check.run_once)."""
-        for kind, key in (("traffic", "windows"), ("performance", "performance_windows")):
-            for window in outcome[key]:
-                self.windows.labels(kind, verdict(window["drift"]).replace(" ", "_")).inc()
-        self.pending.set(outcome["pending_rows"])
-        if str(outcome["model_version"]).isdigit():
-            self.version.set(int(outcome["model_version"]))
-        if outcome["submitted"]:
+        for kind, windows in (("traffic", outcome.windows), ("performance", outcome.performance_windows)):
+            for window in windows:
+                self.windows.labels(kind, verdict(window.drift).replace(" ", "_")).inc()
+        self.pending.set(outcome.pending_rows)
+        if str(outcome.model_version).isdigit():
+            self.version.set(int(outcome.model_version))
+        if outcome.submitted:
             self.submissions.inc()
-        self.degraded.set(1 if outcome["retraining"].get("state") == "degraded" else 0)
+        self.degraded.set(1 if outcome.retraining.state == "degraded" else 0)
         self.last_pass.labels("ok").set(time.time())
 
     def failed(self) -> None:

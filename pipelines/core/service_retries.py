@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -9,6 +10,7 @@ from typing import TypeVar
 from pipelines.core.errors import LakeloopError
 
 T = TypeVar("T")
+log = logging.getLogger("lakeloop.retries")
 
 
 class ServiceUnavailable(LakeloopError):
@@ -23,6 +25,6 @@ def with_retries(what: str, attempts: int, fn: Callable[[], T], wait_s: float = 
         except Exception as exc:  # noqa: BLE001 - any outage is retried, then reported
             if attempt == attempts:
                 raise ServiceUnavailable(f"{what} failed after {attempts} attempts: {exc}") from None
-            print(f"warning: {what} failed (attempt {attempt}/{attempts}): {exc}", flush=True)
+            log.warning("%s failed (attempt %d/%d): %s", what, attempt, attempts, exc)
             time.sleep(wait_s * attempt)
     raise AssertionError("unreachable")

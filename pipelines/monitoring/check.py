@@ -15,6 +15,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT, UTC_MICROS
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.loop_outcomes import MonitorPass
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring import html_report, reports
 from pipelines.monitoring.champion import Champion, load_champion
@@ -161,7 +162,7 @@ def _pages(config: LakeloopConfig, champion: Champion, checked: list[Checked], p
     return pages
 
 
-def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
+def run_once(config: LakeloopConfig, submit: bool = True) -> MonitorPass:
     monitor = config.monitor
     champion = with_retries(
         "loading the champion's detectors from MLflow", monitor.retries, lambda: load_champion(config)
@@ -183,41 +184,39 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> dict:
     detected = time.perf_counter()
     retraining = retraining_step(config, champion, began, submit)
     checked = found if recorded else []
-    return {
-        "model_version": champion.version,
-        "windows": reports.summaries(checked, performance=False),
-        "performance_windows": reports.summaries(checked, performance=True),
-        "pending_rows": traffic.pending,
-        "pending_labels": labelled.pending,
-        "orphaned_labels": labelled.orphans,
-        "concurrent_monitor": bool(found) and not recorded,
-        "triggered": began is not None,
-        "submission_id": retraining["submission_id"],
-        "submitted": retraining["submitted"],
-        "retraining": retraining,
-        "seconds": {"detect": round(detected - started, 2), "submit": round(time.perf_counter() - detected, 2)},
-        "reports": [{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in checked],
-    }
-
-
-def describe(outcome: dict) -> str:
-    flags = ", ".join(drift_policy.verdict(w["drift"]) for w in outcome["windows"])
-    line = (
-        f"champion v{outcome['model_version']}: {len(outcome['windows'])} new windows ({flags or 'none'}), "
-        f"{outcome['pending_rows']} rows waiting for a full window"
+    return MonitorPass(
+        model_version=champion.version,
+        windows=reports.summaries(checked, performance=False),
+        performance_windows=reports.summaries(checked, performance=True),
+        pending_rows=traffic.pending,
+        pending_labels=labelled.pending,
+        orphaned_labels=labelled.orphans,
+        concurrent_monitor=bool(found) and not recorded,
+        triggered=began is not None,
+        retraining=retraining,
+        seconds={"detect": round(detected - started, 2), "submit": round(time.perf_counter() - detected, 2)},
+        reports=[{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in checked],
     )
-    performance = [w for w in outcome.get("performance_windows", []) if w["drift"] is not None]
+
+
+def describe(outcome: MonitorPass) -> str:
+    flags = ", ".join(drift_policy.verdict(w.drift) for w in outcome.windows)
+    line = (
+        f"champion v{outcome.model_version}: {len(outcome.windows)} new windows ({flags or 'none'}), "
+        f"{outcome.pending_rows} rows waiting for a full window"
+    )
+    performance = [w for w in outcome.performance_windows if w.drift is not None]
     if performance:
-        worse = sum(w["drift"] for w in performance)
+        worse = sum(bool(w.drift) for w in performance)
         line += f"; performance: {worse} of {len(performance)} labelled windows below the test score"
-    retraining = outcome["retraining"]
-    if retraining["action"] == "submit":
-        verb = "submitted" if retraining["submitted"] else "already submitted"
-        line += f"; retraining {verb}: {retraining['submission_id']} ({retraining['reason']})"
-    elif retraining["action"] == "wait":
-        line += f"; retraining: {retraining['reason']}"
-    elif retraining["state"] == "degraded":
-        line += f"\nDEGRADED: {retraining['reason']}"
-    elif retraining["reason"]:
-        line += f"; {retraining['reason']}"
+    retraining = outcome.retraining
+    if retraining.action == "submit":
+        verb = "submitted" if retraining.submitted else "already submitted"
+        line += f"; retraining {verb}: {retraining.submission_id} ({retraining.reason})"
+    elif retraining.action == "wait":
+        line += f"; retraining: {retraining.reason}"
+    elif retraining.state == "degraded":
+        line += f"\nDEGRADED: {retraining.reason}"
+    elif retraining.reason:
+        line += f"; {retraining.reason}"
     return line

@@ -5,6 +5,7 @@ down, no endpoint) says so, and the others still show."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -57,7 +58,8 @@ def _drift(config: LakeloopConfig) -> dict:
         return {"traffic": [], "performance": []}
     reports = table.sort_by("window_end").to_pylist()
     windows = {
-        kind: summaries(reports, performance=kind == PERFORMANCE)[-RECENT_WINDOWS:] for kind in ("traffic", PERFORMANCE)
+        kind: [asdict(w) for w in summaries(reports, performance=kind == PERFORMANCE)[-RECENT_WINDOWS:]]
+        for kind in ("traffic", PERFORMANCE)
     }
     checked = max(r["checked_at"] for r in reports) if reports else None
     return {**windows, "last_checked": str(checked) if checked else None}

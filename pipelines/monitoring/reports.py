@@ -16,6 +16,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import SERVED_AT
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.loop_outcomes import WindowSummary
 from pipelines.monitoring.champion import Champion
 from pipelines.training.detectors import PERFORMANCE
 
@@ -251,7 +252,7 @@ def latest_report(config: LakeloopConfig) -> tuple[str, str] | None:
     return None
 
 
-def summaries(found: list[dict], performance: bool) -> list[dict]:
+def summaries(found: list[dict], performance: bool) -> list[WindowSummary]:
     """One line per checked window of a kind: its rows, time span, and verdict (None: no decision)."""
     windows: dict[tuple, list[dict]] = {}
     for report in found:
@@ -260,7 +261,5 @@ def summaries(found: list[dict], performance: bool) -> list[dict]:
     lines = []
     for (start, end, _), rows in windows.items():
         decided = [r["is_drift"] for r in rows if r["is_drift"] is not None]
-        lines.append(
-            {"start": str(start), "end": str(end), "rows": rows[0]["rows"], "drift": any(decided) if decided else None}
-        )
+        lines.append(WindowSummary(str(start), str(end), rows[0]["rows"], any(decided) if decided else None))
     return lines

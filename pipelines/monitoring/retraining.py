@@ -16,6 +16,7 @@ from pipelines.adapters.jobs import Jobs
 from pipelines.adapters.registry import TRIGGER_TAG, Registry
 from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import CONFIG_YAML_ENV, LakeloopConfig, dump_config
+from pipelines.core.loop_outcomes import JobOutcome, RetrainingStep
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring.champion import Champion
 
@@ -148,7 +149,9 @@ def training_rows(config: LakeloopConfig) -> int:
     return sum(table.count() for table in sources)
 
 
-def retraining_step(config: LakeloopConfig, champion: Champion, regime_start: datetime | None, submit: bool) -> dict:
+def retraining_step(
+    config: LakeloopConfig, champion: Champion, regime_start: datetime | None, submit: bool
+) -> RetrainingStep:
     """Reconcile finished attempts, then submit, wait, or report the loop degraded."""
     events = attempt_events(config, champion)
     new = reconcile(config, champion, events) if submit else []
@@ -191,38 +194,21 @@ def retraining_step(config: LakeloopConfig, champion: Champion, regime_start: da
     if submission is None and attempts and attempts[-1].outcome == retraining_policy.SUBMITTED:
         submission = attempts[-1].submission_id
     state = "degraded" if plan.action == "degraded" else "retraining" if plan.action in ("submit", "wait") else "ok"
-    return {
-        "state": state,
-        "action": plan.action,
-        "reason": plan.reason,
-        "submission_id": submission,
-        "submitted": submitted,
-        "training_rows": rows,
-        "regime_start": regime_start.isoformat() if regime_start else None,
-        "attempts": [
-            {
-                "attempt": a.number,
-                "submission_id": a.submission_id,
-                "tune": a.tune,
-                "outcome": a.outcome,
-                "reason": a.reason,
-                "candidate_version": a.candidate_version,
-            }
-            for a in attempts
-        ],
-    }
+    return RetrainingStep(
+        state=state,
+        action=plan.action,
+        reason=plan.reason,
+        submission_id=submission,
+        submitted=submitted,
+        training_rows=rows,
+        regime_start=regime_start.isoformat() if regime_start else None,
+        attempts=attempts,
+    )
 
 
-def follow(config: LakeloopConfig, submission_id: str, timeout_s: float = 900) -> dict:
+def follow(config: LakeloopConfig, submission_id: str, timeout_s: float = 900) -> JobOutcome:
     """Wait for a retraining job to end; its status, gate outcome, reason, version and wall time."""
     started = time.perf_counter()
     state = jobs(config).wait(submission_id, timeout_s)
     outcome, reason, version = job_outcome(config, submission_id) or ("running", "", None)
-    return {
-        "submission_id": submission_id,
-        "status": state.status,
-        "outcome": outcome,
-        "reason": reason,
-        "version": version,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    return JobOutcome(submission_id, state.status, outcome, reason, version, round(time.perf_counter() - started, 1))

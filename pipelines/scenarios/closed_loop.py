@@ -15,6 +15,7 @@ import pandas as pd
 
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
+from pipelines.core.loop_outcomes import JobOutcome, MonitorPass
 from pipelines.monitoring.check import run_once
 from pipelines.monitoring.retraining import follow
 from pipelines.scenarios.traffic import LabelledStream, ServedRow, Traffic, wait_for_version, wait_logged
@@ -23,8 +24,8 @@ from pipelines.scenarios.traffic import LabelledStream, ServedRow, Traffic, wait
 @dataclass
 class Round:
     served: list[ServedRow]
-    check: dict  # the monitor pass after this round's rows landed
-    job: dict | None = None  # {"submission_id", "status", "outcome", "reason", "version", "seconds"}
+    check: MonitorPass  # the monitor pass after this round's rows landed
+    job: JobOutcome | None = None
     swapped: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -54,12 +55,12 @@ class ClosedLoop:
             raise LakeloopError("served rows or labels did not reach the Delta logs within 60 s")
         check = run_once(self.config)
         result = Round(served, check)
-        if check["submitted"]:
+        if check.submitted:
             clients = self.during_jobs.start() if self.during_jobs else []
             try:
-                result.job = follow(self.config, check["submission_id"], self.job_timeout_s)
-                result.swapped = result.job["outcome"] == "promoted" and wait_for_version(
-                    self.url, result.job["version"], 3 * self.config.serving.poll_interval_s + 60, self.stream.headers
+                result.job = follow(self.config, check.submission_id, self.job_timeout_s)
+                result.swapped = result.job.outcome == "promoted" and wait_for_version(
+                    self.url, result.job.version, 3 * self.config.serving.poll_interval_s + 60, self.stream.headers
                 )
             finally:
                 if self.during_jobs:

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -154,7 +154,7 @@ def _logged_rows(config: LakeloopConfig, expected: int = 0) -> int:
 
 def _p_values(outcome: dict) -> str:
     """The three most shifted features of the newest window: p-value and effect size."""
-    features = [r for r in outcome["reports"] if r["detector"] == "features"]
+    features = [r for r in outcome.reports if r["detector"] == "features"]
     if not features:
         return "-"
     details = json.loads(features[-1]["details"])
@@ -242,7 +242,7 @@ def _run_demo(args: DemoOptions, config: LakeloopConfig, timeline: Timeline, log
         "first_version": first.model_version,
         "first_metrics": first.metrics,
         "first_promoted": first.promoted,
-        "calm_drift": [w["drift"] for w in calm["windows"]],
+        "calm_drift": [w.drift for w in calm.windows],
         **shifted.data,
         "swapped": shifted.swapped,
         "serving_version": serving_version,
@@ -294,37 +294,37 @@ def _covariate_phase(args: DemoOptions, config: LakeloopConfig, url: str, timeli
     alarm = timeline.run("monitor (drift)", lambda: run_once(config), describe_check)
     during_swap = drifted.start()
     retrained = None
-    if alarm["submission_id"]:
+    if alarm.submission_id:
         retrained = timeline.run(
             "retraining job",
-            lambda: follow(config, alarm["submission_id"]),
-            lambda o: f"version {o['version']}: {o['outcome']}: {o['reason']}",
+            lambda: follow(config, alarm.submission_id),
+            lambda o: f"version {o.version}: {o.outcome}: {o.reason}",
         )
-    promoted = bool(retrained and retrained["outcome"] == "promoted")
+    promoted = bool(retrained and retrained.outcome == "promoted")
     swapped = promoted and timeline.run(
         "swap",
-        lambda: wait_for_version(url, retrained["version"], 3 * config.serving.poll_interval_s + 30),
+        lambda: wait_for_version(url, retrained.version, 3 * config.serving.poll_interval_s + 30),
         lambda ok: "serving the new champion" if ok else "the endpoint did not swap in time",
     )
     drifted.stop(during_swap)
-    retraining = f"{alarm['submission_id'] or 'not submitted'}" + (
-        f" ({retrained['outcome']}: {retrained['reason']})" if retrained else ""
+    retraining = f"{alarm.submission_id or 'not submitted'}" + (
+        f" ({retrained.outcome}: {retrained.reason})" if retrained else ""
     )
     return PhaseResult(
         detection=f"shifted windows: {_flags(alarm)}; {_p_values(alarm)}",
         lines=[f"retraining         {retraining}"],
         data={
-            "shifted_drift": [w["drift"] for w in alarm["windows"]],
-            "submission_id": alarm["submission_id"],
-            "monitor_seconds": alarm["seconds"],
-            "retrained": retrained,
+            "shifted_drift": [w.drift for w in alarm.windows],
+            "submission_id": alarm.submission_id,
+            "monitor_seconds": alarm.seconds,
+            "retrained": asdict(retrained) if retrained else None,
         },
         served_rows=drifted.served_rows,
         requests=sum(drifted.statuses.values()),
         failed=drifted.failed,
         swapped=bool(swapped),
-        new_version=retrained["version"] if retrained else None,
-        ok=bool(alarm["submitted"] and retrained is not None),
+        new_version=retrained.version if retrained else None,
+        ok=bool(alarm.submitted and retrained is not None),
     )
 
 
@@ -347,32 +347,35 @@ def _concept_phase(args: DemoOptions, config: LakeloopConfig, url: str, timeline
         if rounds[-1].swapped:
             break
     jobs = [r.job for r in rounds if r.job]
-    promoted = next((j for j in jobs if j["outcome"] == "promoted"), None)
+    promoted = next((j for j in jobs if j.outcome == "promoted"), None)
     swapped = bool(rounds and rounds[-1].swapped)
     heldout = synthetic.generate(4000, args.seed + 999, "concept").to_pandas()
     before = _accuracy(config, "1", heldout)
-    after = _accuracy(config, promoted["version"], heldout) if promoted else None
-    first_drift = next((i for i, r in enumerate(rounds) if r.check["triggered"]), None)
+    after = _accuracy(config, promoted.version, heldout) if promoted else None
+    first_drift = next((i for i, r in enumerate(rounds) if r.check.triggered), None)
     detection = (
         f"performance drift after {(first_drift + 1) * 200} new-rule labels"
         if first_drift is not None
         else "no drift detected"
     )
     lines = [
-        "retraining         "
-        + ("; ".join(f"{j['submission_id']} {j['outcome']} ({j['reason']})" for j in jobs) or "none"),
+        "retraining         " + ("; ".join(f"{j.submission_id} {j.outcome} ({j.reason})" for j in jobs) or "none"),
         f"new-rule accuracy  version 1: {before:.3f}"
-        + (f"; version {promoted['version']}: {after:.3f}" if promoted else ""),
+        + (f"; version {promoted.version}: {after:.3f}" if promoted else ""),
     ]
     return PhaseResult(
         detection=detection,
         lines=lines,
-        data={"rounds": len(rounds), "jobs": jobs, "new_rule_accuracy": {"before": before, "after": after}},
+        data={
+            "rounds": len(rounds),
+            "jobs": [asdict(j) for j in jobs],
+            "new_rule_accuracy": {"before": before, "after": after},
+        },
         served_rows=background.served_rows + sum(len(r.served) for r in rounds),
         requests=sum(background.statuses.values()) + len(rounds),
         failed=background.failed + loop.stream.failed,
         swapped=swapped,
-        new_version=promoted["version"] if promoted else None,
+        new_version=promoted.version if promoted else None,
         ok=bool(swapped and after is not None and after > before),
     )
 
@@ -381,7 +384,7 @@ def _describe_round(result) -> str:
     check = result.check
     line = describe_check(check).split("\n")[0]
     if result.job:
-        line += f"; job {result.job['outcome']} in {result.job['seconds']:.0f} s"
+        line += f"; job {result.job.outcome} in {result.job.seconds:.0f} s"
     return line + ("; serving the new champion" if result.swapped else "")
 
 
@@ -396,6 +399,4 @@ def _metrics(scores: dict) -> str:
 
 
 def _flags(outcome: dict) -> str:
-    return (
-        " ".join("drift" if w["drift"] else "-" if w["drift"] is None else "ok" for w in outcome["windows"]) or "none"
-    )
+    return " ".join("drift" if w.drift else "-" if w.drift is None else "ok" for w in outcome.windows) or "none"

@@ -6,6 +6,7 @@ that a restarted worker group needs: everything to resume lives in the checkpoin
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -36,6 +37,7 @@ from pipelines.core.network import NetworkSpec, TabularMLP, loss_function, outpu
 from pipelines.training.features import FEATURES_COLUMN, SAMPLE_WEIGHT_COLUMN, TARGET_COLUMN, fit_statistics
 
 STATE_FILE = "state.pt"
+log = logging.getLogger("lakeloop.training")
 
 
 @dataclass
@@ -228,7 +230,7 @@ class _EpochLogger:
             try:
                 self.client.set_tag(self.run_id, key, value)
             except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
-                print(f"warning: could not tag the MLflow run: {exc}")
+                log.warning("could not tag the MLflow run: %s", exc)
 
     def log(self, report: dict, epoch: int) -> None:
         if not self.run_id:
@@ -242,7 +244,7 @@ class _EpochLogger:
         try:
             self.client.log_batch(self.run_id, metrics=[m for m in values if math.isfinite(m.value)])
         except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
-            print(f"warning: could not log epoch {epoch} to MLflow: {exc}")
+            log.warning("could not log epoch %d to MLflow: %s", epoch, exc)
 
 
 @dataclass(frozen=True)

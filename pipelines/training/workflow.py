@@ -4,6 +4,7 @@ Tune search, which imports the plain fit: never the reverse)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 import time
@@ -35,6 +36,7 @@ from pipelines.training.validation import ValidationReport, validate_table
 # (config, datasets {train, validation}, input dim, MLflow run id) -> (the trained network, its hyperparameters)
 Fitter = Callable[[LakeloopConfig, dict, int, str], tuple[loop.TrainedNetwork, dict]]
 
+log = logging.getLogger("lakeloop.training")
 MODEL_ARTIFACT = "model"
 PIP_REQUIREMENTS = [
     "torch==2.13.0",
@@ -147,7 +149,7 @@ def _champion_metrics(
         predictions = registry.load_version(version).predict_frame(test[dataset.feature_names])
     except (MlflowException, ValueError, KeyError) as exc:
         mlflow.set_tag("lakeloop.champion_error", str(exc)[:500])
-        print(f"warning: champion version {version} could not score the held-out data: {str(exc)[:300]}")
+        log.warning("champion version %s could not score the held-out data: %s", version, str(exc)[:300])
         return None
     return evaluate_predictions(predictions, test[dataset.label], dataset)
 

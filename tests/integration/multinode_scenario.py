@@ -172,14 +172,14 @@ def _close_the_loop(config: LakeloopConfig, url: str) -> dict:
     ):
         time.sleep(0.5)
     outcome = run_once(config)
-    if outcome["submitted"]:  # what it trains is other tests' business; here it must not hold the CPUs
-        retraining.jobs(config).stop(outcome["submission_id"])
+    if outcome.submitted:  # what it trains is other tests' business; here it must not hold the CPUs
+        retraining.jobs(config).stop(outcome.submission_id)
     return {
         "logged_on_store": delta.Table(storage.resolve(log.predictions_table)).count(),
         "feedback_on_store": delta.Table(storage.resolve(log.feedback_table)).count(),
-        "monitor_windows": len(outcome["windows"]),
-        "monitor_drifted_windows": sum(bool(w["drift"]) for w in outcome["windows"]),
-        "retraining_submitted": outcome["submitted"],
+        "monitor_windows": len(outcome.windows),
+        "monitor_drifted_windows": sum(bool(w.drift) for w in outcome.windows),
+        "retraining_submitted": outcome.submitted,
     }
 
 

@@ -63,7 +63,7 @@ def test_after_a_concept_change_the_loop_retrains_and_serves_a_model_good_on_the
     dataset = loop_config.dataset
     loop = ClosedLoop(loop_config, endpoint, LabelledStream(endpoint, dataset.feature_names, dataset.label))
     calm = loop.round(synthetic.generate(400, 11).to_pandas())
-    assert not calm.check["triggered"], calm.check["performance_windows"]
+    assert not calm.check.triggered, calm.check.performance_windows
     rounds = []
     for seed in range(100, 108):  # 200 new-rule labels per round, at most 1,600
         rounds.append(loop.round(synthetic.generate(200, seed, "concept").to_pandas()))
@@ -73,10 +73,10 @@ def test_after_a_concept_change_the_loop_retrains_and_serves_a_model_good_on_the
     assert rounds[-1].swapped, retrained
     assert loop.stream.failed == 0
     job = retrained[-1]
-    assert job["outcome"] == "promoted" and job["version"] != "1"
+    assert job.outcome == "promoted" and job.version != "1"
 
     heldout = synthetic.generate(4000, 999, "concept").to_pandas()
-    old, new = accuracy("1", loop_config, heldout), accuracy(job["version"], loop_config, heldout)
+    old, new = accuracy("1", loop_config, heldout), accuracy(job.version, loop_config, heldout)
     # The margin comes from the generator: the old rule scores about 0.59 on new-rule rows, the best
     # possible model about 0.86. A champion retrained on the new rule must close at least half that gap
     # over the old champion (4,000 held-out rows: standard error under 0.01).
@@ -85,7 +85,7 @@ def test_after_a_concept_change_the_loop_retrains_and_serves_a_model_good_on_the
     # the retraining split the new regime on its own, and says so in its lineage
     run = mlflow.MlflowClient(loop_config.mlflow.tracking_uri).get_run(
         mlflow.MlflowClient(loop_config.mlflow.tracking_uri)
-        .get_model_version(loop_config.mlflow.registered_model, job["version"])
+        .get_model_version(loop_config.mlflow.registered_model, job.version)
         .run_id
     )
     assert run.data.params["split_policy"] == "regime"

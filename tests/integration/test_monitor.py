@@ -81,11 +81,11 @@ def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(
 ) -> None:
     config = with_traffic(trained, tmp_path / "drifted", "covariate", seed=5)
     first = run_once(config)
-    assert [w["drift"] for w in first["windows"]] == [True, True, True]
-    assert first["triggered"] and first["submitted"]
-    assert first["retraining"]["attempts"][0]["attempt"] == 1
-    assert Jobs(jobs_api).submit("true", first["submission_id"], {}, {}) is False  # the same id again: not ours
-    features = next(r for r in first["reports"] if r["detector"] == "features")
+    assert [w.drift for w in first.windows] == [True, True, True]
+    assert first.triggered and first.submitted
+    assert first.retraining.attempts[0].number == 1
+    assert Jobs(jobs_api).submit("true", first.submission_id, {}, {}) is False  # the same id again: not ours
+    features = next(r for r in first.reports if r["detector"] == "features")
     assert features["p_value"] < 1e-6  # the shifted monthly_charges
     effects = json.loads(features["details"])["effect_sizes"]
     numeric = {name: sizes for name, sizes in effects.items() if "psi" in sizes}
@@ -95,18 +95,18 @@ def test_drifted_traffic_submits_exactly_one_retraining_even_when_run_twice(
     # so it finds attempt 1 and submits nothing (had it missed the log, the Jobs API refuses the same id).
     other = config.model_copy(update={"monitor": config.monitor.model_copy(update={"drift_reports_table": "reports2"})})
     second = run_once(other)
-    assert second["triggered"] and not second["submitted"]
+    assert second.triggered and not second.submitted
     again = run_once(config)  # no new windows, no new training rows: nothing new
-    assert again["windows"] == [] and not again["submitted"]
+    assert again.windows == [] and not again.submitted
     assert len(retraining_jobs(jobs_api, config.mlflow.registered_model)) == 1
 
 
 def test_undrifted_traffic_submits_nothing(trained: dict, tmp_path: Path) -> None:
     config = with_traffic(trained, tmp_path / "calm", "none", seed=6)
     outcome = run_once(config)
-    assert len(outcome["windows"]) == 3
-    assert not outcome["triggered"] and outcome["submission_id"] is None
-    for report in (r for r in outcome["reports"] if r["detector"] == "features"):
+    assert len(outcome.windows) == 3
+    assert not outcome.triggered and outcome.submission_id is None
+    for report in (r for r in outcome.reports if r["detector"] == "features"):
         sizes = [v for effect in json.loads(report["details"])["effect_sizes"].values() for v in effect.values()]
         assert max(sizes) < 0.25  # no shift is major on calm traffic
 
@@ -122,7 +122,7 @@ def test_a_champion_has_one_monitor_run_with_a_timeline_and_an_html_report(train
     run_once(config)  # another pass on the same champion (its own tables: three more windows)
     client = MlflowClient(config.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(f"{config.mlflow.experiment}-monitor")
-    version = first["model_version"]
+    version = first.model_version
     runs = client.search_runs(
         [experiment.experiment_id],
         f"tags.`lakeloop.model_name` = '{config.mlflow.registered_model}' "
@@ -157,19 +157,19 @@ def test_detectors_saved_with_the_model_load_and_agree(trained: dict, tmp_path: 
 def test_labels_worse_than_the_test_score_are_performance_drift(trained: dict, tmp_path: Path) -> None:
     config = with_traffic(trained, tmp_path / "relabelled", "none", seed=7, labels="flipped")
     outcome = run_once(config, submit=False)
-    assert [w["drift"] for w in outcome["performance_windows"]] == [True] * 7  # 1,500 labels / 200
-    report = next(r for r in outcome["reports"] if r["detector"] == "performance")
+    assert [w.drift for w in outcome.performance_windows] == [True] * 7  # 1,500 labels / 200
+    report = next(r for r in outcome.reports if r["detector"] == "performance")
     assert report["distance"] > 0.5  # AUC fell from ~0.9 to ~0.1
-    assert outcome["triggered"]
-    assert run_once(config, submit=False)["performance_windows"] == []  # its own position: nothing re-checked
+    assert outcome.triggered
+    assert run_once(config, submit=False).performance_windows == []  # its own position: nothing re-checked
 
 
 def test_true_labels_are_no_performance_drift(trained: dict, tmp_path: Path) -> None:
     config = with_traffic(trained, tmp_path / "labelled", "none", seed=8, labels="true")
     outcome = run_once(config, submit=False)
-    assert len(outcome["performance_windows"]) == 7
-    assert not any(w["drift"] for w in outcome["performance_windows"])
-    assert not outcome["triggered"]
+    assert len(outcome.performance_windows) == 7
+    assert not any(w.drift for w in outcome.performance_windows)
+    assert not outcome.triggered
 
 
 def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is_degraded(
@@ -195,34 +195,30 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     jobs = Jobs(jobs_api)
 
     first = run_once(config)
-    assert first["submitted"] and first["retraining"]["attempts"][0]["tune"] is False
-    assert jobs.wait(first["submission_id"], timeout_s=600).status == "SUCCEEDED", jobs.logs(first["submission_id"])[
-        -4000:
-    ]
+    assert first.submitted and first.retraining.attempts[0].tune is False
+    assert jobs.wait(first.submission_id, timeout_s=600).status == "SUCCEEDED", jobs.logs(first.submission_id)[-4000:]
     refused = run_once(config)
-    assert refused["retraining"]["attempts"][0]["outcome"] == "refused"
-    assert "below the floor" in refused["retraining"]["attempts"][0]["reason"]
-    assert refused["retraining"]["action"] == "wait" and not refused["submitted"]  # no new rows yet: not live, waiting
+    assert refused.retraining.attempts[0].outcome == "refused"
+    assert "below the floor" in refused.retraining.attempts[0].reason
+    assert refused.retraining.action == "wait" and not refused.submitted  # no new rows yet: not live, waiting
 
     delta.tables(config).events.append(synthetic.generate(150, 2))  # new training rows arrive
     retry = run_once(config)
-    assert retry["submitted"] and retry["submission_id"] != first["submission_id"]
-    second = retry["retraining"]["attempts"][1]
-    assert second["attempt"] == 2 and second["tune"] is True  # the retry escalates to a search
-    assert "--tune" in jobs.state(retry["submission_id"]).entrypoint
-    assert jobs.wait(retry["submission_id"], timeout_s=600).status == "SUCCEEDED", jobs.logs(retry["submission_id"])[
-        -4000:
-    ]
+    assert retry.submitted and retry.submission_id != first.submission_id
+    second = retry.retraining.attempts[1]
+    assert second.number == 2 and second.tune is True  # the retry escalates to a search
+    assert "--tune" in jobs.state(retry.submission_id).entrypoint
+    assert jobs.wait(retry.submission_id, timeout_s=600).status == "SUCCEEDED", jobs.logs(retry.submission_id)[-4000:]
 
     degraded = run_once(config)
-    assert degraded["retraining"]["state"] == "degraded"
-    assert "2 retraining attempts" in degraded["retraining"]["reason"]
+    assert degraded.retraining.state == "degraded"
+    assert "2 retraining attempts" in degraded.retraining.reason
     assert "DEGRADED" in describe(degraded)
     champion = next(v for v in Registry.from_config(config).versions() if "champion" in v["aliases"])
     assert champion["health"] == "degraded" and "did not replace it" in champion["health_reason"]
     listing = models_step(argparse.Namespace(action="list"), config).summary
     assert "DEGRADED" in listing
-    assert not run_once(config)["submitted"]  # degraded: no further attempts for this champion
+    assert not run_once(config).submitted  # degraded: no further attempts for this champion
 
 
 def test_rows_that_land_late_are_checked_and_none_twice(trained: dict, tmp_path: Path) -> None:
@@ -237,11 +233,11 @@ def test_rows_that_land_late_are_checked_and_none_twice(trained: dict, tmp_path:
     predictions = config.storage.resolve("predictions")
     delta.Table(predictions).append(later[0])
     first = run_once(config, submit=False)
-    assert [w["rows"] for w in first["windows"]] == [500]
+    assert [w.rows for w in first.windows] == [500]
     delta.Table(predictions).append(earlier[0])  # served a day before the rows already checked
     second = run_once(config, submit=False)
-    assert [w["rows"] for w in second["windows"]] == [500] and second["pending_rows"] == 0
-    assert run_once(config, submit=False)["windows"] == []
+    assert [w.rows for w in second.windows] == [500] and second.pending_rows == 0
+    assert run_once(config, submit=False).windows == []
 
 
 def test_a_label_that_arrives_before_its_row_waits_for_it(trained: dict, tmp_path: Path) -> None:
@@ -254,10 +250,10 @@ def test_a_label_that_arrives_before_its_row_waits_for_it(trained: dict, tmp_pat
     )
     delta.Table(config.storage.resolve("feedback")).append(labels)  # the labels land first
     waiting = run_once(config, submit=False)
-    assert waiting["performance_windows"] == [] and waiting["orphaned_labels"] == 0
+    assert waiting.performance_windows == [] and waiting.orphaned_labels == 0
     delta.Table(config.storage.resolve("predictions")).append(served)  # the rows they label land later
     joined = run_once(config, submit=False)
-    assert [w["rows"] for w in joined["performance_windows"]] == [200]
+    assert [w.rows for w in joined.performance_windows] == [200]
 
 
 def test_two_monitors_at_once_record_each_window_once(trained: dict, tmp_path: Path) -> None:

@@ -1,0 +1,72 @@
+"""What the loop's passes return: a monitor pass, its retraining step, and a followed retraining job.
+Typed, so the CLI's summary, the demo, the Prometheus metrics and the tests read named fields; `--json`
+prints `asdict` of them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from pipelines.core.retraining_policy import Attempt
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """One checked window of a kind (served traffic, or labelled rows): its span, rows and verdict."""
+
+    start: str
+    end: str
+    rows: int
+    drift: bool | None  # None: no decision (too few rows)
+
+
+@dataclass(frozen=True)
+class RetrainingStep:
+    """What the monitor did about retraining for the champion in this pass, and why."""
+
+    state: Literal["ok", "retraining", "degraded"]
+    action: Literal["none", "wait", "submit", "degraded"]
+    reason: str
+    submission_id: str | None  # the attempt submitted now, or the one still running
+    submitted: bool  # newly submitted by this pass
+    training_rows: int
+    regime_start: str | None  # ISO time the drift began, when this pass saw one
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MonitorPass:
+    model_version: str  # the champion checked against
+    windows: list[WindowSummary]  # traffic windows checked in this pass
+    performance_windows: list[WindowSummary]  # labelled windows checked in this pass
+    pending_rows: int  # served rows waiting for a full window
+    pending_labels: int
+    orphaned_labels: int  # labels whose served row never landed
+    concurrent_monitor: bool  # another monitor committed this pass's windows first
+    triggered: bool  # the debounce called for retraining
+    retraining: RetrainingStep
+    seconds: dict[str, float]  # detect, submit
+    reports: list[dict] = field(default_factory=list)  # the drift_reports rows this pass wrote
+
+    @property
+    def submission_id(self) -> str | None:
+        return self.retraining.submission_id
+
+    @property
+    def submitted(self) -> bool:
+        return self.retraining.submitted
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A retraining job followed to its end."""
+
+    submission_id: str
+    status: str  # the Jobs API's: SUCCEEDED, FAILED, STOPPED, or still RUNNING at the timeout
+    outcome: str  # promoted | refused | failed | running
+    reason: str
+    version: str | None  # the model version it registered
+    seconds: float
