@@ -116,6 +116,8 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
     import ray
 
     from pipelines.adapters.local_services import start_mlflow_server, stop_pid
+    from pipelines.adapters.registry import Registry
+    from pipelines.core.gate import GateDecision
     from pipelines.core.network import NetworkSpec, TabularMLP
     from pipelines.training.features import FeaturePipeline
     from pipelines.training.fitted_model import LakeloopModel
@@ -135,9 +137,10 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
         model = LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
         mlflow.set_tracking_uri(service.url)
         mlflow.set_experiment("bench")
+        registry = Registry.from_config(config)
         with mlflow.start_run():
-            version = log_model(model, frame, {}, config)  # untrained: no test scores
-        mlflow.MlflowClient().set_registered_model_alias(config.mlflow.registered_model, config.serving.alias, version)
+            version = log_model(model, frame, {}, config, registry, {})  # untrained: no test scores
+        registry.promote(version, registry.state(), GateDecision(True, "the benchmark's model"))
         local = Path(
             mlflow.artifacts.download_artifacts(
                 f"models:/{config.mlflow.registered_model}/{version}", dst_path=str(workdir / "model")
@@ -164,26 +167,3 @@ def local_ray() -> Iterator[float]:
         yield seconds
     finally:
         ray.shutdown()
-
-
-def deploy_shipped(
-    config,
-    dashboard: str,
-    port: int,
-    app: str = "lakeloop",
-    route_prefix: str = "/",
-    import_path: str | None = None,
-    **deployment_options,
-) -> str:
-    """conf/serve.yaml (the shipped deployment options, optionally overridden; optionally another
-    application with the same options) deployed the one way lakeloop deploys; returns its URL."""
-    from pipelines.adapters import ray_serve
-
-    serve_config = ray_serve.with_lakeloop_config(
-        ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml"), config, http_port=port
-    )
-    application = ray_serve.application(serve_config, app, route_prefix, **deployment_options)
-    if import_path:
-        application["import_path"] = import_path
-    serve_config["applications"] = [application]
-    return ray_serve.deploy(serve_config, dashboard).rstrip("/") + route_prefix.rstrip("/")

@@ -173,9 +173,9 @@ def run_stream(
 ) -> dict:
     from ray import serve
 
-    from benchmarks.common import deploy_shipped
     from pipelines.adapters import delta
     from pipelines.adapters.ray_serve import wait_ready
+    from pipelines.scenarios import endpoint
     from pipelines.scenarios.closed_loop import ClosedLoop
     from pipelines.scenarios.traffic import LabelledStream
     from pipelines.training.workflow import train_and_register
@@ -183,7 +183,8 @@ def run_stream(
     config = stream_config(stream, workdir / stream.name, tracking_uri, gcs, jobs_api)
     delta.tables(config).events.append(stream.table(4000, 1))
     first = train_and_register(config)
-    url = deploy_shipped(config, jobs_api, serve_port, f"recovery-{stream.name}", f"/{stream.name}")
+    app = endpoint.variant(config, f"recovery-{stream.name}", f"/{stream.name}")
+    url = endpoint.deploy(config, jobs_api, serve_port, app, main=False) + f"/{stream.name}"
     if not wait_ready(url, 180):
         raise SystemExit(f"{stream.name}: the endpoint never loaded the champion")
     loop = ClosedLoop(config, url, LabelledStream(url, stream.features, stream.label))

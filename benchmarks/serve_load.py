@@ -121,9 +121,10 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
     import ray
     from ray import serve
 
-    from benchmarks.common import demo_config, deploy_shipped
+    from benchmarks.common import demo_config
     from pipelines.adapters import ray_serve
     from pipelines.adapters.local_services import free_port
+    from pipelines.scenarios import endpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp), tracking_uri)
@@ -143,7 +144,8 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
         )
         if variant.get("noop"):
             overrides["import_path"] = "benchmarks.noop_app:build_app"
-        url = deploy_shipped(config, f"http://{context.dashboard_url}", free_port(), "bench", "/", **overrides)
+        app = endpoint.variant(config, "bench", "/", **overrides)
+        url = endpoint.deploy(config, f"http://{context.dashboard_url}", free_port(), app, main=False)
         _wait_until_up(url, "/health")
         rows = sweep(mode, f"{url}/invocations", concurrencies, seconds)
         serve.shutdown()

@@ -168,6 +168,8 @@ def _as_lists(columns: dict[str, np.ndarray]) -> dict[str, list]:
 
 
 def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI:
+    """The HTTP API: its routes call the replica that `serve_with` attaches (a ModelServer); the front
+    door (request ids, the API key, the JSON content type, refusal counts) wraps every route."""
     serving = config.serving
     api = FastAPI(
         title="lakeloop",
@@ -197,9 +199,51 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
         )
 
     api.add_middleware(FrontDoor, key_digest=key_digest, state=api.state)
-    api.state.request_model = predict_request_model(config.dataset, serving.max_rows_per_request)
-    api.state.feedback_model = feedback_request_model(config.dataset, serving.max_rows_per_request)
+    _add_routes(api, config)
     return api
+
+
+def _server(api: FastAPI) -> "ModelServer":
+    return api.state.server
+
+
+def _add_routes(api: FastAPI, config: LakeloopConfig) -> None:
+    """The routes, typed by request models built from the dataset config."""
+    limit = config.serving.max_rows_per_request
+    PredictRequest = predict_request_model(config.dataset, limit)
+    FeedbackRequest = feedback_request_model(config.dataset, limit)
+
+    @api.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        """MLflow scoring-server compatible: dataframe_records, dataframe_split, instances, inputs."""
+        request_id, _, rows = await _server(api).score(mlflow_records(await _json_body(request)), request)
+        return JSONResponse({"predictions": rows, "request_id": request_id})
+
+    @api.post("/predict")
+    async def predict(body: PredictRequest, request: Request) -> dict:  # type: ignore[valid-type]
+        """Typed rows of the configured features; null marks a missing value."""
+        records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
+        request_id, model, rows = await _server(api).score(records, request)
+        return {
+            "request_id": request_id,
+            "model": {"name": model.ref.name, "version": model.ref.version},
+            "predictions": rows,
+        }
+
+    @api.post("/feedback", status_code=202)
+    async def feedback(body: FeedbackRequest, request: Request) -> dict:  # type: ignore[valid-type]
+        """The true label for a served row (its request id and row), for performance monitoring and
+        retraining."""
+        _server(api).feedback_label(body.request_id, body.row, body.label)  # type: ignore[attr-defined]
+        return {"accepted": True, "request_id": request_id_of(request)}
+
+    @api.get("/health")
+    async def health() -> JSONResponse:
+        return _server(api).health()
+
+    @api.get("/model")
+    async def model() -> JSONResponse:
+        return _server(api).describe()
 
 
 class FrontDoor:
@@ -279,189 +323,188 @@ def _spool(config: LakeloopConfig, table: str, schema, owner: str) -> LogSpool:
     )
 
 
-def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
-    """key_digest: the SHA-256 of the API key; when set, every route but /health needs the key as a
-    Bearer token. Deployment options (replicas, CPUs, limits) come from the Serve config file."""
-    api = create_api(config, key_digest)
-    PredictRequest = api.state.request_model
-    FeedbackRequest = api.state.feedback_model
+class ModelServer:
+    """One replica: follows the registry alias (ModelWatcher), scores batches of concurrent requests
+    with one model, and spools every answered row to the prediction log before the answer leaves.
+    `serve_with` makes it a Serve deployment behind the API; the model source is injected (the
+    registry in production, any ModelSource in tests)."""
+
+    def __init__(self, config_json: str, source: ModelSource | None = None) -> None:
+        self.config = LakeloopConfig.model_validate_json(config_json)
+        serving = self.config.serving
+        self.validator = RecordValidator(self.config.dataset, serving.max_rows_per_request)
+        source = source or Registry.connect(self.config.mlflow.tracking_uri, self.config.mlflow.registered_model)
+        owner = f"{_replica_tag()}-{os.getpid()}"
+        self.predictions = _spool(
+            self.config, serving.prediction_log.predictions_table, predictions_schema(self.config.dataset), owner
+        )
+        self.feedback = _spool(self.config, serving.prediction_log.feedback_table, FEEDBACK_SCHEMA, owner)
+        self._size_batches()
+        self.metrics = ServingMetrics(self.config.mlflow.registered_model, self.config.dataset.task == "classification")
+        self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
+        self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
+        # Serve routes to a replica once its constructor returns. A replica that took traffic before
+        # its model loaded answered 503 for seconds, and the ingress's least-connections balancing
+        # sent it most requests (it failed fastest): half the requests failed while replicas were
+        # replaced (tests/faults). So a replica is ready when it can score, or after ready_timeout_s
+        # (MLflow down, no champion yet): then it answers 503 until a model loads.
+        if not self.watcher.wait_loaded(serving.ready_timeout_s):
+            log.warning(
+                "no model after %.0f s (%s); serving 503 until one loads",
+                serving.ready_timeout_s,
+                self.watcher.last_error,
+            )
+
+    def _size_batches(self) -> None:
+        self._score_batch.set_max_batch_size(self.config.serving.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(self.config.serving.batch_wait_timeout_s)
+
+    @serve.batch  # sized in __init__ from serving.max_batch_size and serving.batch_wait_timeout_s
+    async def _score_batch(self, requests: list[Pending]) -> list[tuple[LoadedModel, list[dict] | Exception]]:
+        """Serve gathers concurrent requests into one batch (only inside a Serve replica)."""
+        return await self.score_requests(requests)
+
+    async def score_requests(self, requests: list[Pending]) -> list[tuple[LoadedModel, list[dict] | Exception]]:
+        """One model for the whole batch, even during a swap. If the batch fails, each request is
+        scored alone, so a value the model cannot take fails only the request that sent it. The
+        scored rows of every request in the batch go to the log in one write, before any answer."""
+        model = self.watcher.current
+        if model is None:
+            raise RequestError(503, "no model loaded yet", retry_after_s=5)
+        outputs = await self._predict_each(model, [r.columns for r in requests])
+        answers = [output if isinstance(output, Exception) else output.rows() for output in outputs]
+        self._log(model, requests, answers)
+        return [(model, answer) for answer in answers]
+
+    async def _predict_each(
+        self, model: LoadedModel, requests: list[dict[str, np.ndarray]]
+    ) -> list[Scored | Exception]:
+        if len(requests) == 1:  # alone in the batch (low load): nothing to concatenate or split
+            return [await self._predict_alone(model, requests[0])]
+        try:
+            output = await _predict(model, {n: np.concatenate([r[n] for r in requests]) for n in requests[0]})
+        except Exception:  # noqa: BLE001 - isolate the request that caused it, below
+            return [await self._predict_alone(model, r) for r in requests]
+        self._count(output)
+        bounds = np.cumsum([0, *map(_rows, requests)]).tolist()
+        return [output.slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    async def _predict_alone(self, model: LoadedModel, columns: dict[str, np.ndarray]) -> Scored | Exception:
+        try:
+            output = await _predict(model, columns)
+        except Exception as exc:  # noqa: BLE001 - returned, and answered as this request's 422
+            return exc
+        self._count(output)
+        return output
+
+    def _count(self, output: Scored) -> None:
+        self.metrics.unknown_categories(output)
+        self.metrics.predictions(output)
+
+    def _log(self, model: LoadedModel, requests: list[Pending], answers: list[list[dict] | Exception]) -> None:
+        """The answered rows of the whole batch in one spool write: a write per request cost a quarter
+        of a replica's CPU per request at 32 concurrent requests (docs/benchmarks.md)."""
+        logged = [
+            row
+            for request, answer in zip(requests, answers, strict=True)
+            if not isinstance(answer, Exception)
+            for row in prediction_rows(
+                request.request_id,
+                model.ref.name,
+                model.ref.version,
+                datetime.now(UTC),  # per request: the monitor's row windows cut only where it changes
+                _as_lists(request.columns),
+                answer,
+                self.config.dataset,
+            )
+        ]
+        if not logged:
+            return
+        try:
+            self.predictions.add(logged)
+        except SpoolFull as exc:  # storage has been down for long: refuse rather than serve unlogged
+            raise RequestError(503, str(exc), retry_after_s=30) from None
+
+    async def score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
+        """Validated records scored in a batch; (request id, the model that answered, one output per row)."""
+        columns = self.validator.columns(records)
+        if self.watcher.current is None:
+            raise RequestError(503, "no model loaded yet; see GET /health", retry_after_s=5)
+        request_id = request_id_of(request)
+        model, answer = await self._score_batch(Pending(request_id, columns))
+        if isinstance(answer, Exception):
+            raise RequestError(422, f"the model cannot score these rows: {str(answer)[:300]}")
+        return request_id, model, answer
+
+    def feedback_label(self, request_id: str, row: int, label: object) -> None:
+        try:
+            self.feedback.add([feedback_row(request_id, row, label, datetime.now(UTC))])
+        except SpoolFull as exc:
+            raise RequestError(503, str(exc), retry_after_s=30) from None
+
+    def health(self) -> JSONResponse:
+        current = self.watcher.current
+        if current is None:
+            return JSONResponse({"status": "loading", "error": self.watcher.last_error}, status_code=503)
+        return JSONResponse({"status": "ready", "version": current.ref.version})
+
+    def describe(self) -> JSONResponse:
+        current = self.watcher.current
+        if current is None:
+            return JSONResponse(
+                {"error": "no model loaded yet", "last_error": self.watcher.last_error}, status_code=503
+            )
+        ref = current.ref
+        return JSONResponse(
+            {
+                "name": ref.name,
+                "version": ref.version,
+                "alias": ref.alias,
+                "run_id": ref.run_id,
+                "health": ref.health or "ok",
+                "health_reason": ref.health_reason or None,
+                "loaded_at": current.loaded_at,
+                "log": {"predictions": self.predictions.snapshot(), "feedback": self.feedback.snapshot()},
+                "replica": _replica_tag(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+            }
+        )
+
+    def _report_state(self) -> None:
+        self.metrics.report_version()
+        for table, spool in (("predictions", self.predictions), ("feedback", self.feedback)):
+            self.metrics.log_state(table, spool.snapshot())
+
+    def close(self) -> None:
+        """Stop the threads and commit what is spooled."""
+        self.reporter.stop()
+        self.watcher.stop()
+        self.predictions.close()
+        self.feedback.close()
+
+
+def serve_with(api: FastAPI, server_class: type[ModelServer] = ModelServer):
+    """The Serve deployment: `server_class` behind `api` (each replica attaches itself to the API's
+    routes and its metrics to the front door's refusal counts)."""
 
     @serve.deployment(name="ModelServer")
     @serve.ingress(api)
-    class ModelServer:
+    class Replica(server_class):  # type: ignore[valid-type, misc]
         def __init__(self, config_json: str, source: ModelSource | None = None) -> None:
-            self.config = LakeloopConfig.model_validate_json(config_json)
-            serving = self.config.serving
-            self.validator = RecordValidator(self.config.dataset, serving.max_rows_per_request)
-            source = source or Registry.connect(self.config.mlflow.tracking_uri, self.config.mlflow.registered_model)
-            owner = f"{_replica_tag()}-{os.getpid()}"
-            self.predictions = _spool(
-                self.config, serving.prediction_log.predictions_table, predictions_schema(self.config.dataset), owner
-            )
-            self.feedback = _spool(self.config, serving.prediction_log.feedback_table, FEEDBACK_SCHEMA, owner)
-            self._score_batch.set_max_batch_size(serving.max_batch_size)
-            self._score_batch.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
-            self.metrics = api.state.metrics = ServingMetrics(
-                self.config.mlflow.registered_model, self.config.dataset.task == "classification"
-            )
-            self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
-            self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
-            # Serve routes to a replica once its constructor returns. A replica that took traffic before
-            # its model loaded answered 503 for seconds, and the ingress's least-connections balancing
-            # sent it most requests (it failed fastest): half the requests failed while replicas were
-            # replaced (tests/faults). So a replica is ready when it can score, or after ready_timeout_s
-            # (MLflow down, no champion yet): then it answers 503 until a model loads.
-            if not self.watcher.wait_loaded(serving.ready_timeout_s):
-                log.warning(
-                    "no model after %.0f s (%s); serving 503 until one loads",
-                    serving.ready_timeout_s,
-                    self.watcher.last_error,
-                )
-
-        @serve.batch  # sized in __init__ from serving.max_batch_size and serving.batch_wait_timeout_s
-        async def _score_batch(self, requests: list[Pending]) -> list[tuple[LoadedModel, list[dict] | Exception]]:
-            """One model for the whole batch, even during a swap. If the batch fails, each request is
-            scored alone, so a value the model cannot take fails only the request that sent it. The
-            scored rows of every request in the batch go to the log in one write, before any answer."""
-            model = self.watcher.current
-            if model is None:
-                raise RequestError(503, "no model loaded yet", retry_after_s=5)
-            outputs = await self._predict_each(model, [r.columns for r in requests])
-            answers = [output if isinstance(output, Exception) else output.rows() for output in outputs]
-            self._log(model, requests, answers)
-            return [(model, answer) for answer in answers]
-
-        async def _predict_each(
-            self, model: LoadedModel, requests: list[dict[str, np.ndarray]]
-        ) -> list[Scored | Exception]:
-            if len(requests) == 1:  # alone in the batch (low load): nothing to concatenate or split
-                return [await self._predict_alone(model, requests[0])]
-            try:
-                output = await _predict(model, {n: np.concatenate([r[n] for r in requests]) for n in requests[0]})
-            except Exception:  # noqa: BLE001 - isolate the request that caused it, below
-                return [await self._predict_alone(model, r) for r in requests]
-            self._count(output)
-            bounds = np.cumsum([0, *map(_rows, requests)]).tolist()
-            return [output.slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
-
-        async def _predict_alone(self, model: LoadedModel, columns: dict[str, np.ndarray]) -> Scored | Exception:
-            try:
-                output = await _predict(model, columns)
-            except Exception as exc:  # noqa: BLE001 - returned, and answered as this request's 422
-                return exc
-            self._count(output)
-            return output
-
-        def _count(self, output: Scored) -> None:
-            self.metrics.unknown_categories(output)
-            self.metrics.predictions(output)
-
-        def _log(self, model: LoadedModel, requests: list[Pending], answers: list[list[dict] | Exception]) -> None:
-            """One spool write for the batch. Measured when replicas still ran this code on a second event
-            loop beside Serve's (a write releases the GIL, and the two loops' threads traded it): a write
-            per request cost a quarter of a replica's CPU per request at 32 concurrent requests (A/B in one
-            cluster, 8 rounds: one write per request 1.21 ms, one per batch 0.92 ms)."""
-            logged = [
-                row
-                for request, answer in zip(requests, answers, strict=True)
-                if not isinstance(answer, Exception)
-                for row in prediction_rows(
-                    request.request_id,
-                    model.ref.name,
-                    model.ref.version,
-                    datetime.now(UTC),  # per request: the monitor's row windows cut only where it changes
-                    _as_lists(request.columns),
-                    answer,
-                    self.config.dataset,
-                )
-            ]
-            if not logged:
-                return
-            try:
-                self.predictions.add(logged)
-            except SpoolFull as exc:  # storage has been down for long: refuse rather than serve unlogged
-                raise RequestError(503, str(exc), retry_after_s=30) from None
-
-        async def _score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
-            columns = self.validator.columns(records)
-            if self.watcher.current is None:
-                raise RequestError(503, "no model loaded yet; see GET /health", retry_after_s=5)
-            request_id = request_id_of(request)
-            model, answer = await self._score_batch(Pending(request_id, columns))
-            if isinstance(answer, Exception):
-                raise RequestError(422, f"the model cannot score these rows: {str(answer)[:300]}")
-            return request_id, model, answer
-
-        @api.post("/invocations")
-        async def invocations(self, request: Request) -> JSONResponse:
-            """MLflow scoring-server compatible: dataframe_records, dataframe_split, instances, inputs."""
-            request_id, _, rows = await self._score(mlflow_records(await _json_body(request)), request)
-            return JSONResponse({"predictions": rows, "request_id": request_id})
-
-        @api.post("/predict")
-        async def predict(self, body: PredictRequest, request: Request) -> dict:  # type: ignore[valid-type]
-            """Typed rows of the configured features; null marks a missing value."""
-            records = body.records  # type: ignore[attr-defined]
-            request_id, model, rows = await self._score([r.model_dump() for r in records], request)
-            return {
-                "request_id": request_id,
-                "model": {"name": model.ref.name, "version": model.ref.version},
-                "predictions": rows,
-            }
-
-        @api.post("/feedback", status_code=202)
-        async def feedback(self, body: FeedbackRequest, request: Request) -> dict:  # type: ignore[valid-type]
-            """The true label for a served row (its request id and row), for performance monitoring and
-            retraining."""
-            try:
-                self.feedback.add([feedback_row(body.request_id, body.row, body.label, datetime.now(UTC))])  # type: ignore[attr-defined]
-            except SpoolFull as exc:
-                raise RequestError(503, str(exc), retry_after_s=30) from None
-            return {"accepted": True, "request_id": request_id_of(request)}
-
-        @api.get("/health")
-        async def health(self) -> JSONResponse:
-            current = self.watcher.current
-            if current is None:
-                return JSONResponse({"status": "loading", "error": self.watcher.last_error}, status_code=503)
-            return JSONResponse({"status": "ready", "version": current.ref.version})
-
-        @api.get("/model")
-        async def model(self) -> JSONResponse:
-            current = self.watcher.current
-            if current is None:
-                return JSONResponse(
-                    {"error": "no model loaded yet", "last_error": self.watcher.last_error}, status_code=503
-                )
-            ref = current.ref
-            return JSONResponse(
-                {
-                    "name": ref.name,
-                    "version": ref.version,
-                    "alias": ref.alias,
-                    "run_id": ref.run_id,
-                    "health": ref.health or "ok",
-                    "health_reason": ref.health_reason or None,
-                    "loaded_at": current.loaded_at,
-                    "log": {"predictions": self.predictions.snapshot(), "feedback": self.feedback.snapshot()},
-                    "replica": _replica_tag(),
-                    "node_id": ray.get_runtime_context().get_node_id(),
-                }
-            )
-
-        def _report_state(self) -> None:
-            self.metrics.report_version()
-            for table, spool in (("predictions", self.predictions), ("feedback", self.feedback)):
-                self.metrics.log_state(table, spool.snapshot())
+            super().__init__(config_json, source)
+            api.state.server, api.state.metrics = self, self.metrics
 
         def __del__(self) -> None:
             # Serve calls this when the replica drains or shuts down: commit what is spooled.
-            self.reporter.stop()
-            self.watcher.stop()
-            self.predictions.close()
-            self.feedback.close()
+            self.close()
 
-    return ModelServer
+    return Replica
+
+
+def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
+    """key_digest: the SHA-256 of the API key; when set, every route but /health needs the key as a
+    Bearer token. Deployment options (replicas, CPUs, limits) come from the Serve config file."""
+    return serve_with(create_api(config, key_digest))
 
 
 def _replica_tag() -> str:

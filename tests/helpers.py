@@ -1,10 +1,13 @@
-"""Shared test helpers (importable as tests.helpers)."""
+"""Shared test helpers (importable as tests.helpers): one of each, as Ray keeps one wait_for_condition."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -52,28 +55,6 @@ def served_log(config, frame, start: datetime, rows_per_request: int = 5) -> tup
     )
 
 
-def deploy_endpoint(config, dashboard: str, port: int, *extra_apps: dict, api_key: str | None = None) -> str:
-    """conf/serve.yaml with this configuration, deployed the one way lakeloop deploys (Serve's REST
-    API), plus `extra_apps` (from pipelines.adapters.ray_serve.application); returns the base URL."""
-    from pipelines.adapters import ray_serve
-
-    serve_config = ray_serve.with_lakeloop_config(
-        ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key, http_port=port
-    )
-    serve_config["applications"] += list(extra_apps)
-    return ray_serve.deploy(serve_config, dashboard)
-
-
-def serve_app(config, name: str, route_prefix: str, api_key: str | None = None, **deployment_options) -> dict:
-    """An application of conf/serve.yaml under another name and route, with options replaced."""
-    from pipelines.adapters import ray_serve
-
-    serve_config = ray_serve.with_lakeloop_config(
-        ray_serve.load_serve_config(ROOT / "conf" / "serve.yaml"), config, api_key
-    )
-    return ray_serve.application(serve_config, name, route_prefix, **deployment_options)
-
-
 def lakeloop(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the `lakeloop` CLI as a user would, in a child process."""
     return subprocess.run(
@@ -106,3 +87,41 @@ def stack_processes(root: Path) -> set[int]:
     state = StackState.read(root / STATE_FILE)
     assert state is not None, f"no stack is running for {root}"
     return {pid for service in state.services for pid in session_processes(service.pid)}
+
+
+def wait_for(condition: Callable[[], object], timeout: float, every: float = 0.2, ignore: tuple = ()) -> bool:
+    """Poll `condition` until it is true (True) or `timeout` seconds pass (False); an exception of a type
+    in `ignore` counts as not yet (e.g. a connection refused while a server starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return True
+        except ignore:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie awaiting its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def run_scenario(module: str, *args: str, timeout: float, env: dict | None = None) -> dict:
+    """`python -m <module> args...` in a child process (its own Ray cluster), which prints its facts as
+    one JSON line last; the facts, or an assertion error with the end of its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

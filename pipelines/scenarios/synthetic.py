@@ -184,3 +184,68 @@ def rule_accuracy(frame: pd.DataFrame, rule: Literal["base", "concept"], label: 
     score = churn_score(frame, rule)
     known = ~np.isnan(score)
     return float(np.mean((score[known] > 0) == frame[label].to_numpy()[known].astype(bool)))
+
+
+# Agrawal's loan applicants (Agrawal, Imielinski & Swami, "Database Mining: A Performance Perspective",
+# IEEE TKDE 1993; the generator of WEKA and MOA): six numeric features (salary, commission, age, hvalue,
+# hyears, loan) and three categorical ones (elevel, car, zipcode), labelled by one of ten functions.
+# The stream's concept change swaps function 2 (salary bands by age) for function 3 (education levels
+# by age): after it, the label follows a categorical feature that did not matter before. 5% of the
+# labels are flipped.
+AGRAWAL_NOISE = 0.05
+AGRAWAL_CATEGORICAL = ("elevel", "car", "zipcode")
+AGRAWAL_SCHEMA = pa.schema(
+    [
+        pa.field("row_id", pa.string(), nullable=False),
+        pa.field(EVENT_TIME, pa.timestamp("us", tz="UTC"), nullable=False),
+        *(pa.field(name, pa.float64()) for name in ("salary", "commission", "age", "hvalue", "hyears", "loan")),
+        *(pa.field(name, pa.string()) for name in AGRAWAL_CATEGORICAL),
+        pa.field("label", pa.int64()),
+    ]
+)
+
+
+def _agrawal_function(function: int, salary: np.ndarray, age: np.ndarray, elevel: np.ndarray) -> np.ndarray:
+    """Group A (label 0) or B (1) under function 2 or 3 of the paper (page 924)."""
+    young, middle = age < 40, (age >= 40) & (age < 60)
+    if function == 2:
+        in_band = np.where(
+            young,
+            (salary >= 50_000) & (salary <= 100_000),
+            np.where(middle, (salary >= 75_000) & (salary <= 125_000), (salary >= 25_000) & (salary <= 75_000)),
+        )
+    elif function == 3:
+        in_band = np.where(
+            young, np.isin(elevel, (0, 1)), np.where(middle, np.isin(elevel, (1, 2, 3)), np.isin(elevel, (2, 3, 4)))
+        )
+    else:
+        raise ValueError(f"only Agrawal functions 2 and 3 are implemented, not {function}")
+    return np.where(in_band, 0, 1).astype(np.int64)
+
+
+def agrawal(rows: int, seed: int, function: int, start: datetime = DEFAULT_START) -> pa.Table:
+    """`rows` labelled rows of Agrawal function `function` (2 or 3), deterministic for its arguments."""
+    rng = np.random.default_rng(seed)
+    salary = 20_000.0 + 130_000.0 * rng.random(rows)
+    commission = np.where(salary >= 75_000.0, 0.0, 10_000.0 + 65_000.0 * rng.random(rows))
+    age = rng.integers(20, 81, rows).astype(np.float64)
+    elevel, car, zipcode = rng.integers(0, 5, rows), rng.integers(1, 21, rows), rng.integers(0, 9, rows)
+    hvalue = (9.0 - zipcode) * 100_000.0 * (0.5 + rng.random(rows))
+    hyears = rng.integers(1, 31, rows).astype(np.float64)
+    loan = rng.random(rows) * 500_000.0
+    label = _agrawal_function(function, salary, age, elevel)
+    flipped = rng.random(rows) < AGRAWAL_NOISE
+    label[flipped] = 1 - label[flipped]
+    times = [start + timedelta(seconds=float(s)) for s in np.cumsum(rng.exponential(60.0, rows))]
+    columns = {"salary": salary, "commission": commission, "age": age, "hvalue": hvalue, "hyears": hyears, "loan": loan}
+    categorical = {"elevel": elevel, "car": car, "zipcode": zipcode}
+    return pa.table(
+        {
+            "row_id": [f"A{seed:06d}-{i:08d}" for i in range(rows)],
+            EVENT_TIME: times,
+            **columns,
+            **{name: [f"{name[0]}{v}" for v in values] for name, values in categorical.items()},
+            "label": label,
+        },
+        schema=AGRAWAL_SCHEMA,
+    )

@@ -30,7 +30,7 @@ from pipelines.core.errors import LakeloopError
 from pipelines.monitoring.check import describe as describe_check
 from pipelines.monitoring.check import run_once
 from pipelines.monitoring.retraining import follow
-from pipelines.scenarios import synthetic
+from pipelines.scenarios import endpoint, synthetic
 from pipelines.scenarios.closed_loop import ClosedLoop
 from pipelines.scenarios.demo_data import land_demo_rows
 from pipelines.scenarios.traffic import (
@@ -137,10 +137,9 @@ def _start_stack(config: LakeloopConfig, keep_running: bool, cleanup: ExitStack)
 
 def _deploy(config: LakeloopConfig) -> str:
     """conf/serve.yaml through the same path as `lakeloop serve` (on a free port if 8000 is taken)."""
-    serve_config = ray_serve.load_serve_config(ray_serve.DEFAULT_SERVE_CONFIG)
-    port = int(serve_config.get("http_options", {}).get("port", 8000))
+    port = int(endpoint.shipped_config(config).get("http_options", {}).get("port", 8000))
     port = port if not local_services.port_holder(port) else local_services.free_port()
-    url = ray_serve.deploy(ray_serve.with_lakeloop_config(serve_config, config, http_port=port), config.ray.dashboard)
+    url = endpoint.deploy(config, config.ray.dashboard, port)
     if not ray_serve.wait_ready(url, 120):
         raise LakeloopError("the endpoint did not load the champion within 120 s")
     return url

@@ -45,7 +45,7 @@ from pipelines.core.config import LakeloopConfig, MonitorConfig, RayConfig, pars
 from pipelines.core.gate import GateDecision
 from pipelines.scenarios import synthetic
 from pipelines.training.detectors import PERFORMANCE
-from tests.helpers import ROOT, demo_raw_config, lakeloop, user_environment
+from tests.helpers import ROOT, alive, demo_raw_config, lakeloop, user_environment, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.own_cluster]
 
@@ -218,16 +218,6 @@ def logged_keys(stack: Stack) -> pd.DataFrame:
     return pd.DataFrame(columns=[REQUEST_ID, ROW]) if table is None else table.to_pandas()
 
 
-def until(predicate, timeout: float, every: float = 1.0) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
-
-
 def check_every_served_row_logged(stack: Stack, served: dict[str, int], timeout: float = 120) -> dict:
     """Wait for the served rows to land; the figures: served, lost, duplicated."""
     expected = sum(served.values())
@@ -236,7 +226,7 @@ def check_every_served_row_logged(stack: Stack, served: dict[str, int], timeout:
         keys = logged_keys(stack)
         return keys[keys[REQUEST_ID].isin(served.keys())]
 
-    until(lambda: len(landed()) >= expected, timeout)
+    wait_for(lambda: len(landed()) >= expected, timeout, every=1.0)
     keys = landed()
     lost = expected - len(keys.drop_duplicates())
     return {
@@ -255,14 +245,6 @@ def replica_pids(stack: Stack, running_only: bool = False) -> list[int]:
     ).json()
     replicas = details["applications"]["lakeloop"]["deployments"]["ModelServer"]["replicas"]
     return sorted(r["pid"] for r in replicas if r.get("pid") and (r["state"] == "RUNNING" or not running_only))
-
-
-def alive(pid: int) -> bool:
-    """Whether the process exists (and is not a zombie awaiting its parent)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def rss_mb(pid: int) -> float:
@@ -316,7 +298,7 @@ def test_fuzzing_the_running_app_gets_no_5xx_and_refused_requests_log_nothing(st
     for entry in entries:
         if entry["response"]["status"] == 200 and entry["request"]["url"].endswith(("/predict", "/invocations")):
             scored += len(json.loads(entry["response"]["content"]["text"])["predictions"])
-    until(lambda: len(logged_keys(stack)) - before >= scored, 60)
+    wait_for(lambda: len(logged_keys(stack)) - before >= scored, 60, every=1.0)
     logged = len(logged_keys(stack)) - before
     figures = {
         "requests": len(statuses),
@@ -396,7 +378,7 @@ def two_live_replicas(stack: Stack) -> list[int]:
         found[:] = sorted(set(replica_pids(stack, running_only=True)))
         return len(found) == 2 and all(alive(pid) for pid in found)
 
-    assert until(ready, 180), f"two live replicas: {found}"
+    assert wait_for(ready, 180, every=1.0), f"two live replicas: {found}"
     return found
 
 
@@ -465,7 +447,7 @@ def test_killing_the_mlflow_server_for_60_s_at_the_end_of_training(stack: Stack,
             runs = client.search_runs([experiment.experiment_id], f"attributes.start_time >= {started}")
             return any("resumed_from_epoch" in run.data.params for run in runs)
 
-        assert until(fitted, 600, every=0.2), "the training run never finished fitting"
+        assert wait_for(fitted, 600, every=0.2), "the training run never finished fitting"
         mlflow_pid = next(s.pid for s in stack.state.services if s.name == "mlflow")
         os.killpg(mlflow_pid, signal.SIGKILL)
         outage_start = time.monotonic()
@@ -494,7 +476,7 @@ def test_killing_the_mlflow_server_for_60_s_at_the_end_of_training(stack: Stack,
     compared = registry.state()
     target = "1" if compared.version == version else version
     decision = registry.promote(target, compared, GateDecision(True, "fault test: promote after the outage"))
-    serving_followed = until(lambda: httpx.get(f"{stack.url}/model", timeout=10).json()["version"] == target, 60)
+    serving_followed = wait_for(lambda: httpx.get(f"{stack.url}/model", timeout=10).json()["version"] == target, 60)
     figures.update(promoted_after=decision.promote, serving_followed=serving_followed)
     record("mlflow_outage", figures)
     assert figures["failed_during_outage"] == 0 and figures["requests_during_outage"] > 0
@@ -659,7 +641,7 @@ def monitor_caught_up(stack: Stack, timeout: float) -> bool:
         progress = monitor_progress(stack)
         return progress["rows_landed"] - progress["rows_in_windows"] < stack.config.monitor.window_rows
 
-    return until(caught_up, timeout, every=2.0)
+    return wait_for(caught_up, timeout, every=2.0)
 
 
 def test_the_monitor_survived_every_fault_and_checked_every_landed_row_once(stack: Stack, monitor) -> None:

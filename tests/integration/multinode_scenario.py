@@ -29,9 +29,10 @@ from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.inference import scoring
 from pipelines.monitoring import retraining
 from pipelines.monitoring.check import run_once
+from pipelines.scenarios import endpoint as shipped_endpoint
 from pipelines.scenarios import synthetic
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config, serve_app
+from tests.helpers import demo_raw_config
 
 RECORD = synthetic.EXAMPLE_ROW
 
@@ -91,7 +92,7 @@ def main(root: str, tracking_uri: str) -> None:
         facts["batch_nodes_used"] = max(int(n) for n in used) if used else 0
 
         # conf/serve.yaml, deployed the one way lakeloop deploys, with two fixed replicas on the worker nodes
-        app = serve_app(
+        app = shipped_endpoint.variant(
             config,
             "lakeloop",
             "/",

@@ -4,29 +4,15 @@ autoscaler, which removes them once idle. Own process and cluster."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_token_auth_refuses_a_bare_submission_and_the_autoscaler_serves_a_real_job() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.integration.autoscaling_scenario"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    facts = run_scenario("tests.integration.autoscaling_scenario", timeout=600)
     assert facts["submission_without_token"] in (401, 403) and not facts["refused_job_listed"]
     assert facts["nodes_at_start"] == 1
     assert facts["job_status"] == "SUCCEEDED"

@@ -10,17 +10,16 @@ from collections.abc import Iterator
 
 import mlflow
 import pytest
-from ray import serve
 
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
-from pipelines.adapters.ray_serve import wait_ready
 from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.scenarios import endpoint as shipped_endpoint
 from pipelines.scenarios import synthetic
 from pipelines.scenarios.closed_loop import ClosedLoop
 from pipelines.scenarios.traffic import LabelledStream
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config, deploy_endpoint
+from tests.helpers import demo_raw_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,12 +41,8 @@ def loop_config(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ra
 
 @pytest.fixture(scope="module")
 def endpoint(loop_config: LakeloopConfig, ray_local: str) -> Iterator[str]:
-    url = deploy_endpoint(loop_config, ray_local, free_port())
-    try:
-        assert wait_ready(url, 120), "the endpoint never loaded the champion"
+    with shipped_endpoint.serving(loop_config, ray_local, free_port()) as url:
         yield url
-    finally:
-        serve.shutdown()
 
 
 def accuracy(version: str, config: LakeloopConfig, frame) -> float:

@@ -5,16 +5,14 @@ the endpoint survives losing a node. Runs in its own process and cluster."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,22 +22,8 @@ def test_the_loop_on_shared_storage_spreads_over_nodes_and_serving_survives_losi
 ) -> None:
     root = object_store.uri(f"lakeloop-{uuid.uuid4().hex[:8]}")
     bin_dir = str(Path(sys.executable).parent)  # the retraining job's `python` is this interpreter
-    env = {
-        **os.environ,
-        **object_store.env,
-        "PYTHONPATH": str(ROOT),
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.integration.multinode_scenario", root, mlflow_at_scale],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    env = {**object_store.env, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    facts = run_scenario("tests.integration.multinode_scenario", root, mlflow_at_scale, timeout=1200, env=env)
     all_nodes = {facts["nodes"]["head"], *facts["nodes"]["workers"]}
     assert len(set(facts["train_nodes"])) == 2 and set(facts["train_nodes"]) <= all_nodes  # one Train worker per node
     # Ray Data's stats count the nodes whose actors processed blocks: with 6 batches one actor took

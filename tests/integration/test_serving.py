@@ -23,12 +23,13 @@ from ray import serve
 
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
-from pipelines.adapters.ray_serve import wait_ready
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.inference.scoring import predict
+from pipelines.scenarios import endpoint as shipped_endpoint
 from pipelines.scenarios import synthetic
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config, deploy_endpoint, serve_app
+from tests import helpers
+from tests.helpers import demo_raw_config
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +54,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray
 
 @pytest.fixture(scope="module")
 def endpoint(registered: LakeloopConfig, ray_local: str) -> Iterator[str]:
-    url = deploy_endpoint(registered, ray_local, free_port())
-    try:
-        assert wait_ready(url, 120), "the endpoint never loaded the champion"
+    with shipped_endpoint.serving(registered, ray_local, free_port()) as url:
         yield url
-    finally:
-        serve.shutdown()
 
 
 def port_of(url: str) -> int:
@@ -89,21 +86,9 @@ def settled_rows(config: LakeloopConfig, table: str = "predictions") -> int:
 
 
 def wait_for(predicate, timeout: float = 30.0) -> bool:
-    """Poll `predicate` until it holds; a request that times out or is refused counts as not yet (a
-    new app's first replica holds requests until its model has loaded)."""
-
-    def holds() -> bool:
-        try:
-            return bool(predicate())
-        except httpx.TransportError:
-            return False
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if holds():
-            return True
-        time.sleep(0.25)
-    return holds()
+    """A request that times out or is refused counts as not yet (a new app's first replica holds
+    requests until its model has loaded)."""
+    return helpers.wait_for(predicate, timeout, ignore=(httpx.TransportError,))
 
 
 def test_every_mlflow_format_gives_the_same_predictions(endpoint: str, registered: LakeloopConfig) -> None:
@@ -384,11 +369,11 @@ def test_alias_move_under_load_has_no_failures_and_every_served_row_is_logged(
 def test_with_an_api_key_an_unauthenticated_predict_is_401_and_not_logged(
     endpoint: str, registered: LakeloopConfig, ray_local: str
 ) -> None:
-    deploy_endpoint(
+    shipped_endpoint.deploy(
         registered,
         ray_local,
         port_of(endpoint),
-        serve_app(registered, "secured", "/secured", api_key="integration-key"),
+        shipped_endpoint.variant(registered, "secured", "/secured", api_key="integration-key"),
     )
     try:
         assert wait_for(lambda: httpx.get(f"{endpoint}/secured/health").status_code == 200, 60)
@@ -421,11 +406,11 @@ def test_serve_autoscaling_adds_replicas_under_load_and_removes_them_after(
         "upscale_delay_s": 1,
         "downscale_delay_s": 3,
     }
-    deploy_endpoint(
+    shipped_endpoint.deploy(
         registered,
         ray_local,
         port_of(endpoint),
-        serve_app(registered, "autoscaled", "/autoscaled", autoscaling_config=autoscaling),
+        shipped_endpoint.variant(registered, "autoscaled", "/autoscaled", autoscaling_config=autoscaling),
     )
     stop = threading.Event()
 

@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.adapters.local_services import STATE_FILE, StackState, free_port, port_holder
 from pipelines.scenarios import synthetic
-from tests.helpers import ROOT, demo_raw_config, lakeloop, stack_processes, user_environment
+from tests.helpers import ROOT, alive, demo_raw_config, lakeloop, stack_processes, user_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_cluster]
 
@@ -28,15 +28,6 @@ def user_env(tmp_path: Path) -> dict:
     raw = demo_raw_config(tmp_path / "data")
     raw["train"].update(max_epochs=2)
     return user_environment(raw, tmp_path)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def listen_addresses(port: int) -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pipelines.core.gate import GateDecision
 from pipelines.scenarios import synthetic
 from pipelines.training import search
 from pipelines.training.workflow import train_and_register
-from tests.helpers import ROOT, write_config
+from tests.helpers import ROOT, run_scenario, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -173,16 +172,7 @@ def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow
 
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     """In a fresh process with its own local cluster, so no state from earlier tests interferes."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.integration.kill_and_resume", str(tmp_path / "data")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    outcome = run_scenario("tests.integration.kill_and_resume", str(tmp_path / "data"), timeout=600)
     assert outcome["killed"], "no train worker was found to kill"
     assert outcome["resumed_from_epoch"] >= 1, "training started over instead of resuming"
     assert outcome["epochs"] == list(range(6))
@@ -264,19 +254,10 @@ def test_a_promotion_killed_between_claim_and_alias_move_leaves_the_registry_pro
     assert not blocked.promote and "another promotion is replacing" in blocked.reason
     # ... and once the lease has run out it is abandoned, and the next promotion goes through
     lease_end = claim[0].creation_timestamp / 1000 + registry.claim_lease_s
-    assert wait_until(lambda: time.time() > lease_end, timeout=30)
+    assert wait_for(lambda: time.time() > lease_end, timeout=30)
     decision = registry.promote(later, registry.state(), GateDecision(True, "better"))
     assert decision.promote, decision.reason
     assert registry.champion().version == later
-
-
-def wait_until(condition, timeout: float, poll_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(poll_s)
-    return True
 
 
 def test_feedback_as_a_source_with_no_labels_yet_trains_on_the_events_table(

@@ -1,49 +1,58 @@
-"""The Serve app's API-key check, on the real FastAPI app the deployment uses (no cluster)."""
+"""The Serve app's front door (API key, request ids, content type, refusal counts) on the real API and
+the real replica class, with an injected model source and no cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
-from fastapi import Request
 from fastapi.testclient import TestClient
 
 from pipelines.adapters.ray_serve import API_KEY_ENV, api_key_digest, api_key_from_env
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
+from pipelines.scenarios.synthetic import EXAMPLE_ROW
 from serve.app import create_api
+from tests.fakes import FakeSource, UnbatchedServer
+
+KEY = {"Authorization": "Bearer s3cret-key"}
+BODY = {"records": [EXAMPLE_ROW]}
 
 
 @pytest.fixture
-def client(config: LakeloopConfig) -> TestClient:
-    api = create_api(config, api_key_digest("s3cret-key"))
-    calls = []
+def server(config: LakeloopConfig) -> Iterator[UnbatchedServer]:
+    replica = UnbatchedServer(config.model_dump_json(), FakeSource())
+    yield replica
+    replica.close()
 
-    @api.post("/predict")
-    async def predict() -> dict:
-        calls.append(1)
-        return {"ok": True}
 
-    @api.get("/health")
-    async def health() -> dict:
-        return {"status": "ready"}
+def _client(config: LakeloopConfig, server: UnbatchedServer, key: str | None) -> TestClient:
+    api = create_api(config, api_key_digest(key))
+    api.state.server, api.state.metrics = server, server.metrics
+    return TestClient(api)
 
-    client = TestClient(api)
-    client.calls = calls  # type: ignore[attr-defined]
-    return client
+
+@pytest.fixture
+def client(config: LakeloopConfig, server: UnbatchedServer) -> TestClient:
+    return _client(config, server, "s3cret-key")
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic s3cret-key", "s3cret-key", "Bearer "])
-def test_without_the_key_it_is_401_and_nothing_runs(client: TestClient, header: str | None) -> None:
+def test_without_the_key_it_is_401_and_nothing_is_scored_or_logged(
+    client: TestClient, server: UnbatchedServer, header: str | None
+) -> None:
     headers = {"authorization": header} if header is not None else {}
-    response = client.post("/predict", json={}, headers=headers)
+    response = client.post("/predict", json=BODY, headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert "s3cret" not in response.text
-    assert client.calls == []
+    assert server.predictions.snapshot()["accepted"] == 0
 
 
-def test_with_the_key_it_answers_and_health_stays_open(client: TestClient) -> None:
-    assert client.post("/predict", json={}, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
-    assert client.calls == [1]
+def test_with_the_key_it_answers_and_logs_and_health_stays_open(client: TestClient, server: UnbatchedServer) -> None:
+    answer = client.post("/predict", json=BODY, headers=KEY)
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["prediction"] == "1"
+    assert server.predictions.snapshot()["accepted"] == 1
     assert client.get("/health").status_code == 200
 
 
@@ -51,14 +60,8 @@ def test_an_unauthenticated_non_json_post_is_401_not_415(client: TestClient) -> 
     assert client.post("/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 401
 
 
-def test_no_key_configured_means_open(config: LakeloopConfig) -> None:
-    api = create_api(config, None)
-
-    @api.post("/predict")
-    async def predict() -> dict:
-        return {"ok": True}
-
-    assert TestClient(api).post("/predict", json={}).status_code == 200
+def test_no_key_configured_means_open(config: LakeloopConfig, server: UnbatchedServer) -> None:
+    assert _client(config, server, None).post("/predict", json=BODY).status_code == 200
 
 
 @pytest.mark.parametrize("value", ["", "  "])
@@ -73,21 +76,17 @@ def test_an_unset_key_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
     assert api_key_from_env() is None
 
 
-def test_every_answer_carries_its_request_id_and_refusals_are_counted(config: LakeloopConfig) -> None:
-    api = create_api(config, api_key_digest("s3cret-key"))
+def test_every_answer_carries_its_request_id_and_refusals_are_counted(
+    config: LakeloopConfig, server: UnbatchedServer
+) -> None:
     refused: list[tuple[int, str]] = []
-    api.state.metrics = type("Recorder", (), {"refusal": lambda self, status, route: refused.append((status, route))})()
-
-    @api.post("/predict")
-    async def predict(request: Request) -> dict:
-        return {"request_id": request.state.request_id}
-
-    client, key = TestClient(api), {"Authorization": "Bearer s3cret-key"}
+    server.metrics.refusal = lambda status, route: refused.append((status, route))  # type: ignore[method-assign]
+    client = _client(config, server, "s3cret-key")
     answers = [
-        client.post("/predict", json={}, headers=key),
-        client.post("/predict", json={}),  # 401
-        client.post("/predict", content=b"x", headers={**key, "content-type": "text/plain"}),  # 415
-        client.get("/nowhere", headers=key),  # 404
+        client.post("/predict", json=BODY, headers=KEY),
+        client.post("/predict", json=BODY),  # 401
+        client.post("/predict", content=b"x", headers={**KEY, "content-type": "text/plain"}),  # 415
+        client.get("/nowhere", headers=KEY),  # 404
     ]
     ids = [a.headers["x-lakeloop-request-id"] for a in answers]
     assert len(set(ids)) == 4 and answers[0].json()["request_id"] == ids[0]

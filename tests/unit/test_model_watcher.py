@@ -13,33 +13,7 @@ from pipelines.adapters.registry import ModelRef
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.model_output import Scored
 from serve.app import INLINE_ROWS, LoadedModel, ModelWatcher, _predict, _warm_up
-
-
-class FakePredictor:
-    def __init__(self, version: str, broken: bool = False) -> None:
-        self.version, self.broken = version, broken
-
-    def predict_columns(self, columns: dict[str, np.ndarray]) -> Scored:
-        if self.broken:
-            raise RuntimeError("cannot score")
-        return Scored({"prediction": np.array([self.version] * len(next(iter(columns.values()))))})
-
-
-class FakeSource:
-    def __init__(self) -> None:
-        self.version: str | None = "1"
-        self.down = False
-        self.broken_versions: set[str] = set()
-        self.loads: list[str] = []
-
-    def resolve(self, alias: str) -> ModelRef | None:
-        if self.down:
-            raise ConnectionError("mlflow unreachable")
-        return ModelRef("m", self.version, alias, "run") if self.version else None
-
-    def load(self, ref: ModelRef) -> FakePredictor:
-        self.loads.append(ref.version)
-        return FakePredictor(ref.version, broken=ref.version in self.broken_versions)
+from tests.fakes import FakePredictor, FakeSource
 
 
 @pytest.fixture

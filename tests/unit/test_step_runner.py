@@ -14,6 +14,14 @@ from pipelines.step_runner import StepResult, execute
 from tests.helpers import write_config
 
 
+@pytest.fixture(autouse=True)
+def _no_process_wide_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry invariants set Ray's auth mode for the whole process (a later ray.init in this pytest
+    process then disagreed with its own cluster), and the warning handler outlives the test."""
+    monkeypatch.setattr("pipelines.step_runner.set_entry_invariants", lambda: None)
+    monkeypatch.setattr("pipelines.step_runner._library_warnings", lambda: None)
+
+
 def _args(tmp_path: Path, raw_config: dict, **flags) -> argparse.Namespace:
     conf = write_config(raw_config, tmp_path / "lakeloop.yaml")
     return argparse.Namespace(config=str(conf), json=False, debug=False, **flags)
