@@ -108,6 +108,18 @@ def demo_config(storage_root: Path, tracking_uri: str = "http://127.0.0.1:5000")
     return load_config(ROOT / "conf" / "lakeloop.yaml")
 
 
+def untrained_mlp(config, pipeline):
+    """A lakeloop model of the configured MLP's shape with initial weights (scoring costs what a
+    trained one's does)."""
+    from pipelines.core.estimators import TorchEstimator
+    from pipelines.core.network import MLP_CLASS, ModuleSpec
+    from pipelines.training.fitted_model import LakeloopModel
+
+    params = config.train.families["mlp"].settings()
+    spec = ModuleSpec(MLP_CLASS, pipeline.onehot_width, 2, {k: params[k] for k in ("hidden", "depth", "dropout")})
+    return LakeloopModel(pipeline, TorchEstimator("mlp", spec, spec.build().state_dict(), "classification"))
+
+
 @contextmanager
 def registered_model(workdir: Path) -> Iterator[BenchModel]:
     """A real tracking server with one registered lakeloop pyfunc (fitted feature pipeline, network of
@@ -118,9 +130,7 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
     from pipelines.adapters.local_services import start_mlflow_server, stop_pid
     from pipelines.adapters.registry import Registry
     from pipelines.core.gate import GateDecision
-    from pipelines.core.network import NetworkSpec, TabularMLP
     from pipelines.training.features import FeaturePipeline
-    from pipelines.training.fitted_model import LakeloopModel
     from pipelines.training.workflow import log_model
 
     process, service = start_mlflow_server(workdir / "mlflow")
@@ -132,9 +142,7 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
             pipeline = FeaturePipeline(config.dataset).fit(ray.data.from_pandas(frame))
         finally:
             ray.shutdown()
-        hp = config.train.hyperparams
-        spec = NetworkSpec(pipeline.output_dim, 2, hp.hidden, hp.depth, hp.dropout)
-        model = LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
+        model = untrained_mlp(config, pipeline)
         mlflow.set_tracking_uri(service.url)
         mlflow.set_experiment("bench")
         registry = Registry.from_config(config)

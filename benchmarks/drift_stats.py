@@ -34,15 +34,12 @@ def _rate(hits: int, n: int) -> str:
 def _suite(config, pipeline, seed: int):
     import torch
 
-    from pipelines.core.network import NetworkSpec, TabularMLP
+    from benchmarks.common import untrained_mlp
     from pipelines.scenarios import synthetic
     from pipelines.training.detectors import DriftSuite
-    from pipelines.training.fitted_model import LakeloopModel
 
     torch.manual_seed(seed)
-    hp = config.train.hyperparams
-    spec = NetworkSpec(pipeline.output_dim, 2, hp.hidden, hp.depth, hp.dropout)
-    model = LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
+    model = untrained_mlp(config, pipeline)
     reference = synthetic.generate(config.monitor.reference_rows, seed).to_pandas()
     return DriftSuite.fit(reference[config.dataset.feature_names], model, config.monitor, seed=seed)
 

@@ -33,31 +33,31 @@ from benchmarks.common import demo_config, write_result
 PLAIN, PLAIN_AGAIN = "plain PyTorch loop", "plain PyTorch loop, again"
 
 
-def plain_loop(train: tuple, validation: tuple, spec, hp, epochs: int, checkpoint: Path) -> list[float]:
+def plain_loop(train: tuple, validation: tuple, spec, hp: dict, epochs: int, checkpoint: Path) -> list[float]:
     """The Unix time each epoch began, then the time the last one ended."""
     import torch
 
     from pipelines.core import metrics
-    from pipelines.core.network import TabularMLP, loss_function
+    from pipelines.core.network import loss_function
 
     starts = []
     torch.manual_seed(0)
-    model = TabularMLP(spec)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    model = spec.build()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     loss_fn = loss_function("classification")
     x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1])
     vx, vy = torch.from_numpy(validation[0]), torch.from_numpy(validation[1])
     for _ in range(epochs):
         starts.append(time.time())
         model.train()
-        for index in torch.randperm(len(x)).split(hp.batch_size):
+        for index in torch.randperm(len(x)).split(hp["batch_size"]):
             loss = loss_fn(model(x[index]), y[index]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.inference_mode():
-            logits = torch.cat([model(part) for part in vx.split(max(hp.batch_size, 1024))])
+            logits = torch.cat([model(part) for part in vx.split(max(hp["batch_size"], 1024))])
         metrics.classification(vy.numpy(), torch.softmax(logits, dim=1).numpy())
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
     return [*starts, time.time()]
@@ -83,9 +83,9 @@ def main() -> None:
     import torch
 
     from pipelines.adapters import delta
-    from pipelines.core.network import NetworkSpec
+    from pipelines.core.network import MLP_CLASS, ModuleSpec
     from pipelines.scenarios import synthetic
-    from pipelines.training import loop
+    from pipelines.training import torch_loop
     from pipelines.training.data import prepare, to_frame
     from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN
 
@@ -98,13 +98,14 @@ def main() -> None:
             prepared = prepare(config)
             datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
             frames = {name: to_frame(ds) for name, ds in datasets.items()}
-            arrays = {
-                name: (np.stack(f[FEATURES_COLUMN].to_numpy()).astype(np.float32), f[TARGET_COLUMN].to_numpy(np.int64))
+            pipeline = prepared.pipeline
+            arrays = {  # what the torch loop feeds the network: one column per categorical slot
+                name: (pipeline.onehot(np.stack(f[FEATURES_COLUMN].to_numpy())), f[TARGET_COLUMN].to_numpy(np.int64))
                 for name, f in frames.items()
             }
-            hp = config.train.hyperparams
-            dim = int(prepared.pipeline.output_dim or 0)
-            spec = NetworkSpec(dim, 2, hp.hidden, hp.depth, hp.dropout)
+            hp = config.train.families["mlp"].settings()
+            network = {k: hp[k] for k in ("hidden", "depth", "dropout")}
+            spec = ModuleSpec(MLP_CLASS, pipeline.onehot_width, 2, network)
             torch.set_num_threads(1)
 
             def run_plain(setup: str) -> None:
@@ -114,11 +115,12 @@ def main() -> None:
 
             run_plain(PLAIN)
             for workers in (1, 2):
-                train = {"num_workers": workers, "cpus_per_worker": 1.0, "patience": args.epochs}
+                train = {"num_workers": workers, "cpus_per_worker": 1.0, "patience": args.epochs, "family": "mlp"}
                 train["max_epochs"] = args.epochs
                 run_config = config.model_copy(update={"train": config.train.model_copy(update=train)})
                 started = time.perf_counter()
-                trained = loop.fit(run_config, hp, datasets, dim, None, name=f"bench-{workers}w-{time.time_ns()}")
+                name = f"bench-{workers}w-{time.time_ns()}"
+                trained = torch_loop.fit(run_config, "mlp", hp, datasets, pipeline, None, name)
                 results[f"TorchTrainer, {workers} worker{'s' if workers > 1 else ''}"] = {
                     "starts": [h["epoch_started_at"] for h in trained.history],
                     "total_s": time.perf_counter() - started,

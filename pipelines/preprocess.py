@@ -25,11 +25,11 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         prepared = prepare(config, args.table, args.version)
         counts = {name: ds.count() for name, ds in prepared.splits.items()}
     lineage = prepared.lineage
-    data = {"lineage": asdict(lineage), "feature_dim": prepared.pipeline.output_dim, "transformed_rows": counts}
+    data = {"lineage": asdict(lineage), "feature_dim": prepared.pipeline.width, "transformed_rows": counts}
     summary = (
         f"preprocessed {lineage.describe()}: "
         + ", ".join(f"{n} {c} rows" for n, c in lineage.rows.items())
-        + f"; {prepared.pipeline.output_dim} model inputs per row"
+        + f"; {prepared.pipeline.width} encoded features per row ({prepared.pipeline.onehot_width} one-hot)"
     )
     return StepResult(summary, data)
 

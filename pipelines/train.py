@@ -11,6 +11,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.retraining_policy import TRIGGERS
 from pipelines.step_runner import StepResult, step_main
 
 
@@ -27,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trigger-id", metavar="ID", help="the monitor's submission id, recorded on the run and model version"
     )
+    parser.add_argument(
+        "--trigger",
+        choices=TRIGGERS,
+        default="manual",
+        help="why this run trains, recorded on the model version: drift, retry, learn (the monitor), release, manual",
+    )
 
 
 def _moment(text: str) -> datetime:
@@ -38,10 +45,10 @@ def _moment(text: str) -> datetime:
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
-    from pipelines.training import loop, search
+    from pipelines.training import families, search
     from pipelines.training.workflow import train_and_register
 
-    fitter, job = (search.search, "tune") if args.tune else (loop.fit_configured, "train")
+    fitter, job = (search.search, "tune") if args.tune else (families.fit_configured, "train")
     outcome = train_and_register(
         config,
         fitter,
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
         version=args.version,
         regime_start=args.regime_start,
         trigger_id=args.trigger_id,
+        trigger=args.trigger,
     )
     return StepResult(outcome.summary(config), asdict(outcome))
 

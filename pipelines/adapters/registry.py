@@ -42,6 +42,8 @@ LEGACY_CLAIM = ".succession."  # claims of lakeloop before epochs; pruned, never
 HEALTH_TAG, HEALTH_REASON_TAG = "lakeloop.health", "lakeloop.health_reason"
 DEGRADED = "degraded"
 TRIGGER_TAG = "lakeloop.trigger_id"  # the monitor's submission id, on the training run and its model version
+FAMILY_TAG = "lakeloop.family"  # the model family a version was trained as (train.families)
+TRIGGER_KIND_TAG = "lakeloop.trigger"  # why it was trained: drift, retry, learn, release, manual
 
 
 class RegistryError(LakeloopError):
@@ -170,9 +172,9 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
 
-    def run_metrics(self, run_id: str) -> dict[str, float]:
-        """The latest value of each metric the run logged."""
-        return dict(self.client.get_run(run_id).data.metrics)
+    def run(self, run_id: str):
+        """A training run: its params, metrics (latest values) and tags."""
+        return self.client.get_run(run_id)
 
     def download(self, run_id: str, artifact_path: str) -> Path:
         """A run's artifact (file or directory) in a local temporary directory."""

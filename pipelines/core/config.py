@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +98,9 @@ class SplitConfig(StrictModel):
 
 class DatasetConfig(StrictModel):
     table: str = "events"
+    # each categorical keeps a slot for its most frequent values; rarer ones share one: the model's
+    # width and the request's cost follow the features, not the number of category values
+    max_categories: int = Field(64, ge=1)
     features: list[FeatureSpec] = Field(min_length=1)
     label: str = Field(min_length=1)
     task: Literal["classification", "regression"]
@@ -182,8 +186,22 @@ class MLflowConfig(StrictModel):
         return uri
 
 
-class HyperParams(StrictModel):
-    """The knobs Tune may search over; the defaults are what a plain train uses."""
+SearchKind = Literal["loguniform", "uniform", "choice", "randint"]
+
+
+class SearchDomain(StrictModel):
+    kind: SearchKind
+    values: list[float | int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchDomain:
+        if self.kind != "choice" and len(self.values) != 2:
+            raise ValueError(f"'{self.kind}' takes exactly two values [low, high]")
+        return self
+
+
+class MLPParams(StrictModel):
+    """lakeloop's MLP (family kind `mlp`): the network and its optimiser."""
 
     lr: float = Field(3e-3, gt=0)
     hidden: int = Field(64, ge=1)
@@ -191,6 +209,82 @@ class HyperParams(StrictModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     batch_size: int = Field(256, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+
+
+class TorchOptimizer(StrictModel):
+    """How a user's torch module (family kind `torch`) is trained; its other params go to its constructor."""
+
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class XGBoostParams(StrictModel):
+    """Gradient-boosted trees (family kind `xgboost`, Ray Train's XGBoostTrainer). The defaults grow
+    trees like scikit-learn's HistGradientBoosting (31 leaves, learning rate 0.1) and stop on the
+    validation split: that matched or beat it at 500-4,000 rows on every recovery stream (docs/benchmarks.md)."""
+
+    eta: float = Field(0.1, gt=0, le=1)
+    max_leaves: int = Field(31, ge=0)
+    max_depth: int = Field(0, ge=0)  # 0: the leaves bound the tree
+    min_child_weight: float = Field(1.0, ge=0)
+    subsample: float = Field(1.0, gt=0, le=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    max_cat_to_onehot: int = Field(4, ge=1)  # categorical slots up to this many split one-vs-rest, more by partition
+    max_rounds: int = Field(1000, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)  # rounds without a better validation score before it stops
+    rounds_per_report: int = Field(10, ge=1)  # a report (metrics, a checkpoint) every this many rounds
+
+
+FamilyKind = Literal["mlp", "xgboost", "torch", "sklearn"]
+PARAMS_MODELS: dict[str, type[StrictModel]] = {"mlp": MLPParams, "xgboost": XGBoostParams, "torch": TorchOptimizer}
+
+
+class FamilySpec(StrictModel):
+    """A model family: `mlp` (lakeloop's MLP on Ray Train's TorchTrainer), `xgboost` (XGBoostTrainer),
+    `torch` (your nn.Module, `class_path`, trained by the same loop as the MLP) or `sklearn` (your
+    estimator with the scikit-learn API, `class_path`). `params`: for mlp and xgboost their settings
+    (checked by name); for torch the optimiser's (lr, batch_size, weight_decay) and the module's
+    constructor arguments; for sklearn the estimator's. `search_space`: what Tune may vary."""
+
+    kind: FamilyKind
+    class_path: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    search_space: dict[str, SearchDomain] = Field(default_factory=dict)
+    encoding: Literal["slots", "onehot"] | None = None  # sklearn: how categoricals reach it (default onehot)
+
+    @model_validator(mode="after")
+    def _check(self) -> FamilySpec:
+        if self.kind in ("torch", "sklearn") and not self.class_path:
+            raise ValueError(f"class_path is required for kind '{self.kind}' (e.g. 'my_package.models:MyModel')")
+        if self.kind in ("mlp", "xgboost") and self.class_path:
+            raise ValueError(f"class_path is only for kinds torch and sklearn, not '{self.kind}'")
+        if self.encoding and self.kind != "sklearn":
+            raise ValueError("encoding is only for kind sklearn (mlp and torch read one-hot, xgboost slots)")
+        model = PARAMS_MODELS.get(self.kind)
+        if model is not None and self.kind != "torch":
+            unknown = sorted((set(self.params) | set(self.search_space)) - set(model.model_fields))
+            if unknown:
+                raise ValueError(f"{', '.join(unknown)}: not a setting of kind '{self.kind}'")
+            model.model_validate(self.params)
+        return self
+
+    def settings(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The params with `overrides` (a Tune trial's), validated for mlp and xgboost (with defaults)."""
+        merged = {**self.params, **(overrides or {})}
+        model = PARAMS_MODELS.get(self.kind)
+        if self.kind in ("mlp", "xgboost"):
+            return model.model_validate(merged).model_dump()
+        if self.kind == "torch":
+            optimizer = TorchOptimizer.model_validate(
+                {k: v for k, v in merged.items() if k in TorchOptimizer.model_fields}
+            )
+            return {**merged, **optimizer.model_dump()}
+        return merged
+
+
+BUILT_IN_FAMILIES = {"mlp": FamilySpec(kind="mlp"), "xgboost": FamilySpec(kind="xgboost")}
 
 
 class RegimeConfig(StrictModel):
@@ -224,30 +318,40 @@ class TrainConfig(StrictModel):
     # what training reads: the dataset table, served rows labelled through /feedback, or both
     source: Literal["events", "feedback", "both"] = "both"
     regime: RegimeConfig = Field(default_factory=RegimeConfig)
-    hyperparams: HyperParams = Field(default_factory=HyperParams)
+    # the family `lakeloop train` fits; `families` adds to (or replaces settings of) the built-in mlp and xgboost
+    family: str = "xgboost"
+    families: dict[str, FamilySpec] = Field(default_factory=dict)
 
-
-SearchKind = Literal["loguniform", "uniform", "choice", "randint"]
-
-
-class SearchDomain(StrictModel):
-    kind: SearchKind
-    values: list[float | int] = Field(min_length=1)
+    @field_validator("families", mode="before")
+    @classmethod
+    def _with_built_ins(cls, families: Any) -> Any:
+        """The built-in families are always there; under their own names their kind goes without saying."""
+        if not isinstance(families, Mapping):
+            return families
+        given = {
+            name: {"kind": name, **spec} if name in BUILT_IN_FAMILIES and isinstance(spec, Mapping) else spec
+            for name, spec in families.items()
+        }
+        return {**BUILT_IN_FAMILIES, **given}
 
     @model_validator(mode="after")
-    def _check(self) -> SearchDomain:
-        if self.kind != "choice" and len(self.values) != 2:
-            raise ValueError(f"'{self.kind}' takes exactly two values [low, high]")
+    def _family_known(self) -> TrainConfig:
+        if self.family not in self.families:
+            raise ValueError(f"family: '{self.family}' is not one of the families: {', '.join(sorted(self.families))}")
         return self
+
+    @property
+    def spec(self) -> FamilySpec:
+        return self.families[self.family]
 
 
 class TuneConfig(StrictModel):
-    num_samples: int = Field(4, ge=1)
+    num_samples: int = Field(2, ge=1)  # trials per searched family
     max_concurrent_trials: int = Field(1, ge=1)
     grace_period: int = Field(2, ge=1)
     reduction_factor: int = Field(2, ge=2)
-    search_space: dict[Literal["lr", "hidden", "depth", "dropout", "batch_size", "weight_decay"], SearchDomain] = Field(
-        default_factory=dict
+    families: list[str] | None = (
+        None  # the families a search samples from, each with its search_space (default: train.family)
     )
 
 
@@ -329,6 +433,14 @@ class RetryConfig(StrictModel):
     tune_from_attempt: int = Field(2, ge=1)  # this attempt and later ones search hyperparameters (--tune)
 
 
+class LearningConfig(StrictModel):
+    """After a drift, keep retraining the champion as labelled rows of the new regime accumulate."""
+
+    enabled: bool = True
+    growth: float = Field(2.0, gt=1)  # retrain once the regime's labelled rows are this many times the champion's
+    min_rows: int = Field(200, ge=1)  # ... counting at least this many for the champion
+
+
 class MonitorConfig(StrictModel):
     window_rows: int = Field(500, ge=10)
     window_seconds: float | None = Field(None, gt=0)
@@ -347,6 +459,7 @@ class MonitorConfig(StrictModel):
     retrain_entrypoint: str = "python -m pipelines.train --json"
     retries: int = Field(3, ge=1)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
     attempts_table: str = "retraining_attempts"
     metrics_host: str = "127.0.0.1"  # the looping monitor's Prometheus endpoint
     metrics_port: int | None = Field(9464, ge=1, le=65535)  # None: no endpoint
@@ -376,6 +489,9 @@ class LakeloopConfig(StrictModel):
 
     @model_validator(mode="after")
     def _gate_fits_the_task(self) -> LakeloopConfig:
+        unknown_families = sorted(set(self.tune.families or []) - set(self.train.families))
+        if unknown_families:
+            raise ValueError(f"tune.families: {', '.join(unknown_families)} not in train.families")
         task, known = self.dataset.task, known_metrics(self.dataset.task)
         if self.gate.metric not in known:
             raise ValueError(

@@ -2,13 +2,18 @@
 statistics and applied as one vectorised function on numpy, Arrow or pandas columns.
 
 Training (Ray Data map_batches), batch inference, the pyfunc and Serve all call `transform`, so every
-path turns rows into model inputs identically. Output columns: each numeric feature (nulls ->
-the training mean, then standardised by the population SD of the imputed column), then each
-categorical feature one-hot over its sorted training vocabulary (nulls -> the most frequent value).
+path turns rows into model inputs identically. It makes one column per feature: each numeric feature
+(nulls -> the training mean, then standardised by the population SD of the imputed column), then
+each categorical feature as its slot: the position of the value in the feature's kept vocabulary
+(its `max_categories` most frequent training values, sorted), or the "other" slot after them that
+every rarer value shares (nulls -> the most frequent value). Its cost follows the number of features,
+not of category values: trees split on the slots natively; `onehot` expands them for networks, one
+column per slot, so a categorical of 8,000 values is at most max_categories + 1 columns wide.
 
-Unknown categories (a value the training split never had, or a value of another type) encode as all
-zeros, as Ray's OneHotEncoder did, and are counted per column in `Encoded.unknown`. A value equal to a
-vocabulary entry in Python (2.0 and 2, True and 1) encodes as that entry.
+Unknown categories (a value the training split never had, or a value of another type) take the
+"other" slot (no slot, NaN / all zeros, when every training value was kept) and are counted per column
+in `Encoded.unknown`. A value equal to a vocabulary entry in Python (2.0 and 2, True and 1) encodes as
+that entry.
 
 Why not Ray's preprocessor chain: it makes one Ray Data pass per statistic (7-8 s each here on 2
 cores, 14-15 s to fit 2,000 rows) and transforms through pandas (3.5 ms of a 4.3 ms 1-row predict).
@@ -158,8 +163,17 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Encoded:
-    matrix: np.ndarray  # float32, one row per input row
+    matrix: np.ndarray  # float32, one row per input row: the numeric features, then one slot per categorical
     unknown: dict[str, int]  # categorical column -> values not in its training vocabulary
+
+
+def _kept(counts: Mapping[Any, int], limit: int) -> tuple[Any, ...]:
+    """The `limit` most frequent values (ties to the first in sorted order), sorted."""
+    ordered = sorted(counts)
+    if len(ordered) <= limit:
+        return tuple(ordered)
+    ranked = sorted(range(len(ordered)), key=lambda i: (-counts[ordered[i]], i))[:limit]
+    return tuple(ordered[i] for i in sorted(ranked))
 
 
 @dataclass(frozen=True)
@@ -168,13 +182,17 @@ class FittedTransform:
     means: tuple[float, ...]
     scales: tuple[float, ...]
     categorical: tuple[str, ...]
-    modes: tuple[Any, ...]  # None: the column had no value in training (nulls encode as all zeros)
-    vocabularies: tuple[tuple[Any, ...], ...]
+    modes: tuple[Any, ...]  # None: the column had no value in training (nulls then take no slot)
+    vocabularies: tuple[tuple[Any, ...], ...]  # the kept values of each categorical, sorted
+    others: tuple[bool, ...]  # whether a categorical had rarer values: they share the slot after the kept ones
+    known: tuple[frozenset, ...]  # every training value of each categorical (what is not here is unknown)
     null_counts: Mapping[str, int]  # nulls per feature in the training split
     rows: int
 
     @classmethod
-    def fit(cls, stats: Statistics, numeric: Sequence[str], categorical: Sequence[str]) -> FittedTransform:
+    def fit(
+        cls, stats: Statistics, numeric: Sequence[str], categorical: Sequence[str], max_categories: int = 64
+    ) -> FittedTransform:
         means, scales = [], []
         for name in numeric:
             m = stats.numeric.get(name, Moments())
@@ -182,63 +200,83 @@ class FittedTransform:
             # SD of the mean-imputed column: imputed rows add no deviation but count in the divisor
             sd = math.sqrt(m.m2 / stats.rows) if stats.rows else 0.0
             scales.append(sd if sd > 1e-8 else 1.0)  # a constant column: centred only
-        modes, vocabularies = [], []
+        modes, vocabularies, others, known = [], [], [], []
         for name in categorical:
             counts = stats.categories.get(name, {})
-            vocabulary = tuple(sorted(counts))
-            vocabularies.append(vocabulary)
+            kept = _kept(counts, max_categories)
+            vocabularies.append(kept)
+            others.append(len(kept) < len(counts))
+            known.append(frozenset(counts))
             # most frequent; ties to the smallest value (pandas' mode)
-            modes.append(min(vocabulary, key=lambda v: (-counts[v], vocabulary.index(v))) if vocabulary else None)
+            modes.append(min(kept, key=lambda v: (-counts[v], kept.index(v))) if kept else None)
         nulls = {n: stats.rows - stats.numeric.get(n, Moments()).count for n in numeric}
         nulls |= {n: stats.rows - sum(stats.categories.get(n, {}).values()) for n in categorical}
         return cls(
             tuple(numeric), tuple(means), tuple(scales), tuple(categorical), tuple(modes), tuple(vocabularies),
-            nulls, stats.rows,
+            tuple(others), tuple(known), nulls, stats.rows,
         )  # fmt: skip
 
     @property
-    def output_dim(self) -> int:
-        return len(self.numeric) + sum(len(v) for v in self.vocabularies)
+    def slots(self) -> tuple[int, ...]:
+        """How many slots each categorical has: its kept values, and "other" when rarer ones existed."""
+        return tuple(len(v) + other for v, other in zip(self.vocabularies, self.others, strict=True))
+
+    @property
+    def width(self) -> int:
+        """Columns of `transform`'s matrix: one per feature."""
+        return len(self.numeric) + len(self.categorical)
+
+    @property
+    def onehot_width(self) -> int:
+        """Columns of `onehot`'s matrix: one per numeric feature and one per categorical slot."""
+        return len(self.numeric) + sum(self.slots)
 
     def transform(self, columns: Mapping[str, Column]) -> Encoded:
         names = self.numeric + self.categorical
         rows = len(columns[names[0]]) if names else 0
-        matrix = np.zeros((rows, self.output_dim), np.float32)
+        matrix = np.empty((rows, self.width), np.float32)
         for i, name in enumerate(self.numeric):
             values = numeric_values(columns[name])
             matrix[:, i] = (np.where(np.isnan(values), self.means[i], values) - self.means[i]) / self.scales[i]
-        offset, unknown = len(self.numeric), {}
+        unknown = {}
         for position, name in enumerate(self.categorical):
             column = columns[name]
             if _arrow_strings(column) and self._arrow_vocabularies[position] is not None:
                 codes, unknown[name] = self._arrow_codes(column, position)
             else:
                 codes, unknown[name] = self._codes(category_values(column), position)
-            hit = np.flatnonzero(codes >= 0)
-            matrix[hit, offset + codes[hit]] = 1.0
-            offset += len(self.vocabularies[position])
+            matrix[:, len(self.numeric) + position] = np.where(codes >= 0, codes, np.nan)
         return Encoded(matrix, unknown)
+
+    def onehot(self, matrix: np.ndarray) -> np.ndarray:
+        """`transform`'s matrix with each categorical slot as a column of its own (a slot of NaN: none)."""
+        return onehot(matrix, len(self.numeric), self.slots)
 
     @cached_property
     def _indexes(self) -> tuple[pd.Index, ...]:
         return tuple(pd.Index(v, dtype=object) for v in self.vocabularies)
 
     @cached_property
+    def _known_indexes(self) -> tuple[pd.Index, ...]:
+        return tuple(pd.Index(list(k), dtype=object) for k in self.known)
+
+    @cached_property
     def _lookups(self) -> tuple[dict[Any, int], ...]:
         return tuple({value: code for code, value in enumerate(v)} for v in self.vocabularies)
 
     def _codes(self, values: np.ndarray, position: int) -> tuple[np.ndarray, int]:
-        """Each value's position in the vocabulary, by Python equality (2.0 finds 2); -1 for an
-        unknown value, or a null when the column had no value in training. A value of another type
-        than the vocabulary's is unknown, never an error."""
-        codes = None
+        """Each value's slot, by Python equality (2.0 finds 2); rarer and unknown values take "other"
+        (or -1 without one). A value of another type than the vocabulary's is unknown, never an error."""
+        codes = known = None
         if len(values) > SMALL_BATCH:
             with contextlib.suppress(TypeError):  # an unhashable value: looked up one by one, below
                 codes = self._indexes[position].get_indexer(values)
+                known = self._known_indexes[position].get_indexer(values) >= 0
         if codes is None:  # a request's rows: dict lookups (get_indexer builds an Index per call)
-            lookup = self._lookups[position]
+            lookup, seen = self._lookups[position], self.known[position]
             codes = np.fromiter((_code(lookup, v) for v in values), np.intp, len(values))
-        return self._impute(codes, pd.isna(values), position)
+            known = np.fromiter((_code(lookup, v) >= 0 or _seen(seen, v) for v in values), bool, len(values))
+        return self._impute(codes, known, pd.isna(values), position)
 
     @cached_property
     def _arrow_vocabularies(self) -> tuple[pa.Array | None, ...]:
@@ -247,17 +285,51 @@ class FittedTransform:
             pa.array(v, pa.string()) if all(isinstance(x, str) for x in v) else None for v in self.vocabularies
         )
 
+    @cached_property
+    def _arrow_known(self) -> tuple[pa.Array | None, ...]:
+        return tuple(
+            pa.array(sorted(k), pa.string()) if all(isinstance(x, str) for x in k) else None for k in self.known
+        )
+
     def _arrow_codes(self, column: pa.Array | pa.ChunkedArray, position: int) -> tuple[np.ndarray, int]:
         """A string column looked up in Arrow (C++), never as Python objects: string equality is the
         Python equality `_codes` uses. Ray Data hands training Arrow batches; 1M rows, 3 columns:
         0.39 s as Python objects, 0.07 s here."""
         found = pc.fill_null(pc.index_in(column, value_set=self._arrow_vocabularies[position]), -1)
         codes = found.to_numpy(zero_copy_only=False).astype(np.intp)
-        return self._impute(codes, column.is_null().to_numpy(zero_copy_only=False), position)
+        known_values = self._arrow_known[position]
+        if self.others[position] and known_values is not None:
+            known = pc.fill_null(pc.is_in(column, value_set=known_values), False).to_numpy(zero_copy_only=False)
+        else:
+            known = codes >= 0
+        return self._impute(codes, known, column.is_null().to_numpy(zero_copy_only=False), position)
 
-    def _impute(self, codes: np.ndarray, nulls: np.ndarray, position: int) -> tuple[np.ndarray, int]:
-        """Nulls take the mode's code (-1 when the column had no value in training); returns the codes
-        and how many non-null values were unknown."""
+    def _impute(self, codes: np.ndarray, known: np.ndarray, nulls: np.ndarray, position: int) -> tuple[np.ndarray, int]:
+        """Values outside the kept vocabulary take the "other" slot (when there is one); nulls take the
+        mode's slot (-1 when the column had no value in training); returns the codes and how many
+        non-null values were unknown (never seen in training)."""
+        if self.others[position]:
+            codes[codes < 0] = len(self.vocabularies[position])
         mode = self.modes[position]
         codes[nulls] = self.vocabularies[position].index(mode) if mode is not None else -1
-        return codes, int(((codes < 0) & ~nulls).sum())
+        return codes, int((~known & ~nulls).sum())
+
+
+def onehot(matrix: np.ndarray, numeric: int, slots: Sequence[int]) -> np.ndarray:
+    """Encoded rows (`numeric` columns, then one slot code per categorical) -> one column per slot."""
+    expanded = np.zeros((len(matrix), numeric + sum(slots)), np.float32)
+    expanded[:, :numeric] = matrix[:, :numeric]
+    offset = numeric
+    for position, count in enumerate(slots):
+        codes = matrix[:, numeric + position]
+        hit = np.flatnonzero(~np.isnan(codes))
+        expanded[hit, offset + codes[hit].astype(np.intp)] = 1.0
+        offset += count
+    return expanded
+
+
+def _seen(known: frozenset, value: Any) -> bool:
+    try:
+        return value in known
+    except TypeError:  # unhashable: never a training value
+        return False

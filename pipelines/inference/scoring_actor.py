@@ -24,6 +24,9 @@ class BatchScorer:
 
         torch.set_num_threads(threads)
         self.predictor: Predictor = ray.get(model)
+        estimator = getattr(self.predictor, "estimator", None)
+        if hasattr(estimator, "threads"):  # a tree ensemble: as many threads as the actor's CPUs
+            estimator.threads = threads
         self.name, self.version, self.features = name, version, features
 
     def __call__(self, batch: pa.Table) -> pa.Table:

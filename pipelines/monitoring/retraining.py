@@ -1,6 +1,7 @@
 """Retraining as the monitor runs it: submit through the Ray Jobs API, follow each attempt to its
-outcome (promoted, refused by the gate, failed), retry with backoff, and mark the champion degraded
-when the attempts run out. Every attempt is an event in the retraining_attempts Delta table."""
+outcome (promoted, refused by the gate, failed), retry with backoff, keep learning while the drift's
+regime gathers labelled rows, and mark the champion degraded when the attempts run out. Every attempt
+is an event in the retraining_attempts Delta table, with what triggered it."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pyarrow.compute as pc
 
 from pipelines.adapters import delta
 from pipelines.adapters.jobs import Jobs
+from pipelines.adapters.prediction_log import RECEIVED_AT
 from pipelines.adapters.registry import TRIGGER_TAG, Registry
 from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import CONFIG_YAML_ENV, LakeloopConfig, dump_config
 from pipelines.core.loop_outcomes import JobOutcome, RetrainingStep
 from pipelines.core.service_retries import with_retries
-from pipelines.monitoring.champion import Champion
+from pipelines.monitoring.champion import ChampionInfo
 
 ATTEMPT_SCHEMA = pa.schema(
     [
@@ -35,6 +37,7 @@ ATTEMPT_SCHEMA = pa.schema(
         pa.field("regime_start", pa.timestamp("us", tz="UTC")),
         pa.field("candidate_version", pa.string()),
         pa.field("reason", pa.string()),
+        pa.field("trigger", pa.string()),  # drift | retry | learn (core/retraining_policy)
     ]
 )
 
@@ -44,7 +47,7 @@ def jobs(config: LakeloopConfig) -> Jobs:
 
 
 def submit_retraining(
-    config: LakeloopConfig, champion: Champion, plan: retraining_policy.RetrainingPlan, regime_start: datetime | None
+    config: LakeloopConfig, champion: ChampionInfo, plan: retraining_policy.RetrainingPlan, regime_start: str | None
 ) -> tuple[str, bool]:
     """Submit the planned attempt; returns (id, newly submitted). The id is deterministic per
     (champion version, attempt), so a second monitor's submission is refused by the Jobs API."""
@@ -56,18 +59,18 @@ def submit_retraining(
         "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
         CONFIG_YAML_ENV: dump_config(config),
     }
-    entrypoint = f"{config.monitor.retrain_entrypoint} --trigger-id {shlex.quote(submission)}"
-    entrypoint += f" --regime-start {regime_start.isoformat()}" if regime_start else ""
+    entrypoint = f"{config.monitor.retrain_entrypoint} --trigger-id {shlex.quote(submission)} --trigger {plan.trigger}"
+    entrypoint += f" --regime-start {regime_start}" if regime_start else ""
     entrypoint += " --tune" if plan.tune else ""
     metadata = {
-        "lakeloop.trigger": "drift",
+        "lakeloop.trigger": plan.trigger,
         "lakeloop.champion_version": champion.version,
         "lakeloop.attempt": str(plan.attempt),
     }
     return submission, jobs(config).submit(entrypoint, submission, env, metadata)
 
 
-def attempt_events(config: LakeloopConfig, champion: Champion) -> list[dict]:
+def attempt_events(config: LakeloopConfig, champion: ChampionInfo) -> list[dict]:
     table = delta.tables(config).attempts.read(
         filter=(pc.field("champion_name") == champion.name) & (pc.field("champion_version") == champion.version)
     )
@@ -75,11 +78,11 @@ def attempt_events(config: LakeloopConfig, champion: Champion) -> list[dict]:
 
 
 def record_events(config: LakeloopConfig, events: list[dict]) -> None:
-    if events:
-        delta.tables(config).attempts.append(pa.Table.from_pylist(events, schema=ATTEMPT_SCHEMA))
+    if events:  # merge: tables written before the trigger column existed take it
+        delta.tables(config).attempts.append(pa.Table.from_pylist(events, schema=ATTEMPT_SCHEMA), merge_schema=True)
 
 
-def _event(champion: Champion, event: str, attempt: int = 0, **fields) -> dict:
+def _event(champion: ChampionInfo, event: str, attempt: int = 0, **fields) -> dict:
     return {
         "champion_name": champion.name,
         "champion_version": champion.version,
@@ -114,7 +117,7 @@ def job_outcome(config: LakeloopConfig, submission_id: str) -> tuple[str, str, s
     return outcome, version.tags.get("lakeloop.gate_reason", ""), str(version.version)
 
 
-def reconcile(config: LakeloopConfig, champion: Champion, events: list[dict]) -> list[dict]:
+def reconcile(config: LakeloopConfig, champion: ChampionInfo, events: list[dict]) -> list[dict]:
     """Outcome events for attempts whose job has finished since the last pass."""
     found = []
     for attempt in retraining_policy.fold_attempts(events):
@@ -133,6 +136,7 @@ def reconcile(config: LakeloopConfig, champion: Champion, events: list[dict]) ->
                     training_rows=attempt.training_rows,
                     candidate_version=candidate,
                     reason=reason,
+                    trigger=attempt.trigger,
                 )
             )
     return found
@@ -149,42 +153,78 @@ def training_rows(config: LakeloopConfig) -> int:
     return sum(table.count() for table in sources)
 
 
+def regime_rows(config: LakeloopConfig, since: str) -> int:
+    """Labelled rows of a regime in what train.source reads: events since `since`, and labels received
+    since then through /feedback."""
+    tables, moment = delta.tables(config), datetime.fromisoformat(since)
+    sources = {
+        "events": [(tables.events, config.dataset.event_time)],
+        "feedback": [(tables.feedback, RECEIVED_AT)],
+        "both": [(tables.events, config.dataset.event_time), (tables.feedback, RECEIVED_AT)],
+    }[config.train.source]
+    return sum(_rows_since(table, column, moment) for table, column in sources)
+
+
+def _rows_since(table: delta.Table, column: str, moment: datetime) -> int:
+    data = table.read([column])
+    if data is None or data.num_rows == 0:
+        return 0
+    times = data.column(0)
+    bound = pa.scalar(moment if times.type.tz else moment.replace(tzinfo=None), times.type)
+    return int(pc.sum(pc.greater_equal(times, bound)).as_py() or 0)
+
+
+def plan(
+    config: LakeloopConfig, champion: ChampionInfo, regime_start: datetime | None, events: list[dict]
+) -> tuple[retraining_policy.RetrainingPlan, int]:
+    """What the policy says now (and the training rows it was decided on), reading only."""
+    rows = training_rows(config)
+    learning = config.monitor.learning
+    regime = champion.regime
+    grown = regime_rows(config, regime.start) if learning.enabled and regime.start and regime_start is None else 0
+    decided = retraining_policy.plan_retraining(
+        retraining_policy.fold_attempts(events), regime_start is not None, rows, config.monitor.retry,
+        regime, grown, learning,
+    )  # fmt: skip
+    return decided, rows
+
+
 def retraining_step(
-    config: LakeloopConfig, champion: Champion, regime_start: datetime | None, submit: bool
+    config: LakeloopConfig, champion: ChampionInfo, regime_start: datetime | None, submit: bool
 ) -> RetrainingStep:
     """Reconcile finished attempts, then submit, wait, or report the loop degraded."""
     events = attempt_events(config, champion)
     new = reconcile(config, champion, events) if submit else []
     events += new
-    rows = training_rows(config)
-    plan = retraining_policy.plan_retraining(
-        retraining_policy.fold_attempts(events), regime_start is not None, rows, config.monitor.retry
-    )
+    plan_now, rows = plan(config, champion, regime_start, events)
     submission, submitted = None, False
-    if plan.action == "submit" and submit:
-        submission, submitted = submit_retraining(config, champion, plan, regime_start)
+    # a learning attempt trains on the champion's regime; a drift attempt on the one the trigger saw begin
+    start = champion.regime.start if plan_now.trigger == retraining_policy.LEARN else _iso(regime_start)
+    if plan_now.action == "submit" and submit:
+        submission, submitted = submit_retraining(config, champion, plan_now, start)
         new.append(
             _event(
                 champion,
                 retraining_policy.SUBMITTED,
-                plan.attempt,
+                plan_now.attempt,
                 submission_id=submission,
-                tune=plan.tune,
-                training_rows=rows,
-                regime_start=regime_start,
-                reason=plan.reason,
+                tune=plan_now.tune,
+                training_rows=regime_rows(config, start) if plan_now.trigger == retraining_policy.LEARN else rows,
+                regime_start=datetime.fromisoformat(start) if start else None,
+                reason=plan_now.reason,
+                trigger=plan_now.trigger,
             )
         )
     degraded, _ = retraining_policy.health(events)
-    if plan.action == "degraded" and not degraded:
-        new.append(_event(champion, retraining_policy.DEGRADED, reason=plan.reason))
-    elif degraded and plan.action == "none":
+    if plan_now.action == "degraded" and not degraded:
+        new.append(_event(champion, retraining_policy.DEGRADED, reason=plan_now.reason))
+    elif degraded and plan_now.action == "none":
         new.append(
-            _event(champion, retraining_policy.RECOVERED, reason=plan.reason or "recent windows no longer drift")
+            _event(champion, retraining_policy.RECOVERED, reason=plan_now.reason or "recent windows no longer drift")
         )
     record_events(config, new)
     if any(e["event"] in (retraining_policy.DEGRADED, retraining_policy.RECOVERED) for e in new):
-        reason = plan.reason if plan.action == "degraded" else None
+        reason = plan_now.reason if plan_now.action == "degraded" else None
         with_retries(
             "marking the champion's health in MLflow",
             config.monitor.retries,
@@ -193,17 +233,23 @@ def retraining_step(
     attempts = retraining_policy.fold_attempts(events + new)
     if submission is None and attempts and attempts[-1].outcome == retraining_policy.SUBMITTED:
         submission = attempts[-1].submission_id
-    state = "degraded" if plan.action == "degraded" else "retraining" if plan.action in ("submit", "wait") else "ok"
+    state = (
+        "degraded" if plan_now.action == "degraded" else "retraining" if plan_now.action in ("submit", "wait") else "ok"
+    )
     return RetrainingStep(
         state=state,
-        action=plan.action,
-        reason=plan.reason,
+        action=plan_now.action,
+        reason=plan_now.reason,
         submission_id=submission,
         submitted=submitted,
         training_rows=rows,
-        regime_start=regime_start.isoformat() if regime_start else None,
+        regime_start=start,
         attempts=attempts,
     )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def follow(config: LakeloopConfig, submission_id: str, timeout_s: float = 900) -> JobOutcome:

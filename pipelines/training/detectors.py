@@ -2,7 +2,7 @@
 
 - feature-wise: alibi-detect TabularDrift (KS for numeric, chi-square for categorical features,
   Bonferroni-corrected) on raw features;
-- multivariate: MMDDrift (PyTorch backend) on the preprocessed features, subsampled;
+- multivariate: MMDDrift (PyTorch backend) on the preprocessed features (one-hot slots), subsampled;
 - prediction drift: KSDrift on the model's score (positive-class probability, or the prediction);
 - performance drift: the gate metric on rows labelled through /feedback against the test score.
 
@@ -106,7 +106,7 @@ class DriftSuite:
         )
         small = sample.sample(min(len(sample), monitor.mmd_reference_rows), random_state=seed)
         multivariate = MMDDrift(
-            model.pipeline.transform_frame(small),
+            model.pipeline.onehot_frame(small),
             backend="pytorch",
             p_val=alpha,
             n_permutations=monitor.mmd_permutations,
@@ -143,7 +143,7 @@ class DriftSuite:
 
     def _multivariate(self, window: pd.DataFrame) -> DetectorResult:
         small = window.sample(min(len(window), self.mmd_rows), random_state=self.seed)
-        mmd = self.multivariate.predict(self.model.pipeline.transform_frame(small))["data"]
+        mmd = self.multivariate.predict(self.model.pipeline.onehot_frame(small))["data"]
         return DetectorResult(
             "multivariate", bool(mmd["is_drift"]), float(mmd["p_val"]), float(mmd["threshold"]), float(mmd["distance"])
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,15 +47,27 @@ def fit_statistics(ds: ray.data.Dataset, numeric: list[str], categorical: list[s
 
 
 class FeaturePipeline:
-    """Imputation, scaling and one-hot encoding fitted on the training split, plus label encoding."""
+    """Imputation, scaling and categorical slots fitted on the training split, plus label encoding."""
 
     def __init__(self, dataset: DatasetConfig) -> None:
         self.dataset = dataset
         self.fitted: FittedTransform | None = None
 
     @property
-    def output_dim(self) -> int | None:
-        return self.fitted.output_dim if self.fitted else None
+    def width(self) -> int:
+        """Columns of the encoded matrix: one per feature."""
+        return self._transformer().width
+
+    @property
+    def layout(self) -> tuple[int, list[int]]:
+        """(numeric features, slots of each categorical): how an encoded row becomes one-hot."""
+        fitted = self._transformer()
+        return len(fitted.numeric), list(fitted.slots)
+
+    @property
+    def onehot_width(self) -> int:
+        """Columns once each categorical slot is a column of its own (what networks read)."""
+        return self._transformer().onehot_width
 
     @property
     def feature_names(self) -> list[str]:
@@ -69,7 +81,7 @@ class FeaturePipeline:
         """Fitted on the training split's rows, or on their statistics where the caller gathered them."""
         numeric, categorical = self.dataset.numeric, self.dataset.categorical
         stats = train if isinstance(train, Statistics) else fit_statistics(train, numeric, categorical)
-        self.fitted = FittedTransform.fit(stats, numeric, categorical)
+        self.fitted = FittedTransform.fit(stats, numeric, categorical, self.dataset.max_categories)
         return self
 
     def _transformer(self) -> FittedTransform:
@@ -119,33 +131,13 @@ class FeaturePipeline:
         return self._transformer().transform(numbers | {name: columns[name] for name in self.dataset.categorical})
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw feature records -> a float32 matrix, in-process (serving, pyfunc, tests)."""
+        """Raw feature records -> the encoded float32 matrix, in-process (serving, pyfunc, tests)."""
         return self.encode(frame).matrix
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Models logged before the fused transform pickled a fitted Ray preprocessor chain: read its
-        statistics into the same FittedTransform, so those models load and predict unchanged."""
-        if "chain" in state:
-            state = {"dataset": state["dataset"], "fitted": _from_ray_chain(state["chain"], state["dataset"])}
-        self.__dict__.update(state)
+    def onehot(self, matrix: np.ndarray) -> np.ndarray:
+        """An encoded matrix with one column per categorical slot (networks; the drift detector's MMD)."""
+        return self._transformer().onehot(matrix)
 
-
-def _from_ray_chain(chain: Any, dataset: DatasetConfig) -> FittedTransform:
-    stats: dict[str, Any] = {}
-    for step in chain.preprocessors:
-        stats |= getattr(step, "stats_", None) or {}
-    numeric, categorical = dataset.numeric, dataset.categorical
-    vocabularies = []
-    for name in categorical:
-        unique = stats[f"unique_values({name})"]
-        vocabularies.append(tuple(sorted(unique, key=unique.get) if isinstance(unique, dict) else unique))
-    return FittedTransform(
-        numeric=tuple(numeric),
-        means=tuple(float(stats[f"mean({n})"]) for n in numeric),
-        scales=tuple(s if (s := float(stats[f"std({n})"] or 0.0)) > 1e-8 else 1.0 for n in numeric),
-        categorical=tuple(categorical),
-        modes=tuple(stats.get(f"most_frequent({n})") for n in categorical),
-        vocabularies=tuple(vocabularies),
-        null_counts={},
-        rows=0,
-    )
+    def onehot_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """Raw feature records -> one column per numeric feature and per categorical slot."""
+        return self.onehot(self.transform_frame(frame))

@@ -17,15 +17,19 @@ from pipelines.training.fitted_model import PREDICTION_COLUMN
 
 
 def learning_curves(history: list[dict]) -> plt.Figure:
+    """Losses (where the family reports them: the torch loop does) and validation metrics per report
+    (an epoch, or xgboost's rounds_per_report rounds)."""
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
-    losses.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    losses.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
-    losses.set_xlabel("epoch")
-    losses.legend()
+    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+        if key in history[0]:
+            losses.plot(epochs, [h[key] for h in history], label=label)
+    losses.set_xlabel("report")
+    if losses.lines:
+        losses.legend()
     for key in sorted(k for k in history[0] if k.startswith("val_") and k != "val_loss"):
         scores.plot(epochs, [h[key] for h in history], label=key)
-    scores.set_xlabel("epoch")
+    scores.set_xlabel("report")
     scores.legend()
     figure.tight_layout()
     return figure

@@ -4,8 +4,10 @@ Tune search, which imports the plain fit: never the reverse)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,19 +24,30 @@ from mlflow.models import ModelSignature, infer_signature
 
 import pipelines
 from pipelines.adapters import delta, ray_cluster
-from pipelines.adapters.registry import TRIGGER_TAG, ChampionState, Registry, mlflow_errors, require_tracking_server
+from pipelines.adapters.registry import (
+    FAMILY_TAG,
+    TRIGGER_KIND_TAG,
+    TRIGGER_TAG,
+    ChampionState,
+    Registry,
+    mlflow_errors,
+    require_tracking_server,
+)
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.estimators import Trained
 from pipelines.core.gate import GateDecision, decide
-from pipelines.training import loop, plots
+from pipelines.core.retraining_policy import MANUAL
+from pipelines.training import families, plots, ray_train
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
 from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
+from pipelines.training.features import FeaturePipeline
 from pipelines.training.fitted_model import LakeloopModel, evaluate_predictions
 from pipelines.training.labelled_feedback import NoLabelledRows, refresh_training_table
 from pipelines.training.pyfunc import LakeloopPyfunc
 from pipelines.training.validation import ValidationReport, validate_table
 
-# (config, datasets {train, validation}, input dim, MLflow run id) -> (the trained network, its hyperparameters)
-Fitter = Callable[[LakeloopConfig, dict, int, str], tuple[loop.TrainedNetwork, dict]]
+# (config, datasets {train, validation}, the fitted feature pipeline, MLflow run id) -> the trained estimator
+Fitter = Callable[[LakeloopConfig, dict, FeaturePipeline, str], Trained]
 
 log = logging.getLogger("lakeloop.training")
 MODEL_ARTIFACT = "model"
@@ -47,6 +60,7 @@ PIP_REQUIREMENTS = [
     "pydantic>=2.7",
     "scikit-learn",
 ]
+FAMILY_REQUIREMENTS = {"xgboost": ["xgboost-cpu==3.2.0"]}  # what a family's estimator needs to load and predict
 
 
 @dataclass
@@ -59,11 +73,13 @@ class TrainOutcome:
     promoted: bool
     reason: str
     lineage: dict
+    family: str
     hyperparams: dict
     resumed_from_epoch: int
     seconds: dict[str, float]  # wall time per stage: prepare, fit, evaluate, gate (incl. registering)
     notes: list[str] = field(default_factory=list)  # what the run chose to do differently, and why
     trigger_id: str | None = None  # the monitor's submission id, when the monitor asked for this run
+    trigger: str = MANUAL  # why it ran: drift, retry, learn, release, manual
 
     def summary(self, config: LakeloopConfig) -> str:
         metric = config.gate.metric
@@ -96,7 +112,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _log_lineage(lineage: Lineage, trigger_id: str | None) -> None:
+def _log_lineage(lineage: Lineage) -> None:
     for table in lineage.tables:
         source = DeltaDatasetSource(path=table.uri, delta_table_version=table.version)
         name = f"{Path(table.uri.rstrip('/')).name}@v{table.version}"
@@ -113,7 +129,6 @@ def _log_lineage(lineage: Lineage, trigger_id: str | None) -> None:
         {
             "lakeloop.git_commit": _git_commit(),
             "lakeloop.tables": lineage.describe()[:5000],
-            **({TRIGGER_TAG: trigger_id} if trigger_id else {}),
         }
     )
 
@@ -168,6 +183,26 @@ def model_metadata(config: LakeloopConfig) -> dict:
     return {"lakeloop_features": [{"name": f.name, "kind": f.kind} for f in config.dataset.features]}
 
 
+def requirements(config: LakeloopConfig, family: str) -> list[str]:
+    return [*PIP_REQUIREMENTS, *FAMILY_REQUIREMENTS.get(config.train.families[family].kind, [])]
+
+
+def family_code(config: LakeloopConfig, family: str) -> list[str]:
+    """The user's module of a torch or sklearn family, logged with the model so any process can
+    unpickle it (a top-level module file, or its package's directory); nothing for built-in ones."""
+    spec = config.train.families[family]
+    if spec.kind not in ("torch", "sklearn") or not spec.class_path:
+        return []
+    module = sys.modules.get(spec.class_path.partition(":")[0]) or importlib.import_module(
+        spec.class_path.partition(":")[0]
+    )
+    top = module.__name__.split(".")[0]
+    if top in ("sklearn", "torch", "xgboost", "lightgbm"):  # a library's class: installed, not logged
+        return []
+    source = Path(sys.modules[top].__file__ or "")
+    return [str(source.parent if source.name == "__init__.py" else source)]
+
+
 def log_model(
     model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig, registry: Registry, tags: dict
 ) -> str:
@@ -181,11 +216,14 @@ def log_model(
             name=MODEL_ARTIFACT,
             python_model=LakeloopPyfunc(),
             artifacts={"model": str(directory)},
-            code_paths=[str(Path(pipelines.__file__).parent)],
+            code_paths=[str(Path(pipelines.__file__).parent), *family_code(config, model.family)],
             signature=model_signature(example, model.predict_frame(example)),
             metadata=model_metadata(config),
             input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=[
+                *PIP_REQUIREMENTS,
+                *FAMILY_REQUIREMENTS.get(config.train.families[model.family].kind, []),
+            ],
         )
         mlflow.log_artifact(str(directory / "pipeline.pkl"), artifact_path="preprocessor")
     mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()}, model_id=info.model_id)
@@ -207,11 +245,11 @@ def _datasets(prepared: PreparedData) -> dict:
 
 
 def _evaluate(
-    config: LakeloopConfig, prepared: PreparedData, trained: loop.TrainedNetwork
+    config: LakeloopConfig, prepared: PreparedData, trained: Trained
 ) -> tuple[LakeloopModel, pd.DataFrame, dict]:
     """The candidate as a fitted model (its figures logged), its test scores, and the test rows."""
     dataset = config.dataset
-    model = LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
+    model = LakeloopModel(prepared.pipeline, trained.estimator)
     test = to_frame(prepared.raw["test"])
     predictions = model.predict_frame(test[dataset.feature_names])
     scores = evaluate_predictions(predictions, test[dataset.label], dataset)  # logged with the model
@@ -226,14 +264,15 @@ def _gate(
     model: LakeloopModel,
     test: pd.DataFrame,
     scores: dict,
-    trigger_id: str | None,
+    tags: dict[str, str],
 ) -> tuple[str, ChampionState, dict | None, GateDecision]:
-    """Score the champion on the same rows, register the candidate, and apply the gate's decision."""
+    """Score the champion on the same rows, register the candidate (with `tags`), and apply the gate's
+    decision."""
     compared = registry.state()  # what the gate compares against, and what promotion must still find
     champion_scores = _champion_metrics(registry, compared.version, test, config)
     if champion_scores:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
-    version = log_model(model, test, scores, config, registry, {TRIGGER_TAG: trigger_id} if trigger_id else {})
+    version = log_model(model, test, scores, config, registry, {FAMILY_TAG: model.family, **tags})
     decision = registry.promote(version, compared, decide(scores, champion_scores, config.gate, compared.version))
     mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
     return version, compared, champion_scores, decision
@@ -241,18 +280,21 @@ def _gate(
 
 def train_and_register(
     config: LakeloopConfig,
-    fitter: Fitter = loop.fit_configured,
+    fitter: Fitter = families.fit_configured,
     job: str = "train",
     table: str | None = None,
     version: int | None = None,
     regime_start: datetime | None = None,
     trigger_id: str | None = None,
+    trigger: str = MANUAL,
 ) -> TrainOutcome:
-    """`fitter`: loop.fit_configured, or the Tune search (job "tune"); `regime_start`: when the monitor
-    saw the drift begin (train.regime); `trigger_id`: the monitor's submission id, recorded on the run
-    and the model version."""
+    """`fitter`: families.fit_configured (train.family), or the Tune search (job "tune");
+    `regime_start`: when the monitor saw the drift begin (train.regime); `trigger_id`: the monitor's
+    submission id and `trigger` why it runs (drift, retry, learn, release, manual), recorded on the
+    run and the model version."""
+    tags = {TRIGGER_KIND_TAG: trigger, **({TRIGGER_TAG: trigger_id} if trigger_id else {})}
     with mlflow_errors(config.mlflow.tracking_uri):
-        return _train_and_register(config, fitter, job, table, version, regime_start, trigger_id)
+        return _train_and_register(config, fitter, job, table, version, regime_start, tags)
 
 
 def _train_and_register(
@@ -262,7 +304,7 @@ def _train_and_register(
     table: str | None,
     version: int | None,
     regime_start: datetime | None,
-    trigger_id: str | None,
+    tags: dict[str, str],
 ) -> TrainOutcome:
     reports, notes = training_tables(config, table, version)  # before any Ray or MLflow work
     require_tracking_server(config.mlflow.tracking_uri)
@@ -277,20 +319,20 @@ def _train_and_register(
             notes.append(prepared.lineage.policy["note"])
         with mlflow.start_run(run_name=f"{job}-{config.dataset.table}-v{reports[0].version}") as run:
             mlflow.set_tag("lakeloop.job", job)
-            _log_lineage(prepared.lineage, trigger_id)
+            _log_lineage(prepared.lineage)
+            mlflow.set_tags(tags)
             if notes:
                 mlflow.set_tag("lakeloop.notes", " | ".join(notes)[:5000])
-            trained, hyperparams = fitter(
-                config, _datasets(prepared), int(prepared.pipeline.output_dim or 0), run.info.run_id
-            )
+            trained = fitter(config, _datasets(prepared), prepared.pipeline, run.info.run_id)
             clock.lap("fit")
-            mlflow.log_params({f"hp_{k}": v for k, v in hyperparams.items()})
+            nodes = ray_train.worker_nodes(mlflow.get_run(run.info.run_id).data.tags)
+            mlflow.set_tag("lakeloop.worker_nodes", ",".join(nodes))  # where it trained, in rank order
+            mlflow.set_tag(FAMILY_TAG, trained.estimator.family)
+            mlflow.log_params({"family": trained.estimator.family, **{f"hp_{k}": v for k, v in trained.params.items()}})
             mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
             model, test, scores = _evaluate(config, prepared, trained)
             clock.lap("evaluate")
-            model_version, compared, champion_scores, decision = _gate(
-                config, registry, model, test, scores, trigger_id
-            )
+            model_version, compared, champion_scores, decision = _gate(config, registry, model, test, scores, tags)
             clock.lap("gate")
             mlflow.log_metrics({f"seconds_{k}": v for k, v in clock.laps.items()})
     return TrainOutcome(
@@ -302,9 +344,11 @@ def _train_and_register(
         promoted=decision.promote,
         reason=decision.reason,
         lineage=asdict(prepared.lineage),
-        hyperparams=hyperparams,
+        family=trained.estimator.family,
+        hyperparams=trained.params,
         resumed_from_epoch=trained.resumed_from_epoch,
         seconds=clock.laps,
         notes=notes,
-        trigger_id=trigger_id,
+        trigger_id=tags.get(TRIGGER_TAG),
+        trigger=tags[TRIGGER_KIND_TAG],
     )

@@ -18,9 +18,9 @@ from ray.util.state import list_actors
 
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
-from pipelines.core.config import HyperParams, parse_config
+from pipelines.core.config import parse_config
 from pipelines.scenarios import synthetic
-from pipelines.training import loop
+from pipelines.training import families
 from pipelines.training.data import prepare
 from tests.helpers import demo_raw_config
 
@@ -40,11 +40,19 @@ def train_worker_pids() -> set[int]:
     return pids
 
 
-def main(root: str) -> None:
+# Each report must take a while, so the kill lands mid-run: for the MLP small batches streamed every
+# epoch (no in-memory cache), six epochs; for xgboost a report every 2 rounds, 20 reports, no early stop.
+SLOW = {
+    "mlp": ({"max_epochs": 6, "patience": 6, "cache_rows": 0}, {"batch_size": 16}, 6),
+    "xgboost": ({}, {"max_rounds": 40, "rounds_per_report": 2, "early_stopping_rounds": 1000, "eta": 0.05}, 20),
+}
+
+
+def main(root: str, family: str) -> None:
     raw = demo_raw_config(Path(root))
-    # Small batches, streamed every epoch (no in-memory cache), make each epoch take seconds, so the
-    # kill lands mid-run.
-    raw["train"].update(max_epochs=6, patience=6, cache_rows=0, hyperparams=HyperParams(batch_size=16).model_dump())
+    train, params, reports = SLOW[family]
+    raw["train"].update(family=family, **train)
+    raw["train"]["families"][family]["params"].update(params)
     config = parse_config(raw)
     ray.init(
         address="local",
@@ -60,9 +68,7 @@ def main(root: str) -> None:
     outcome: dict = {}
     thread = threading.Thread(
         target=lambda: outcome.update(
-            trained=loop.fit(
-                config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, name="kill-test"
-            )
+            trained=families.fit(config, family, datasets, prepared.pipeline, None, name="kill-test")
         )
     )
     thread.start()
@@ -84,6 +90,7 @@ def main(root: str) -> None:
                 "killed": killed,
                 "resumed_from_epoch": trained.resumed_from_epoch,
                 "epochs": [h["epoch"] for h in trained.history],
+                "reports": reports,
             }
         )
     )
@@ -91,4 +98,4 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

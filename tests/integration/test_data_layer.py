@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 import uuid
@@ -22,7 +21,7 @@ from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import LakeloopError, ValidationFailed
 from pipelines.scenarios import synthetic
 from pipelines.training.data import prepare
-from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN, FeaturePipeline
+from pipelines.training.features import FEATURES_COLUMN, TARGET_COLUMN
 from pipelines.training.labelled_feedback import labelled_rows, refresh_training_table
 from pipelines.training.validation import validate_table
 from pipelines.training.workflow import train_and_register
@@ -125,14 +124,14 @@ def test_ray_preprocessing_matches_single_process_reference(config: LakeloopConf
     for split in ("train", "test"):
         raw = prepared.raw[split].to_pandas()
         produced = prepared.splits[split].to_pandas()
-        got = np.stack(produced[FEATURES_COLUMN].to_numpy())
+        got = prepared.pipeline.onehot(np.stack(produced[FEATURES_COLUMN].to_numpy()))
         expected = reference_features(train_raw, raw, config)
         np.testing.assert_allclose(sort_rows(got), sort_rows(expected), rtol=1e-4, atol=1e-4)
         assert sorted(produced[TARGET_COLUMN]) == sorted(raw["churned"])
     # The in-process path used by serving gives the same numbers as Ray Data.
     test_raw = prepared.raw["test"].to_pandas()
     np.testing.assert_allclose(
-        prepared.pipeline.transform_frame(test_raw),
+        prepared.pipeline.onehot_frame(test_raw),
         reference_features(train_raw, test_raw, config),
         rtol=1e-4,
         atol=1e-4,
@@ -210,28 +209,3 @@ def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(
     assert [t.uri for t in prepared.lineage.tables] == [delta.tables(config).events.uri, uri]
     # one time split over the union (a request's rows share a timestamp, so quantiles tie a little)
     assert prepared.lineage.rows["test"] == pytest.approx(180, abs=10)
-
-
-def test_a_model_pickled_with_rays_preprocessor_chain_loads_and_encodes_the_same(
-    config: LakeloopConfig, ray_local: None
-) -> None:
-    """Models logged before the fused transform pickled the FeaturePipeline with a fitted Ray Chain
-    (`chain`, `output_dim`): unpickled now, they encode rows exactly as that chain does."""
-    from ray.data.preprocessors import Chain, Concatenator, OneHotEncoder, SimpleImputer, StandardScaler
-
-    numeric, categorical = config.dataset.numeric, config.dataset.categorical
-    chain = Chain(
-        SimpleImputer(numeric, strategy="mean"),
-        StandardScaler(numeric),
-        SimpleImputer(categorical, strategy="most_frequent"),
-        OneHotEncoder(categorical),
-        Concatenator(numeric + categorical, output_column_name="features", dtype=np.float32, flatten=True),
-    )
-    chain.fit(ray.data.from_arrow(synthetic.generate(2000, 3)).select_columns(config.dataset.feature_names))
-    old = FeaturePipeline.__new__(FeaturePipeline)
-    old.__dict__.update(dataset=config.dataset, chain=chain, output_dim=None)
-    loaded = pickle.loads(pickle.dumps(old))
-    rows = synthetic.generate(300, 4).to_pandas()[config.dataset.feature_names]
-    expected = np.stack(chain.transform_batch(rows.copy())["features"].to_numpy()).astype(np.float32)
-    np.testing.assert_allclose(loaded.transform_frame(rows), expected, rtol=1e-6, atol=1e-6)
-    assert loaded.output_dim == expected.shape[1]

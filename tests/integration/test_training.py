@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from pipelines.adapters import delta
 from pipelines.adapters.registry import Registry
-from pipelines.core.config import HyperParams, LakeloopConfig, parse_config
+from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.gate import GateDecision
 from pipelines.scenarios import synthetic
 from pipelines.training import search
@@ -97,12 +97,10 @@ def test_train_registers_promotes_and_gate_refuses_a_worse_model(
     assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
     assert client.list_artifacts(first.run_id, "preprocessor")[0].path == "preprocessor/pipeline.pkl"
 
+    weak = config.train.families["mlp"].model_copy(update={"params": {"lr": 1e-5, "hidden": 2, "depth": 1}})
+    families = {**config.train.families, "mlp": weak}
     worse = config.model_copy(
-        update={
-            "train": config.train.model_copy(
-                update={"max_epochs": 1, "hyperparams": HyperParams(lr=1e-5, hidden=2, depth=1)}
-            )
-        }
+        update={"train": config.train.model_copy(update={"family": "mlp", "max_epochs": 1, "families": families})}
     )
     second = train_and_register(worse)
     assert not second.promoted
@@ -154,8 +152,10 @@ def test_two_trainings_finishing_at_once_cannot_both_win(mlflow_server: str) -> 
     assert registry.champion().version == champion
 
 
-def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow_server: str, ray_local: None) -> None:
-    raw_config["tune"].update(num_samples=3, grace_period=1)
+def test_tune_searches_each_family_with_its_own_space_as_child_runs(
+    raw_config: dict, mlflow_server: str, ray_local: None
+) -> None:
+    raw_config["tune"].update(num_samples=2, grace_period=1, families=["xgboost", "mlp"])
     config = small_config(raw_config, mlflow_server, num_workers=1, cpus_per_worker=1)
     delta.tables(config).events.append(synthetic.generate(2000, 4))
     outcome = train_and_register(config, search.search, "tune")
@@ -163,19 +163,23 @@ def test_tune_runs_three_trials_with_asha_as_child_runs(raw_config: dict, mlflow
     children = client.search_runs(
         [client.get_run(outcome.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'"
     )
-    assert len(children) == 3
-    tried = {(c.data.params["hp_hidden"], c.data.params["hp_depth"], c.data.params["hp_lr"]) for c in children}
-    assert len(tried) == 3  # three different points of the search space
-    assert outcome.promoted
-    assert str(outcome.hyperparams["hidden"]) in {c.data.params["hp_hidden"] for c in children}
+    by_family = {f: [c.data.params for c in children if c.data.params["family"] == f] for f in ("xgboost", "mlp")}
+    assert [len(by_family["xgboost"]), len(by_family["mlp"])] == [2, 2]  # every family, num_samples each
+    assert len({(p["hp_eta"], p["hp_max_leaves"]) for p in by_family["xgboost"]}) == 2  # its own space
+    assert len({(p["hp_hidden"], p["hp_lr"]) for p in by_family["mlp"]}) == 2
+    assert all("hp_hidden" not in p for p in by_family["xgboost"])
+    assert outcome.promoted and outcome.family in ("xgboost", "mlp")
+    best = [p for p in by_family[outcome.family] if all(p[f"hp_{k}"] == str(v) for k, v in outcome.hyperparams.items())]
+    assert len(best) == 1  # the model registered is the best trial's
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["mlp", "xgboost"])
+def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path, family: str) -> None:
     """In a fresh process with its own local cluster, so no state from earlier tests interferes."""
-    outcome = run_scenario("tests.integration.kill_and_resume", str(tmp_path / "data"), timeout=600)
+    outcome = run_scenario("tests.integration.kill_and_resume", str(tmp_path / "data"), family, timeout=600)
     assert outcome["killed"], "no train worker was found to kill"
     assert outcome["resumed_from_epoch"] >= 1, "training started over instead of resuming"
-    assert outcome["epochs"] == list(range(6))
+    assert outcome["epochs"] == list(range(outcome["reports"]))
 
 
 def test_training_a_bad_table_fails_validation_before_ray_or_mlflow(raw_config: dict, tmp_path: Path) -> None:
@@ -235,7 +239,7 @@ def test_a_promotion_killed_between_claim_and_alias_move_leaves_the_registry_pro
     client = MlflowClient(mlflow_server)
     name = f"crash-{uuid.uuid4().hex[:8]}"
     first, crashed, later = _register_dummy_versions(client, name, 3)
-    registry = Registry(client, name, claim_lease_s=2.0)
+    registry = Registry(client, name, claim_lease_s=6.0)  # the blocked try below must land within it, on a busy machine
     assert registry.promote(first, registry.state(), GateDecision(True, "first")).promote
     done = subprocess.run(
         [sys.executable, "-c", CRASH_MID_PROMOTION, mlflow_server, name, crashed],

@@ -17,7 +17,7 @@ import pytest
 from pipelines.adapters import delta
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.scenarios import synthetic
-from pipelines.training import loop
+from pipelines.training import families
 from pipelines.training.data import prepare
 from pipelines.training.fitted_model import LakeloopModel
 from tests.helpers import demo_raw_config
@@ -27,16 +27,17 @@ pytestmark = pytest.mark.integration
 BAYES_SLACK = 0.05
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Iterator[LakeloopModel]:
+@pytest.fixture(scope="module", params=["xgboost", "mlp"])
+def model(request, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Iterator[LakeloopModel]:
+    """Each built-in family, trained through its Ray Train path on the same rows."""
     raw = demo_raw_config(tmp_path_factory.mktemp("behaviour") / "data")
     raw["train"].update(max_epochs=12, patience=3)
     config: LakeloopConfig = parse_config(raw)
     delta.tables(config).events.append(synthetic.generate(8000, 21))
     prepared = prepare(config)
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
-    trained = loop.fit(config, config.train.hyperparams, datasets, prepared.pipeline.output_dim, None, "behaviour")
-    yield LakeloopModel(prepared.pipeline, trained.spec, trained.state_dict)
+    trained = families.fit(config, request.param, datasets, prepared.pipeline, None, f"behaviour-{request.param}")
+    yield LakeloopModel(prepared.pipeline, trained.estimator)
 
 
 def churn_probability(model: LakeloopModel, frame: pd.DataFrame) -> np.ndarray:

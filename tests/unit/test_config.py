@@ -75,11 +75,30 @@ def test_table_names_resolve_under_object_store_roots(raw_config: dict) -> None:
 
 
 def test_search_space_domain_shape(raw_config: dict) -> None:
-    raw_config["tune"]["search_space"]["lr"] = {"kind": "loguniform", "values": [0.1]}
-    with pytest.raises(ConfigError, match=r"tune\.search_space\.lr"):
+    raw_config["train"]["families"]["mlp"]["search_space"]["lr"] = {"kind": "loguniform", "values": [0.1]}
+    with pytest.raises(ConfigError, match=r"train\.families\.mlp\.search_space\.lr"):
         parse_config(raw_config)
-    raw_config["tune"]["search_space"] = {"momentum": {"kind": "choice", "values": [1]}}
-    with pytest.raises(ConfigError, match="momentum"):
+    raw_config["train"]["families"]["mlp"]["search_space"] = {"momentum": {"kind": "choice", "values": [1]}}
+    with pytest.raises(ConfigError, match="momentum: not a setting of kind 'mlp'"):
+        parse_config(raw_config)
+
+
+def test_families_are_named_checked_and_the_built_ins_always_there(raw_config: dict) -> None:
+    raw_config["train"]["families"] = {"mine": {"kind": "sklearn", "class_path": "sklearn.linear_model:Ridge"}}
+    config = parse_config(raw_config)
+    assert set(config.train.families) == {"mlp", "xgboost", "mine"} and config.train.spec.kind == "xgboost"
+    raw_config["train"]["family"] = "nope"
+    with pytest.raises(ConfigError, match="family: 'nope' is not one of the families: mine, mlp, xgboost"):
+        parse_config(raw_config)
+    raw_config["train"].update(family="mine", families={"mine": {"kind": "torch"}})
+    with pytest.raises(ConfigError, match="class_path is required for kind 'torch'"):
+        parse_config(raw_config)
+    raw_config["train"].update(family="xgboost", families={"xgboost": {"params": {"eta": 2}}})
+    with pytest.raises(ConfigError, match=r"train\.families\.xgboost"):
+        parse_config(raw_config)
+    raw_config["train"]["families"] = {}
+    raw_config["tune"]["families"] = ["xgboost", "gbm"]
+    with pytest.raises(ConfigError, match="tune.families: gbm not in train.families"):
         parse_config(raw_config)
 
 

@@ -1,4 +1,6 @@
-"""The model's two entry points: the pyfunc's frames and the columns Serve and batch inference pass."""
+"""The model's two entry points, the pyfunc's frames and the columns Serve and batch inference pass,
+for an estimator of every family kind (trained in-process here: the Ray Train paths are in
+tests/integration/test_families.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import pytest
 
 from pipelines.adapters.registry import _PyfuncPredictor
 from pipelines.core.config import parse_config
+from pipelines.core.estimators import SklearnEstimator, TorchEstimator, XGBoostEstimator
 from pipelines.core.feature_transform import FittedTransform, statistics
-from pipelines.core.network import NetworkSpec, TabularMLP
+from pipelines.core.network import MLP_CLASS, ModuleSpec
 from pipelines.scenarios import synthetic
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.fitted_model import LakeloopModel
@@ -18,8 +21,29 @@ from serve.schemas import RecordValidator
 from tests.helpers import ROOT, demo_raw_config
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> LakeloopModel:
+def _estimator(kind: str, pipeline: FeaturePipeline, train: pd.DataFrame):
+    matrix = pipeline.transform_frame(train)
+    target = pipeline.encode_target(train["churned"])
+    if kind == "mlp":
+        spec = ModuleSpec(MLP_CLASS, pipeline.onehot_width, 2, {"hidden": 16, "depth": 2, "dropout": 0.0})
+        return TorchEstimator("mlp", spec, spec.build().state_dict(), "classification")
+    if kind == "xgboost":
+        import xgboost
+
+        numeric, slots = pipeline.layout
+        data = xgboost.DMatrix(
+            matrix, target, feature_types=["q"] * numeric + ["c"] * len(slots), enable_categorical=True
+        )
+        booster = xgboost.train({"objective": "binary:logistic", "tree_method": "hist", "max_leaves": 15}, data, 20)
+        return XGBoostEstimator("xgboost", booster.save_raw("ubj"), "classification", 2)
+    from sklearn.linear_model import LogisticRegression
+
+    fitted = LogisticRegression(max_iter=200).fit(pipeline.onehot(matrix), target)
+    return SklearnEstimator("logistic", fitted, "classification", 2, "onehot")
+
+
+@pytest.fixture(scope="module", params=["mlp", "xgboost", "sklearn"])
+def model(request, tmp_path_factory: pytest.TempPathFactory) -> LakeloopModel:
     dataset = parse_config(demo_raw_config(tmp_path_factory.mktemp("bundle"))).dataset
     train = synthetic.generate(2000, 0).to_pandas()
     pipeline = FeaturePipeline(dataset)
@@ -28,8 +52,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LakeloopModel:
         dataset.numeric,
         dataset.categorical,
     )
-    spec = NetworkSpec(pipeline.output_dim, len(dataset.classes), 16, 2, 0.0)
-    return LakeloopModel(pipeline, spec, TabularMLP(spec).state_dict())
+    return LakeloopModel(pipeline, _estimator(request.param, pipeline, train))
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +120,7 @@ def test_the_model_unpickles_without_importing_mlflow(model: LakeloopModel) -> N
     code = (
         "import pickle, sys; model = pickle.loads(sys.stdin.buffer.read()); "
         "assert model.feature_names; import pipelines.inference.scoring_actor; "
+        "model.predict_frame(__import__('pandas').DataFrame([dict.fromkeys(model.feature_names)])); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
     )
     done = subprocess.run(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pipelines.core.config import RetryConfig
+from pipelines.core.config import LearningConfig, RetryConfig
 from pipelines.core.retraining_policy import (
     Attempt,
+    Regime,
     fold_attempts,
     health,
     plan_retraining,
@@ -97,3 +98,51 @@ def test_health_follows_the_newest_degraded_or_recovered_event() -> None:
     assert health([degraded]) == (True, "3 attempts")
     assert health([degraded, {"attempt": 0, "event": "recovered", "at": T0 + timedelta(hours=1)}]) == (False, "")
     assert health([event(1, "refused", 1)]) == (False, "")
+
+
+LEARN = LearningConfig(enabled=True, growth=2.0, min_rows=200)
+REGIME = Regime("2026-05-01T00:00:00+00:00", 600)  # a champion trained on 600 rows since the drift began
+
+
+def learn_attempt(number: int, rows: int, outcome: str, reason: str = "") -> Attempt:
+    return Attempt(number, f"s{number}", False, rows, outcome, reason, trigger="learn")
+
+
+def test_without_a_regime_calm_traffic_never_starts_learning() -> None:
+    assert plan_retraining([], False, 10_000, RETRY, Regime(), 0, LEARN).action == "none"
+
+
+def test_a_champion_of_a_regime_is_retrained_each_time_its_labelled_rows_double() -> None:
+    waiting = plan_retraining([], False, 5000, RETRY, REGIME, 1199, LEARN)
+    assert waiting.action == "none" and "next retraining at 1,200 labelled rows" in waiting.reason
+    due = plan_retraining([], False, 5000, RETRY, REGIME, 1200, LEARN)
+    assert (due.action, due.trigger, due.attempt, due.tune) == ("submit", "learn", 1, False)
+
+
+def test_learning_waits_for_a_running_attempt_and_stops_at_a_plateau() -> None:
+    running = learn_attempt(1, 1200, "submitted")
+    assert plan_retraining([running], False, 5000, RETRY, REGIME, 5000, LEARN).action == "wait"
+    refused = learn_attempt(1, 1200, "refused", "roc_auc 0.91 does not beat champion 0.91")
+    plateau = plan_retraining([refused], False, 5000, RETRY, REGIME, 50_000, LEARN)
+    assert plateau.action == "none" and "plateau" in plateau.reason
+
+
+def test_a_failed_learning_attempt_is_tried_again_when_the_rows_double_again() -> None:
+    failed = learn_attempt(1, 1300, "failed", "job FAILED")
+    assert plan_retraining([failed], False, 5000, RETRY, REGIME, 2599, LEARN).action == "none"
+    again = plan_retraining([failed], False, 5000, RETRY, REGIME, 2600, LEARN)
+    assert (again.action, again.attempt) == ("submit", 2)
+
+
+def test_drift_takes_over_from_learning_and_learning_can_be_switched_off() -> None:
+    refused = learn_attempt(1, 1200, "refused")
+    drift = plan_retraining([refused], True, 5000, RETRY, REGIME, 50_000, LEARN)
+    assert (drift.action, drift.trigger, drift.attempt) == ("submit", "drift", 2)
+    off = LearningConfig(enabled=False)
+    assert plan_retraining([], False, 5000, RETRY, REGIME, 50_000, off).action == "none"
+
+
+def test_the_attempts_trigger_is_read_from_its_first_event() -> None:
+    events = [event(1, "submitted", 0, trigger="learn"), event(1, "refused", 5)]
+    assert fold_attempts(events)[0].trigger == "learn"
+    assert fold_attempts([event(2, "submitted", 0)])[0].trigger == "drift"  # written before triggers existed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.training.loop import _weighted_mean
+from pipelines.training.torch_loop import _weighted_mean
 
 
 def test_equal_weights_give_the_weighted_loss_as_a_plain_mean() -> None:

@@ -1,0 +1,241 @@
+"""The xgboost family on Ray Train's XGBoostTrainer: data-parallel gradient-boosted trees (each
+worker holds a shard of the training split; xgboost's collective allreduces the histograms), the
+encoded matrix with each categorical slot a native categorical feature, early stopping on the
+validation split, a checkpoint every `rounds_per_report` rounds (a worker killed mid-training resumes
+from the last one), and the GPU when train.use_gpu is set."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import xgboost
+from ray.train import Checkpoint, CheckpointUploadMode
+from ray.train.xgboost import XGBoostTrainer
+
+from pipelines.core import metrics
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.estimators import Trained, XGBoostEstimator
+from pipelines.training import ray_train
+from pipelines.training.features import FeaturePipeline
+
+BOOSTER_FILE, PROGRESS_FILE = "model.ubj", "progress.json"
+# xgboost's own validation metric for early stopping (computed incrementally each round), per gate
+# metric; f1 has none, log loss ranks the same models. lakeloop's own metrics are reported every report.
+STOPPING_METRIC = {
+    "roc_auc": "auc",
+    "accuracy": "error",
+    "log_loss": "logloss",
+    "f1": "logloss",
+    "rmse": "rmse",
+    "mae": "mae",
+    "r2": "rmse",
+}
+
+
+def _matrix(features: np.ndarray, target: np.ndarray, weight: np.ndarray | None, cfg: dict) -> xgboost.DMatrix:
+    numeric, slots = cfg["layout"]
+    types = ["q"] * numeric + ["c"] * len(slots)
+    return xgboost.DMatrix(features, target, weight=weight, feature_types=types, enable_categorical=True)
+
+
+def booster_params(cfg: dict) -> dict:
+    settings, task, classes = cfg["settings"], cfg["task"], cfg["classes"]
+    objective = (
+        {"objective": "reg:squarederror"}
+        if task == "regression"
+        else {"objective": "binary:logistic"}
+        if classes == 2
+        else {"objective": "multi:softprob", "num_class": classes}
+    )
+    stopping = STOPPING_METRIC[cfg["gate_metric"]]
+    if stopping == "logloss" and classes > 2:
+        stopping = "mlogloss"
+    return {
+        **objective,
+        "eval_metric": stopping,
+        "tree_method": "hist",
+        "device": "cuda" if cfg["use_gpu"] else "cpu",
+        "grow_policy": "lossguide",
+        "seed": cfg["seed"],
+        "nthread": cfg["threads"],
+        "max_bin": 256,
+        **{k: settings[k] for k in XGBOOST_KEYS},
+    }
+
+
+XGBOOST_KEYS = (
+    "eta",
+    "max_leaves",
+    "max_depth",
+    "min_child_weight",
+    "subsample",
+    "colsample_bytree",
+    "reg_lambda",
+    "max_cat_to_onehot",
+)
+
+
+class _Progress(xgboost.callback.TrainingCallback):
+    """Early stopping on xgboost's validation metric, and every `rounds_per_report` rounds (and at the
+    end) lakeloop's metrics on the validation split, reported to Ray Train with a checkpoint."""
+
+    def __init__(self, cfg: dict, validation: xgboost.DMatrix, target: np.ndarray, state: dict, rank: int) -> None:
+        self.cfg, self.validation, self.target, self.state, self.rank = cfg, validation, target, state, rank
+        self.logger = ray_train.EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id")) if rank == 0 else None
+        self.maximize = cfg["stopping_maximize"]
+        self.started = time.perf_counter()
+
+    def after_iteration(self, model: xgboost.Booster, epoch: int, evals_log: dict) -> bool:
+        score = float(evals_log["validation"][self.cfg["stopping_metric"]][-1])
+        state, rounds = self.state, model.num_boosted_rounds()
+        if state["best"] is None or (score > state["best"] if self.maximize else score < state["best"]):
+            state.update(best=score, best_rounds=rounds, stale=0)
+        else:
+            state["stale"] += 1
+        done = state["stale"] >= self.cfg["settings"]["early_stopping_rounds"] or rounds >= self.cfg["max_rounds"]
+        if done or rounds % self.cfg["settings"]["rounds_per_report"] == 0:
+            self._report(model, rounds, done)
+        return done
+
+    def _report(self, model: xgboost.Booster, rounds: int, done: bool) -> None:
+        predictions = model.predict(self.validation, iteration_range=(0, rounds))
+        cfg, state = self.cfg, self.state
+        if cfg["task"] == "regression":
+            scores = metrics.regression(self.target, predictions)
+        else:
+            probabilities = predictions if predictions.ndim == 2 else np.column_stack([1 - predictions, predictions])
+            scores = metrics.classification(self.target.astype(np.int64), probabilities)
+        epoch = len(state["history"])
+        report = {
+            "epoch": epoch,
+            "rounds": rounds,
+            "best_rounds": state["best_rounds"],
+            **{f"val_{k}": v for k, v in scores.items()},
+            "train_seconds": time.perf_counter() - self.started,
+            "resumed_from_epoch": state["resumed_from_epoch"],
+            "done": done,
+        }
+        state["history"].append({k: v for k, v in report.items() if k != "done"})
+        checkpoint = None
+        if self.rank == 0:
+            directory = Path(tempfile.mkdtemp(prefix="lakeloop-checkpoint-"))
+            model.save_model(directory / BOOSTER_FILE)
+            (directory / PROGRESS_FILE).write_text(_dump_progress(state))
+            checkpoint = Checkpoint.from_directory(str(directory))
+        ray.train.report(report, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+        if self.logger:
+            self.logger.log(report, epoch)
+        self.started = time.perf_counter()
+
+
+def _dump_progress(state: dict) -> str:
+    return json.dumps({k: v for k, v in state.items() if k != "resumed_from_epoch"})
+
+
+def _load(checkpoint: Checkpoint) -> tuple[xgboost.Booster, dict]:
+    with checkpoint.as_directory() as directory:
+        booster = xgboost.Booster()
+        booster.load_model(Path(directory) / BOOSTER_FILE)
+        progress = json.loads((Path(directory) / PROGRESS_FILE).read_text())
+    return booster, progress
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Runs on every worker; resumes from the latest checkpoint after a failure."""
+    rank = ray.train.get_context().get_world_rank()
+    ray_train.record_worker_node(cfg, rank)
+    features, target, weight = ray_train.shard_arrays(ray.train.get_dataset_shard("train"))
+    val_features, val_target, _ = ray_train.shard_arrays(ray.train.get_dataset_shard("validation"))
+    train = _matrix(features, target, weight, cfg)
+    validation = _matrix(val_features, val_target, None, cfg)
+    state = {
+        "best": None,
+        "best_rounds": 0,
+        "stale": 0,
+        "history": [],
+        "resumed_from_epoch": 0,
+        "task": cfg["task"],
+        "classes": cfg["classes"],
+    }
+    booster = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        booster, progress = _load(checkpoint)
+        state = {**progress, "resumed_from_epoch": len(progress["history"])}
+    remaining = cfg["max_rounds"] - (booster.num_boosted_rounds() if booster else 0)
+    if remaining <= 0 or (booster and state["stale"] >= cfg["settings"]["early_stopping_rounds"]):
+        return
+    xgboost.train(
+        booster_params(cfg),
+        train,
+        num_boost_round=remaining,
+        evals=[(validation, "validation")],
+        xgb_model=booster,
+        callbacks=[_Progress(cfg, validation, val_target, state, rank)],
+        verbose_eval=False,
+    )
+
+
+def loop_config(
+    config: LakeloopConfig, settings: dict, pipeline: FeaturePipeline, run_id: str | None, threads: int
+) -> dict:
+    stopping = STOPPING_METRIC[config.gate.metric]
+    return {
+        "settings": settings,
+        "layout": pipeline.layout,
+        "task": config.dataset.task,
+        "classes": len(config.dataset.classes or []),
+        "gate_metric": config.gate.metric,
+        "stopping_metric": "mlogloss" if stopping == "logloss" and len(config.dataset.classes or []) > 2 else stopping,
+        "stopping_maximize": stopping == "auc",
+        "max_rounds": settings["max_rounds"],
+        "seed": config.train.seed,
+        "use_gpu": config.train.use_gpu,
+        "threads": threads,
+        "tracking_uri": config.mlflow.tracking_uri,
+        "mlflow_run_id": run_id,
+    }
+
+
+def fit(
+    config: LakeloopConfig,
+    family: str,
+    settings: dict,
+    datasets: dict,
+    pipeline: FeaturePipeline,
+    run_id: str | None,
+    name: str,
+    callbacks: list | None = None,
+) -> Trained:
+    """One XGBoostTrainer run with these settings; with Tune's callback, one trial. The model is the
+    booster cut at its best round."""
+    threads = max(1, math.floor(config.train.cpus_per_worker)) if not config.train.use_gpu else 1
+    cfg = loop_config(config, settings, pipeline, run_id, threads)
+    trainer = XGBoostTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=ray_train.scaling_config(config),
+        run_config=ray_train.run_config(config, name, callbacks),
+        datasets={"train": datasets["train"], "validation": datasets["validation"]},
+        dataset_config=ray_train.DATA_CONFIG,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} finished without a checkpoint")
+    trained = trained_from(result.checkpoint, family, settings)
+    trained.resumed_from_epoch = int((result.metrics or {}).get("resumed_from_epoch", 0))
+    return trained
+
+
+def trained_from(checkpoint: Checkpoint, family: str, settings: dict) -> Trained:
+    """The booster in a checkpoint (whose progress names the task), cut at its best round."""
+    booster, progress = _load(checkpoint)
+    best = booster[: max(progress["best_rounds"], 1)]
+    estimator = XGBoostEstimator(family, best.save_raw("ubj"), progress["task"], progress["classes"])
+    return Trained(estimator, progress["history"], 0, settings)
