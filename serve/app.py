@@ -168,8 +168,8 @@ def _as_lists(columns: dict[str, np.ndarray]) -> dict[str, list]:
 
 
 def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI:
-    """The HTTP API: its routes call the replica that `serve_with` attaches (a ModelServer); the front
-    door (request ids, the API key, the JSON content type, refusal counts) wraps every route."""
+    """The HTTP API: its routes call the replica attached as `api.state.server` (a ModelServer); the
+    front door (request ids, the API key, the JSON content type, refusal counts) wraps every route."""
     serving = config.serving
     api = FastAPI(
         title="lakeloop",
@@ -326,7 +326,7 @@ def _spool(config: LakeloopConfig, table: str, schema, owner: str) -> LogSpool:
 class ModelServer:
     """One replica: follows the registry alias (ModelWatcher), scores batches of concurrent requests
     with one model, and spools every answered row to the prediction log before the answer leaves.
-    `serve_with` makes it a Serve deployment behind the API; the model source is injected (the
+    `build_deployment` makes it a Serve deployment behind the API; the model source is injected (the
     registry in production, any ModelSource in tests)."""
 
     def __init__(self, config_json: str, source: ModelSource | None = None) -> None:
@@ -483,28 +483,26 @@ class ModelServer:
         self.feedback.close()
 
 
-def serve_with(api: FastAPI, server_class: type[ModelServer] = ModelServer):
-    """The Serve deployment: `server_class` behind `api` (each replica attaches itself to the API's
-    routes and its metrics to the front door's refusal counts)."""
+def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
+    """The Serve deployment: each replica is a ModelServer that builds its API once constructed (Serve's
+    late-bound ingress), so the routes and the front door's refusal counts reach this very replica.
+    key_digest: the SHA-256 of the API key; when set, every route but /health needs the key as a Bearer
+    token. Deployment options (replicas, CPUs, limits) come from the Serve config file."""
+    create_api(config, key_digest)  # an invalid dataset config fails here, where the app is built
 
     @serve.deployment(name="ModelServer")
-    @serve.ingress(api)
-    class Replica(server_class):  # type: ignore[valid-type, misc]
-        def __init__(self, config_json: str, source: ModelSource | None = None) -> None:
-            super().__init__(config_json, source)
+    @serve.ingress()
+    class Replica(ModelServer):
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            api = create_api(self.config, key_digest)
             api.state.server, api.state.metrics = self, self.metrics
+            return api
 
         def __del__(self) -> None:
             # Serve calls this when the replica drains or shuts down: commit what is spooled.
             self.close()
 
     return Replica
-
-
-def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
-    """key_digest: the SHA-256 of the API key; when set, every route but /health needs the key as a
-    Bearer token. Deployment options (replicas, CPUs, limits) come from the Serve config file."""
-    return serve_with(create_api(config, key_digest))
 
 
 def _replica_tag() -> str:

@@ -13,8 +13,10 @@ import pyarrow.compute as pc
 
 from pipelines.adapters import delta, local_services, ray_serve
 from pipelines.adapters.registry import Registry, mlflow_errors
-from pipelines.core import drift_policy
+from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import LakeloopConfig
+from pipelines.monitoring import reports, retraining
+from pipelines.monitoring.champion import champion_info
 from pipelines.monitoring.reports import summaries
 from pipelines.monitoring.upkeep import maintained_tables
 from pipelines.training.detectors import PERFORMANCE
@@ -65,16 +67,45 @@ def _drift(config: LakeloopConfig) -> dict:
     return {**windows, "last_checked": str(checked) if checked else None}
 
 
-def _retraining(config: LakeloopConfig) -> list[dict]:
+def _attempts(config: LakeloopConfig) -> list[dict]:
+    """The newest attempts, each with its outcome: one the monitor has not recorded yet (its job ended
+    after the last pass) is read from the Jobs API and the registry, as the next pass will record it."""
     table = delta.tables(config).attempts.read()
     if table is None:
         return []
-    attempts = table.filter(pc.is_valid(table.column("submission_id"))).sort_by("at").to_pylist()
-    latest = {a["submission_id"]: a for a in attempts}  # each attempt's newest event
-    return [
-        {k: str(v) if k == "at" else v for k, v in a.items() if k in ("submission_id", "event", "at", "reason")}
-        for a in list(latest.values())[-RECENT_ATTEMPTS:]
-    ]
+    events = table.filter(pc.is_valid(table.column("submission_id"))).sort_by("at").to_pylist()
+    latest = {e["submission_id"]: e for e in events}  # each attempt's newest event
+    shown = []
+    for event in list(latest.values())[-RECENT_ATTEMPTS:]:
+        outcome, reason, version = event["event"], event.get("reason") or "", event.get("candidate_version")
+        if outcome == retraining_policy.SUBMITTED:
+            ended = retraining.job_outcome(config, event["submission_id"])
+            outcome, reason, version = ended if ended else ("running", reason, None)
+        shown.append(
+            {
+                "submission_id": event["submission_id"],
+                "trigger": event.get("trigger") or retraining_policy.DRIFT,
+                "outcome": outcome,
+                "reason": reason,
+                "candidate_version": version,
+                "at": str(event["at"]),
+            }
+        )
+    return shown
+
+
+def _next_step(config: LakeloopConfig) -> dict:
+    """What the loop will do next for the champion (the retraining policy, read only)."""
+    info = champion_info(config)
+    began = drift_policy.trigger_start(
+        reports.window_decisions(config, info.version), config.monitor.debounce.k, config.monitor.debounce.n
+    )
+    plan, _ = retraining.plan(config, info, began, retraining.attempt_events(config, info))
+    return {"action": plan.action, "reason": plan.reason}
+
+
+def _retraining(config: LakeloopConfig) -> dict:
+    return {"attempts": _attempts(config), "next": _next_step(config)}
 
 
 def _tables(config: LakeloopConfig) -> list[dict]:
@@ -127,12 +158,17 @@ def describe(status: dict) -> str:
         lines.append(f"drift        last windows: {_verdicts(drift['traffic'])}; checked {drift.get('last_checked')}")
         lines.append(f"performance  last labelled windows: {_verdicts(drift[PERFORMANCE])}")
     retraining = status["retraining"]
-    if isinstance(retraining, dict):
+    if "error" in retraining:
         lines.append(f"retraining   {retraining['error']}")
     else:
-        lines += [f"retraining   {a['submission_id']}: {a['event']} at {a['at']}" for a in retraining] or [
-            "retraining   none"
-        ]
+        lines += [
+            f"retraining   {a['submission_id']} ({a['trigger']}): {a['outcome']}"
+            + (f" version {a['candidate_version']}" if a["candidate_version"] else "")
+            + (f": {a['reason']}" if a["reason"] else "")
+            for a in retraining["attempts"]
+        ] or ["retraining   none yet"]
+        upcoming = retraining["next"]
+        lines.append(f"next         {upcoming['action']}" + (f": {upcoming['reason']}" if upcoming["reason"] else ""))
     tables = status["tables"]
     if isinstance(tables, dict):
         lines.append(f"tables       {tables['error']}")

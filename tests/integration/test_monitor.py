@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from deltalake import write_deltalake
 
@@ -26,6 +27,7 @@ from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.model import run as models_step
 from pipelines.monitoring.champion import load_champion
 from pipelines.monitoring.check import describe, run_once
+from pipelines.monitoring.loop_status import gather
 from pipelines.scenarios import synthetic
 from pipelines.training.detectors import DriftSuite
 from pipelines.training.workflow import train_and_register
@@ -197,6 +199,10 @@ def test_a_refused_retraining_is_retried_after_new_rows_then_the_loop_says_it_is
     first = run_once(config)
     assert first.submitted and first.retraining.attempts[0].tune is False
     assert jobs.wait(first.submission_id, timeout_s=600).status == "SUCCEEDED", jobs.logs(first.submission_id)[-4000:]
+    # before the monitor's next pass records it, `lakeloop status` already tells the outcome
+    shown = gather(config, ROOT / "conf" / "serve.yaml")["retraining"]
+    assert [(a["submission_id"], a["outcome"]) for a in shown["attempts"]] == [(first.submission_id, "refused")]
+    assert "below the floor" in shown["attempts"][0]["reason"] and "retrying once" in shown["next"]["reason"]
     refused = run_once(config)
     assert refused.retraining.attempts[0].outcome == "refused"
     assert "below the floor" in refused.retraining.attempts[0].reason
@@ -302,3 +308,41 @@ def test_the_looping_monitor_exports_what_it_checked_to_prometheus(trained: dict
     assert wanted in text, text[-2000:]
     assert 'lakeloop_monitor_last_pass_timestamp_seconds{outcome="ok"}' in text
     assert "lakeloop_monitor_champion_version 1.0" in text and "lakeloop_monitor_degraded 0.0" in text
+
+
+def test_after_a_drift_the_loop_keeps_learning_when_the_regimes_rows_double_and_stops_at_a_plateau(
+    tmp_path: Path, mlflow_server: str, jobs_api: str
+) -> None:
+    """A champion trained on the 400 rows since a concept change: at 800 rows of that regime the monitor
+    submits a learning retraining (a real job), whose candidate cannot beat it by the gate's margin; from
+    then on it waits at a plateau, whatever more rows arrive."""
+    from pipelines.scenarios.demo_data import land_demo_rows
+
+    raw = demo_raw_config(tmp_path / "data")
+    raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"learn-{uuid.uuid4().hex[:8]}")
+    raw["ray"].update(dashboard=jobs_api)
+    raw["train"].update(source="events", max_epochs=2)
+    raw["gate"].update(min_improvement=0.5)  # no candidate beats the champion by that much: a plateau
+    raw["monitor"].update(
+        retrain_entrypoint=f"{sys.executable} -m pipelines.train --json", learning={"growth": 2.0, "min_rows": 200}
+    )
+    config = parse_config(raw)
+    land_demo_rows(config, 2000, 1)  # the old concept
+    change = land_demo_rows(config, 400, 2, "concept")
+    regime_start = pc.min(delta.tables(config).events.open(change.version).to_pyarrow_table().column("event_time"))
+    first = train_and_register(config, regime_start=regime_start.as_py(), trigger="drift")
+    assert first.promoted and first.lineage["policy"]["regime_rows"] == 400
+
+    waiting = run_once(config)  # no served traffic: no drift; the regime has 400 of the 800 rows it waits for
+    assert not waiting.submitted and "next retraining at 800 labelled rows" in waiting.retraining.reason
+    land_demo_rows(config, 400, 3, "concept")
+    due = run_once(config)
+    assert due.submitted and due.retraining.attempts[0].trigger == "learn"
+    assert "--trigger learn" in Jobs(jobs_api).state(due.submission_id).entrypoint
+    assert Jobs(jobs_api).wait(due.submission_id, timeout_s=600).status == "SUCCEEDED"
+    plateau = run_once(config)
+    assert plateau.retraining.attempts[0].outcome == "refused" and "plateau" in plateau.retraining.reason
+    land_demo_rows(config, 1200, 4, "concept")
+    assert not run_once(config).submitted  # stopped learning for this champion
+    version = Registry.from_config(config).client.get_model_version(config.mlflow.registered_model, "2")
+    assert version.tags["lakeloop.trigger"] == "learn" and version.tags["lakeloop.family"] == "xgboost"
