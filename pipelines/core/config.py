@@ -394,6 +394,7 @@ READ_TASK_CPUS = 1.0  # what each Ray Data read task reserves (its default)
 
 
 class BatchInferenceConfig(StrictModel):
+    inline_rows: int = Field(200_000, ge=0)  # inputs up to this size are scored in the driver, with no actors
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)

@@ -6,18 +6,22 @@
     lakeloop predict --input PATH [--version N] --output PATH
     ray job submit --working-dir . -- python -m pipelines.predict --input ... --output ...
 
-The same pyfunc as serving (feature pipeline + network) runs in an actor pool. The driver resolves
-the version once and loads the model once; the actors get it from Ray's object store, so every row
-is scored by the same model and no actor downloads it from MLflow (measured at 1M rows on 2 cores:
-per-actor MLflow loads cost 3-4 s of a 10 s run). Each actor's torch uses as many threads as the
-CPUs it reserves, so the pool does not oversubscribe the cores it was given.
+The same model as serving (feature pipeline + estimator) scores every row. The driver resolves the
+version once and loads the model once. An input of at most `batch_inference.inline_rows` rows is
+scored right here, in the driver: a pool cannot win on so few rows. Larger inputs are scored by a
+pool of actors that take the model from Ray's object store (no actor downloads it from MLflow) and
+stay warm across calls in this driver: a second call with the same model version starts no actor and
+loads no model. Each actor's torch (or xgboost) uses as many threads as the CPUs it reserves, so the
+pool does not oversubscribe the cores it was given. `release_pools()` stops the actors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -25,7 +29,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
-from pipelines.inference.scoring_actor import BatchScorer
+from pipelines.inference.scoring_actor import ScoringActor, score_batch
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,87 @@ def _as_dataset(
     )
 
 
+@dataclass
+class ScoringPool:
+    """Scoring actors that hold one model version; blocks are sent to them round robin, at most two
+    in flight per actor (the input streams through the object store rather than landing all at once)."""
+
+    key: tuple
+    actors: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, key: tuple, predictor, resolved: ResolvedModel, features: list[str], settings) -> ScoringPool:
+        model = ray.put(predictor)
+        count = settings.starting_actors(ray.available_resources().get("CPU", 0.0))
+        remote = ray.remote(num_cpus=settings.cpus_per_actor)(ScoringActor)
+        threads = max(1, int(settings.cpus_per_actor))
+        actors = [
+            remote.remote(model, resolved.name, resolved.version, features, threads, settings.batch_size)
+            for _ in range(count)
+        ]
+        return cls(key, actors)
+
+    def score(self, data: ray.data.Dataset) -> ray.data.Dataset:
+        outputs: list[ray.ObjectRef] = []
+        in_flight: list[ray.ObjectRef] = []
+        for bundle in data.iter_internal_ref_bundles():
+            for block in bundle.block_refs:
+                if len(in_flight) >= 2 * len(self.actors):
+                    _, in_flight = ray.wait(in_flight, num_returns=1)
+                scored = self.actors[len(outputs) % len(self.actors)].score.remote(block)
+                outputs.append(scored)
+                in_flight.append(scored)
+        return ray.data.from_arrow_refs(outputs)
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+
+_POOLS: dict[tuple, ScoringPool] = {}  # this driver's warm pool (one: a new model version replaces it)
+
+
+def warm_pools() -> list[ScoringPool]:
+    """The scoring pools this driver keeps warm (at most one)."""
+    return list(_POOLS.values())
+
+
+def release_pools() -> None:
+    """Stop the warm scoring actors (they hold their CPUs until then, or until Ray disconnects)."""
+    for pool in _POOLS.values():
+        pool.stop()
+    _POOLS.clear()
+
+
+def _pool(predictor, resolved: ResolvedModel, config: LakeloopConfig) -> ScoringPool:
+    settings = config.batch_inference
+    key = (
+        ray.get_runtime_context().get_job_id(),
+        resolved.name,
+        resolved.version,
+        settings,
+        tuple(config.dataset.feature_names),
+    )
+    if key not in _POOLS:
+        release_pools()
+        _POOLS[key] = ScoringPool.start(key, predictor, resolved, config.dataset.feature_names, settings)
+    return _POOLS[key]
+
+
+def _inline_input(source, version: int | None, config: LakeloopConfig) -> pa.Table | None:
+    """The input as one Arrow table when it is small enough to score in the driver, else None."""
+    limit = config.batch_inference.inline_rows
+    if isinstance(source, pd.DataFrame):
+        return pa.Table.from_pandas(source, preserve_index=False) if len(source) <= limit else None
+    if isinstance(source, str):
+        table = delta.tables(config).named(source)
+        opened = table.open(version)
+        table.require_readable(opened)
+        return opened.to_pyarrow_table() if opened.count() <= limit else None
+    return None
+
+
 def predict(
     source: str | ray.data.Dataset | pd.DataFrame,
     model: str | None = None,
@@ -81,30 +166,22 @@ def predict(
     config = config or load_config()
     require_tracking_server(config.mlflow.tracking_uri)  # MLflow's own retries took 4 min to fail here
     resolved = resolve_model(model, config)
-    data = _as_dataset(source, version, config)
-    missing = [c for c in config.dataset.feature_names if c not in data.schema().names]
+    features = config.dataset.feature_names
+    inline = _inline_input(source, version, config)
+    data = None if inline is not None else _as_dataset(source, version, config)
+    names = inline.column_names if inline is not None else data.schema().names
+    missing = [c for c in features if c not in names]
     if missing:
         raise LakeloopError(f"input lacks feature columns: {', '.join(missing)}")
-    pool = config.batch_inference
     predictor = Registry.connect(config.mlflow.tracking_uri, resolved.name).load(
         ModelRef(resolved.name, resolved.version, "", None)
     )
-    starting = pool.starting_actors(ray.available_resources().get("CPU", 0.0))
-    scored = data.map_batches(
-        BatchScorer,
-        fn_constructor_kwargs={
-            "model": ray.put(predictor),
-            "name": resolved.name,
-            "version": resolved.version,
-            "features": config.dataset.feature_names,
-            "threads": max(1, int(pool.cpus_per_actor)),
-        },
-        batch_format="pyarrow",
-        batch_size=pool.batch_size,
-        concurrency=(starting, pool.max_actors),
-        num_cpus=pool.cpus_per_actor,
-    )
+    if inline is not None:
+        table = score_batch(predictor, inline, resolved.name, resolved.version, features)
+        if output:
+            delta.tables(config).named(output).append(table)
+        return ray.data.from_arrow(table)
+    scored = _pool(predictor, resolved, config).score(data)
     if output:
-        scored = scored.materialize()
         delta.tables(config).named(output).ray_append(scored)
     return scored

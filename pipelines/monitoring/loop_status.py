@@ -100,7 +100,9 @@ def _next_step(config: LakeloopConfig) -> dict:
     began = drift_policy.trigger_start(
         reports.window_decisions(config, info.version), config.monitor.debounce.k, config.monitor.debounce.n
     )
-    plan, _ = retraining.plan(config, info, began, retraining.attempt_events(config, info))
+    events = retraining.attempt_events(config, info)
+    events += retraining.reconcile(config, info, events)  # jobs that ended since the last pass, not recorded
+    plan, _ = retraining.plan(config, info, began, events)
     return {"action": plan.action, "reason": plan.reason}
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -322,15 +322,15 @@ def test_after_a_drift_the_loop_keeps_learning_when_the_regimes_rows_double_and_
     raw["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"learn-{uuid.uuid4().hex[:8]}")
     raw["ray"].update(dashboard=jobs_api)
     raw["train"].update(source="events", max_epochs=2)
-    raw["gate"].update(min_improvement=0.5)  # no candidate beats the champion by that much: a plateau
+    raw["gate"].update(min_improvement=0.5, thresholds={})  # no candidate beats the champion by that much: a plateau
     raw["monitor"].update(
         retrain_entrypoint=f"{sys.executable} -m pipelines.train --json", learning={"growth": 2.0, "min_rows": 200}
     )
     config = parse_config(raw)
     land_demo_rows(config, 2000, 1)  # the old concept
-    change = land_demo_rows(config, 400, 2, "concept")
-    regime_start = pc.min(delta.tables(config).events.open(change.version).to_pyarrow_table().column("event_time"))
-    first = train_and_register(config, regime_start=regime_start.as_py(), trigger="drift")
+    old_end = pc.max(delta.tables(config).events.read(["event_time"]).column(0)).as_py()
+    land_demo_rows(config, 400, 2, "concept")  # its rows start a second after the old ones
+    first = train_and_register(config, regime_start=old_end + timedelta(seconds=1), trigger="drift")
     assert first.promoted and first.lineage["policy"]["regime_rows"] == 400
 
     waiting = run_once(config)  # no served traffic: no drift; the regime has 400 of the 800 rows it waits for

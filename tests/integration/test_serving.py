@@ -317,6 +317,26 @@ def test_batch_api_matches_http_for_path_dataset_and_frame(
     assert list(rescored.columns).count("probability_1") == 1 and len(rescored) == 2000
 
 
+def test_the_batch_pool_stays_warm_across_calls_and_small_inputs_start_no_actor(registered: LakeloopConfig) -> None:
+    from pipelines.inference import scoring
+
+    source = delta.tables(registered).events.uri
+    settings = registered.batch_inference.model_copy(update={"inline_rows": 0})  # 2,000 rows: the pool
+    pooled = registered.model_copy(update={"batch_inference": settings})
+    scoring.release_pools()
+    first = predict(source, config=pooled).to_pandas().sort_values("customer_id")
+    (pool,) = scoring.warm_pools()
+    actors = [actor._actor_id for actor in pool.actors]
+    second = predict(source, config=pooled).to_pandas().sort_values("customer_id")
+    assert [actor._actor_id for actor in scoring.warm_pools()[0].actors] == actors  # the same actors, warm
+    np.testing.assert_array_equal(first["probability_1"], second["probability_1"])
+    assert len(first) == 2000
+    inline = predict(source, config=registered).to_pandas().sort_values("customer_id")  # within inline_rows
+    np.testing.assert_allclose(inline["probability_1"], first["probability_1"], rtol=1e-6)
+    scoring.release_pools()
+    assert scoring.warm_pools() == []
+
+
 def rows_of(frame: pd.DataFrame) -> list[dict]:
     features = frame[FEATURES]
     return features.astype(object).where(features.notna(), None).to_dict(orient="records")
