@@ -112,7 +112,7 @@ def untrained_mlp(config, pipeline):
     """A lakeloop model of the configured MLP's shape with initial weights (scoring costs what a
     trained one's does)."""
     from pipelines.core.estimators import TorchEstimator
-    from pipelines.core.network import MLP_CLASS, ModuleSpec
+    from pipelines.core.module_spec import MLP_CLASS, ModuleSpec
     from pipelines.training.fitted_model import LakeloopModel
 
     params = config.train.families["mlp"].settings()

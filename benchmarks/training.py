@@ -83,7 +83,7 @@ def main() -> None:
     import torch
 
     from pipelines.adapters import delta
-    from pipelines.core.network import MLP_CLASS, ModuleSpec
+    from pipelines.core.module_spec import MLP_CLASS, ModuleSpec
     from pipelines.scenarios import synthetic
     from pipelines.training import torch_loop
     from pipelines.training.data import prepare, to_frame

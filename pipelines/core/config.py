@@ -302,7 +302,8 @@ class RegimeConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=1)  # at most; a small training split gets one per rows_per_worker rows
+    rows_per_worker: int = Field(100_000, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
     # how workers spread over nodes: PACK fills a node first; SPREAD / STRICT_SPREAD use one node per worker

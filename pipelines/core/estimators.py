@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from pipelines.core.network import ModuleSpec
+from pipelines.core.module_spec import ModuleSpec
 
 Encoding = Literal["slots", "onehot"]
 # Up to this many rows a tree ensemble predicts on one thread: for one row the thread pool's start

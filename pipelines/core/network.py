@@ -1,16 +1,9 @@
-"""Torch modules of the `mlp` and `torch` families: lakeloop's MLP, and how any module is named and
-built (the user's own, by class path), plus the task's output width and per-row loss."""
+"""lakeloop's MLP (the `mlp` family's torch module) and the per-row loss a torch family trains with."""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import torch
 from torch import nn
-
-MLP_CLASS = "pipelines.core.network:TabularMLP"
 
 
 class TabularMLP(nn.Module):
@@ -30,40 +23,7 @@ class TabularMLP(nn.Module):
         return self.net(features)
 
 
-def load_class(path: str) -> type:
-    """`package.module:Class` (or `package.module.Class`) -> the class; an error naming the path."""
-    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"cannot import '{path}': {exc}") from None
-
-
-@dataclass(frozen=True)
-class ModuleSpec:
-    """A torch module by class path and constructor arguments: `cls(input_dim, output_dim, **params)`.
-    Regression: the module learns the target standardised by (shift, scale), and answers in the label's
-    units (a raw target of mean 70 and SD 23 left 8 epochs at RMSE 47, worse than a constant's 23)."""
-
-    class_path: str
-    input_dim: int
-    output_dim: int
-    params: dict[str, Any] = field(default_factory=dict)
-    target_shift: float = 0.0
-    target_scale: float = 1.0
-
-    def build(self) -> nn.Module:
-        return load_class(self.class_path)(self.input_dim, self.output_dim, **self.params)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def loss_function(task: str) -> nn.Module:
     """Per-row losses (the training loop weighs them): cross-entropy covers binary and multiclass
     (two logits for binary); MSE for regression."""
     return nn.CrossEntropyLoss(reduction="none") if task == "classification" else nn.MSELoss(reduction="none")
-
-
-def output_dim(task: str, classes: list | None) -> int:
-    return len(classes or []) if task == "classification" else 1

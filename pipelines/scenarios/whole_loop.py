@@ -1,7 +1,7 @@
 """The whole loop on one machine, on embedded defaults: what `lakeloop demo` runs.
 
 Starts the embedded stack (an `mlflow server` and a Ray head with the Jobs API, both on loopback),
-generates demo data, trains with a small Tune search, promotes, deploys Serve, sends traffic, then
+generates demo data, trains the default model family, promotes, deploys Serve, sends traffic, then
 shifts the world:
 - covariate (default): drifted rows land in the events table and drifted traffic reaches the
   endpoint; the monitor detects the drift and submits retraining through the Jobs API;
@@ -13,6 +13,7 @@ requests. It ends with a summary and stops everything it started unless asked to
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -41,7 +42,6 @@ from pipelines.scenarios.traffic import (
     wait_for_version,
     wait_logged,
 )
-from pipelines.training import search
 from pipelines.training.validation import validate_table
 from pipelines.training.workflow import train_and_register
 
@@ -178,7 +178,11 @@ def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
         print(f"Ray, Tune, training and Serve output goes to {log}", file=console, flush=True)
         try:
             return _run_demo(args, config, Timeline(console), log)
-        finally:  # Ray's workers flush their last lines as it disconnects: into the log, not after the summary
+        finally:
+            # Into the log, not after the summary: what finalisers print (Ray Data's executors announce
+            # "execution finished" when they are collected) and the workers' last lines, which Ray
+            # flushes as it disconnects.
+            gc.collect()
             ray_cluster.disconnect()
 
 
@@ -199,10 +203,11 @@ def _run_demo(args: DemoOptions, config: LakeloopConfig, timeline: Timeline, log
         timeline.run("validate", lambda: validate_table(config), lambda r: f"version {r.version}, {r.rows} rows ok")
         cleanup.enter_context(ray_cluster.ray_session(config))
         first = timeline.run(
-            "train + tune",
-            lambda: train_and_register(config, search.search, "tune"),
+            "train",
+            lambda: train_and_register(config),
             lambda o: (
-                f"version {o.model_version}, test {config.gate.metric} {o.metrics[config.gate.metric]:.3f}, "
+                f"version {o.model_version} ({o.family}), test {config.gate.metric} "
+                f"{o.metrics[config.gate.metric]:.3f}, "
                 f"{'promoted' if o.promoted else 'not promoted'}"
             ),
         )

@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 import time
 
 import numpy as np
 import ray
-from mlflow import MlflowClient
-from mlflow.entities import Metric
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
 from pipelines.adapters import delta
@@ -22,8 +22,6 @@ from pipelines.training.features import FEATURES_COLUMN, SAMPLE_WEIGHT_COLUMN, T
 
 log = logging.getLogger("lakeloop.training")
 
-# Every worker sees the whole (small) validation split, so validation metrics agree across ranks.
-DATA_CONFIG = DataConfig(datasets_to_split=["train"])
 
 # Ray Train V2's controller takes one report per health check (every 2 s by default), and a worker
 # that reports again blocks until it has: with epochs shorter than that, the poll interval set the
@@ -39,10 +37,24 @@ def storage(config: LakeloopConfig) -> dict:
     return {"storage_path": path, "storage_filesystem": filesystem}
 
 
-def scaling_config(config: LakeloopConfig, num_workers: int | None = None) -> ScalingConfig:
+def workers(config: LakeloopConfig, datasets: dict) -> int:
+    """train.num_workers, or fewer for a small training split: one per train.rows_per_worker rows. Each
+    worker is a process of its own, and with one the split coordinator is not needed either (a
+    20,000-row fit: 11.0 s on Ray Train's 1-worker group with it, 9.5 s without; 0.3 s of it boosting)."""
+    rows = datasets["train"].count()
+    return max(1, min(config.train.num_workers, math.ceil(rows / config.train.rows_per_worker)))
+
+
+def data_config(num_workers: int) -> DataConfig:
+    """Several workers split the training split between them; every worker sees the whole (small)
+    validation split, so validation metrics agree across ranks."""
+    return DataConfig(datasets_to_split=["train"] if num_workers > 1 else [])
+
+
+def scaling_config(config: LakeloopConfig, num_workers: int) -> ScalingConfig:
     train = config.train
     return ScalingConfig(
-        num_workers=num_workers or train.num_workers,
+        num_workers=num_workers,
         use_gpu=train.use_gpu,
         resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})},
         placement_strategy=train.placement_strategy,
@@ -74,11 +86,12 @@ def improved(value: float, best: float | None, mode: str) -> bool:
 WORKER_NODE_TAG = "lakeloop.worker_node."  # + rank: the Ray node each rank trained on
 
 
-def record_worker_node(cfg: dict, rank: int) -> None:
-    """Tag the run with the node this rank trains on (the workflow joins them in rank order)."""
-    if cfg.get("mlflow_run_id"):
-        node = ray.get_runtime_context().get_node_id()
-        EpochLogger(cfg.get("tracking_uri"), cfg["mlflow_run_id"]).tag(f"{WORKER_NODE_TAG}{rank}", node)
+def epoch_logger(cfg: dict, rank: int) -> EpochLogger:
+    """The run's logger for this rank: every rank tags the node it trains on (the workflow joins them
+    in rank order); rank 0 also logs the reports."""
+    logger = EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id"))
+    logger.tag(f"{WORKER_NODE_TAG}{rank}", ray.get_runtime_context().get_node_id())
+    return logger
 
 
 def worker_nodes(tags: dict[str, str]) -> list[str]:
@@ -88,33 +101,51 @@ def worker_nodes(tags: dict[str, str]) -> list[str]:
 
 
 class EpochLogger:
-    """Per-epoch metrics to an MLflow run, from rank 0; failures never stop training."""
+    """Per-report metrics and tags to an MLflow run, from a worker, sent by a background thread: a
+    report does not wait for the tracking server (a synchronous log_batch per report made xgboost's
+    fast reports wait on HTTP), and a tracking outage never stops training. `close()` sends what is
+    queued (the loops call it when they end). MLflow is imported only when there is a run to log to."""
 
     def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
         self.run_id = run_id
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = None
         if run_id:
-            self.client = MlflowClient(tracking_uri)
+            self._thread = threading.Thread(target=self._send, args=(tracking_uri,), daemon=True)
+            self._thread.start()
 
     def tag(self, key: str, value: str) -> None:
         if self.run_id:
-            try:
-                self.client.set_tag(self.run_id, key, value)
-            except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
-                log.warning("could not tag the MLflow run: %s", exc)
+            self._queue.put(("tag", key, value))
 
     def log(self, report: dict, epoch: int) -> None:
-        if not self.run_id:
-            return
-        now = int(time.time() * 1000)
-        values = [
-            Metric(k, float(v), now, epoch)
-            for k, v in report.items()
-            if isinstance(v, (int, float)) and k not in ("done", "epoch_started_at")
-        ]
-        try:
-            self.client.log_batch(self.run_id, metrics=[m for m in values if math.isfinite(m.value)])
-        except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
-            log.warning("could not log epoch %d to MLflow: %s", epoch, exc)
+        if self.run_id:
+            now = int(time.time() * 1000)
+            values = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k not in SKIPPED}
+            self._queue.put(("metrics", {k: v for k, v in values.items() if math.isfinite(v)}, (now, epoch)))
+
+    def close(self, timeout_s: float = 30) -> None:
+        if self._thread:
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+
+    def _send(self, tracking_uri: str | None) -> None:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        client = MlflowClient(tracking_uri)
+        while (item := self._queue.get()) is not None:
+            try:
+                if item[0] == "tag":
+                    client.set_tag(self.run_id, item[1], item[2])
+                else:
+                    (now, step) = item[2]
+                    client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in item[1].items()])
+            except Exception as exc:  # noqa: BLE001 - tracking outages must not kill training
+                log.warning("could not log to the MLflow run %s: %s", self.run_id, exc)
+
+
+SKIPPED = ("done", "epoch_started_at")  # report fields that are not metrics
 
 
 def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from pipelines.core import metrics
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import SklearnEstimator, Trained
 from pipelines.core.feature_transform import onehot
-from pipelines.core.network import load_class
+from pipelines.core.module_spec import load_class
 from pipelines.training import ray_train
 from pipelines.training.features import FeaturePipeline
 
@@ -35,7 +35,7 @@ def _fitted(cfg: dict, features: np.ndarray, target: np.ndarray, weight: np.ndar
 
 
 def train_loop_per_worker(cfg: dict) -> None:
-    ray_train.record_worker_node(cfg, 0)
+    logger = ray_train.epoch_logger(cfg, 0)
     features, target, weight = ray_train.shard_arrays(ray.train.get_dataset_shard("train"))
     val_features, val_target, _ = ray_train.shard_arrays(ray.train.get_dataset_shard("validation"))
     if cfg["encoding"] == "onehot":
@@ -54,8 +54,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     directory = Path(tempfile.mkdtemp(prefix="lakeloop-checkpoint-"))
     (directory / ESTIMATOR_FILE).write_bytes(pickle.dumps((estimator, [report])))
     ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)))
-    logger = ray_train.EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id"))
     logger.log(report, 0)
+    logger.close()
 
 
 def fit(
@@ -80,13 +80,14 @@ def fit(
         "tracking_uri": config.mlflow.tracking_uri,
         "mlflow_run_id": run_id,
     }
+    workers = 1  # one estimator, fitted on the whole training split
     trainer = DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,
-        scaling_config=ray_train.scaling_config(config, num_workers=1),
+        scaling_config=ray_train.scaling_config(config, workers),
         run_config=ray_train.run_config(config, name, callbacks),
         datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=ray_train.DATA_CONFIG,
+        dataset_config=ray_train.data_config(workers),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -24,7 +24,8 @@ from ray.train import Checkpoint, CheckpointUploadMode
 from pipelines.core import metrics
 from pipelines.core.config import FamilySpec, LakeloopConfig
 from pipelines.core.estimators import TorchEstimator, Trained
-from pipelines.core.network import MLP_CLASS, ModuleSpec, loss_function, output_dim
+from pipelines.core.module_spec import MLP_CLASS, ModuleSpec, output_dim
+from pipelines.core.network import loss_function
 from pipelines.training import ray_train
 from pipelines.training.features import (
     FEATURES_COLUMN,
@@ -136,7 +137,6 @@ def train_loop_per_worker(cfg: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     hp = cfg["optimizer"]
-    monitor, mode = cfg["monitor"], cfg["mode"]
     torch.manual_seed(cfg["seed"] + rank)
 
     model = ray.train.torch.prepare_model(ModuleSpec(**cfg["module"]).build())
@@ -151,8 +151,16 @@ def train_loop_per_worker(cfg: dict) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         state = {**saved["progress"], "resumed_from_epoch": saved["progress"]["epoch"]}
 
-    ray_train.record_worker_node(cfg, rank)
-    logger = ray_train.EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id")) if rank == 0 else None
+    logger = ray_train.epoch_logger(cfg, rank)
+    try:
+        _epochs(cfg, rank, model, optimizer, onehot, state, logger)
+    finally:
+        logger.close()
+
+
+def _epochs(cfg: dict, rank: int, model, optimizer, onehot: OneHot, state: dict, logger: ray_train.EpochLogger) -> None:
+    """Epochs until early stopping or max_epochs: train, validate, report (and checkpoint) each."""
+    hp, monitor, mode = cfg["optimizer"], cfg["monitor"], cfg["mode"]
     loss_fn = loss_function(cfg["task"])
     train_shard = ShardCache(ray.train.get_dataset_shard("train"), cfg["cache_rows"])
     validation = ShardCache(ray.train.get_dataset_shard("validation"), cfg["cache_rows"])
@@ -190,7 +198,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         stop = state["stale"] >= cfg["patience"] or state["epoch"] >= cfg["max_epochs"]
         report.update(resumed_from_epoch=state["resumed_from_epoch"], done=stop)
         _report(report, rank, model, optimizer, state, cfg)
-        if logger:
+        if rank == 0:
             logger.log(report, epoch)
         if stop:
             break
@@ -284,13 +292,14 @@ def loop_config(
 
 
 def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, callbacks: list | None = None):
+    workers = ray_train.workers(config, datasets)
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,
-        scaling_config=ray_train.scaling_config(config),
+        scaling_config=ray_train.scaling_config(config, workers),
         run_config=ray_train.run_config(config, name, callbacks),
         datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=ray_train.DATA_CONFIG,
+        dataset_config=ray_train.data_config(workers),
     )
 
 

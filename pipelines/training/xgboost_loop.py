@@ -87,7 +87,7 @@ class _Progress(xgboost.callback.TrainingCallback):
 
     def __init__(self, cfg: dict, validation: xgboost.DMatrix, target: np.ndarray, state: dict, rank: int) -> None:
         self.cfg, self.validation, self.target, self.state, self.rank = cfg, validation, target, state, rank
-        self.logger = ray_train.EpochLogger(cfg.get("tracking_uri"), cfg.get("mlflow_run_id")) if rank == 0 else None
+        self.logger = ray_train.epoch_logger(cfg, rank)
         self.maximize = cfg["stopping_maximize"]
         self.started = time.perf_counter()
 
@@ -129,7 +129,7 @@ class _Progress(xgboost.callback.TrainingCallback):
             (directory / PROGRESS_FILE).write_text(_dump_progress(state))
             checkpoint = Checkpoint.from_directory(str(directory))
         ray.train.report(report, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
-        if self.logger:
+        if self.rank == 0:
             self.logger.log(report, epoch)
         self.started = time.perf_counter()
 
@@ -149,7 +149,6 @@ def _load(checkpoint: Checkpoint) -> tuple[xgboost.Booster, dict]:
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on every worker; resumes from the latest checkpoint after a failure."""
     rank = ray.train.get_context().get_world_rank()
-    ray_train.record_worker_node(cfg, rank)
     features, target, weight = ray_train.shard_arrays(ray.train.get_dataset_shard("train"))
     val_features, val_target, _ = ray_train.shard_arrays(ray.train.get_dataset_shard("validation"))
     train = _matrix(features, target, weight, cfg)
@@ -171,15 +170,19 @@ def train_loop_per_worker(cfg: dict) -> None:
     remaining = cfg["max_rounds"] - (booster.num_boosted_rounds() if booster else 0)
     if remaining <= 0 or (booster and state["stale"] >= cfg["settings"]["early_stopping_rounds"]):
         return
-    xgboost.train(
-        booster_params(cfg),
-        train,
-        num_boost_round=remaining,
-        evals=[(validation, "validation")],
-        xgb_model=booster,
-        callbacks=[_Progress(cfg, validation, val_target, state, rank)],
-        verbose_eval=False,
-    )
+    progress = _Progress(cfg, validation, val_target, state, rank)
+    try:
+        xgboost.train(
+            booster_params(cfg),
+            train,
+            num_boost_round=remaining,
+            evals=[(validation, "validation")],
+            xgb_model=booster,
+            callbacks=[progress],
+            verbose_eval=False,
+        )
+    finally:
+        progress.logger.close()
 
 
 def loop_config(
@@ -217,13 +220,14 @@ def fit(
     booster cut at its best round."""
     threads = max(1, math.floor(config.train.cpus_per_worker)) if not config.train.use_gpu else 1
     cfg = loop_config(config, settings, pipeline, run_id, threads)
+    workers = ray_train.workers(config, datasets)
     trainer = XGBoostTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,
-        scaling_config=ray_train.scaling_config(config),
+        scaling_config=ray_train.scaling_config(config, workers),
         run_config=ray_train.run_config(config, name, callbacks),
         datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=ray_train.DATA_CONFIG,
+        dataset_config=ray_train.data_config(workers),
     )
     result = trainer.fit()
     if result.checkpoint is None:

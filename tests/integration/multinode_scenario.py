@@ -73,7 +73,7 @@ def main(root: str, tracking_uri: str) -> None:
         raw["ray"].update(address=cluster.address, dashboard=f"http://127.0.0.1:{dashboard_port}")
         raw["monitor"].update(window_rows=200)
         raw["mlflow"].update(tracking_uri=tracking_uri, registered_model=f"multinode-{uuid.uuid4().hex[:8]}")
-        raw["train"].update(max_epochs=2, num_workers=2, placement_strategy="STRICT_SPREAD")
+        raw["train"].update(max_epochs=2, num_workers=2, rows_per_worker=100, placement_strategy="STRICT_SPREAD")
         raw["batch_inference"].update(min_actors=2, max_actors=2, cpus_per_actor=1, batch_size=500)  # one node each
         raw["serving"]["prediction_log"].update(flush_rows=20, flush_interval_s=0.5)
         config = parse_config(raw)

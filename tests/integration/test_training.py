@@ -63,7 +63,7 @@ def records() -> pd.DataFrame:
 def test_train_registers_promotes_and_gate_refuses_a_worse_model(
     raw_config: dict, mlflow_server: str, ray_local: None
 ) -> None:
-    config = small_config(raw_config, mlflow_server)
+    config = small_config(raw_config, mlflow_server, rows_per_worker=500)  # 2 data-parallel workers
     delta.tables(config).events.append(synthetic.generate(3000, 1))
     first = train_and_register(config)
     assert first.promoted and first.model_version == "1"

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from pipelines.core.estimators import SklearnEstimator, TorchEstimator
-from pipelines.core.network import MLP_CLASS, ModuleSpec
+from pipelines.core.module_spec import MLP_CLASS, ModuleSpec
 
 
 def _zeroed(spec: ModuleSpec) -> dict:

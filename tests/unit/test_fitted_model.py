@@ -13,7 +13,7 @@ from pipelines.adapters.registry import _PyfuncPredictor
 from pipelines.core.config import parse_config
 from pipelines.core.estimators import SklearnEstimator, TorchEstimator, XGBoostEstimator
 from pipelines.core.feature_transform import FittedTransform, statistics
-from pipelines.core.network import MLP_CLASS, ModuleSpec
+from pipelines.core.module_spec import MLP_CLASS, ModuleSpec
 from pipelines.scenarios import synthetic
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.fitted_model import LakeloopModel
