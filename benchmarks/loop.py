@@ -36,7 +36,7 @@ def main() -> None:
         raise SystemExit(f"lakeloop demo failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout)
     stages = {s["stage"]: s["seconds"] for s in summary["stages"]}
-    job = summary["retrained"]["seconds"]
+    job = summary["retrained"]["stages"]
     inside = sum(job.values())
     loop = {
         "detect": summary["monitor_seconds"]["detect"],

@@ -176,6 +176,10 @@ class Registry:
         """A training run: its params, metrics (latest values) and tags."""
         return self.client.get_run(run_id)
 
+    def version_run(self, version: str):
+        """The training run of a registered version."""
+        return self.run(self.client.get_model_version(self.name, version).run_id)
+
     def download(self, run_id: str, artifact_path: str) -> Path:
         """A run's artifact (file or directory) in a local temporary directory."""
         return Path(self.client.download_artifacts(run_id, artifact_path))

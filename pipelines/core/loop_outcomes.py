@@ -69,4 +69,5 @@ class JobOutcome:
     outcome: str  # promoted | refused | failed | running
     reason: str
     version: str | None  # the model version it registered
-    seconds: float
+    seconds: float  # from submission to its end, as followed
+    stages: dict[str, float] = field(default_factory=dict)  # the training run's seconds per stage

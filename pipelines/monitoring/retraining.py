@@ -257,4 +257,20 @@ def follow(config: LakeloopConfig, submission_id: str, timeout_s: float = 900) -
     started = time.perf_counter()
     state = jobs(config).wait(submission_id, timeout_s)
     outcome, reason, version = job_outcome(config, submission_id) or ("running", "", None)
-    return JobOutcome(submission_id, state.status, outcome, reason, version, round(time.perf_counter() - started, 1))
+    return JobOutcome(
+        submission_id,
+        state.status,
+        outcome,
+        reason,
+        version,
+        round(time.perf_counter() - started, 1),
+        _stages(config, version),
+    )
+
+
+def _stages(config: LakeloopConfig, version: str | None) -> dict[str, float]:
+    """The training run's seconds per stage (prepare, fit, evaluate, gate), as it logged them."""
+    if version is None:
+        return {}
+    metrics = Registry.from_config(config).version_run(version).data.metrics
+    return {k.removeprefix("seconds_"): v for k, v in metrics.items() if k.startswith("seconds_")}
