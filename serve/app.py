@@ -34,7 +34,7 @@ from starlette.datastructures import MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.adapters import delta
-from pipelines.adapters.log_spool import LogSpool, SpoolFull
+from pipelines.adapters.log_spool import Check, LogSpool, SpoolRefused
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
 from pipelines.adapters.ray_serve import api_key_digest, api_key_from_env
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
@@ -45,9 +45,11 @@ from serve.model_source import ModelSource
 from serve.schemas import (
     RecordValidator,
     RequestError,
+    feedback_check,
     feedback_request_model,
     mlflow_records,
     predict_request_model,
+    prediction_check,
 )
 
 log = logging.getLogger("lakeloop.serve")
@@ -199,6 +201,7 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
         )
 
     api.add_middleware(FrontDoor, key_digest=key_digest, state=api.state)
+    api.state.key_required = key_digest is not None
     _add_routes(api, config)
     return api
 
@@ -239,11 +242,13 @@ def _add_routes(api: FastAPI, config: LakeloopConfig) -> None:
 
     @api.get("/health")
     async def health() -> JSONResponse:
-        return _server(api).health()
+        body, status = _server(api).health()
+        return JSONResponse(body, status_code=status)
 
     @api.get("/model")
     async def model() -> JSONResponse:
-        return _server(api).describe()
+        body, status = _server(api).describe()
+        return JSONResponse({**body, "api_key_required": api.state.key_required}, status_code=status)
 
 
 class FrontDoor:
@@ -310,7 +315,7 @@ async def _json_body(request: Request) -> Any:
         raise RequestError(400, f"malformed JSON: {str(exc)[:200]}") from None
 
 
-def _spool(config: LakeloopConfig, table: str, schema, owner: str) -> LogSpool:
+def _spool(config: LakeloopConfig, table: str, schema, owner: str, check: Check) -> LogSpool:
     log_config = config.serving.prediction_log
     return LogSpool(
         delta.tables(config).named(table),
@@ -320,6 +325,7 @@ def _spool(config: LakeloopConfig, table: str, schema, owner: str) -> LogSpool:
         log_config.flush_interval_s,
         log_config.max_spool_bytes,
         owner,
+        check,  # what another replica's spool holds is checked as strictly as a request
     )
 
 
@@ -335,10 +341,17 @@ class ModelServer:
         self.validator = RecordValidator(self.config.dataset, serving.max_rows_per_request)
         source = source or Registry.connect(self.config.mlflow.tracking_uri, self.config.mlflow.registered_model)
         owner = f"{_replica_tag()}-{os.getpid()}"
+        dataset, log_config = self.config.dataset, serving.prediction_log
         self.predictions = _spool(
-            self.config, serving.prediction_log.predictions_table, predictions_schema(self.config.dataset), owner
+            self.config, log_config.predictions_table, predictions_schema(dataset), owner, prediction_check(dataset)
         )
-        self.feedback = _spool(self.config, serving.prediction_log.feedback_table, FEEDBACK_SCHEMA, owner)
+        self.feedback = _spool(
+            self.config,
+            log_config.feedback_table,
+            FEEDBACK_SCHEMA,
+            owner,
+            feedback_check(dataset, serving.max_rows_per_request),
+        )
         self._size_batches()
         self.metrics = ServingMetrics(self.config.mlflow.registered_model, self.config.dataset.task == "classification")
         self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
@@ -422,7 +435,7 @@ class ModelServer:
             return
         try:
             self.predictions.add(logged)
-        except SpoolFull as exc:  # storage has been down for long: refuse rather than serve unlogged
+        except SpoolRefused as exc:  # storage down for long, a full disk: refuse rather than serve unlogged
             raise RequestError(503, str(exc), retry_after_s=30) from None
 
     async def score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
@@ -439,36 +452,43 @@ class ModelServer:
     def feedback_label(self, request_id: str, row: int, label: object) -> None:
         try:
             self.feedback.add([feedback_row(request_id, row, label, datetime.now(UTC))])
-        except SpoolFull as exc:
+        except SpoolRefused as exc:
             raise RequestError(503, str(exc), retry_after_s=30) from None
 
-    def health(self) -> JSONResponse:
-        current = self.watcher.current
-        if current is None:
-            return JSONResponse({"status": "loading", "error": self.watcher.last_error}, status_code=503)
-        return JSONResponse({"status": "ready", "version": current.ref.version})
+    def can_log(self) -> bool:
+        """Whether answered rows can reach the prediction log: a replica that cannot is not ready."""
+        snapshot = self.predictions.snapshot()
+        return not snapshot["broken"] and snapshot["flushing"]
 
-    def describe(self) -> JSONResponse:
+    def health(self) -> tuple[dict, int]:
+        """For load balancers and probes: a status only (no error text, which can name URIs)."""
         current = self.watcher.current
         if current is None:
-            return JSONResponse(
-                {"error": "no model loaded yet", "last_error": self.watcher.last_error}, status_code=503
-            )
+            return {"status": "loading"}, 503
+        if not self.can_log():
+            return {"status": "cannot log"}, 503
+        return {"status": "ready", "version": current.ref.version}, 200
+
+    def describe(self) -> tuple[dict, int]:
+        current = self.watcher.current
+        if current is None:
+            return {"error": "no model loaded yet", "last_error": self.watcher.last_error}, 503
         ref = current.ref
-        return JSONResponse(
-            {
-                "name": ref.name,
-                "version": ref.version,
-                "alias": ref.alias,
-                "run_id": ref.run_id,
-                "health": ref.health or "ok",
-                "health_reason": ref.health_reason or None,
-                "loaded_at": current.loaded_at,
-                "log": {"predictions": self.predictions.snapshot(), "feedback": self.feedback.snapshot()},
-                "replica": _replica_tag(),
-                "node_id": ray.get_runtime_context().get_node_id(),
-            }
-        )
+        body = {
+            "name": ref.name,
+            "version": ref.version,
+            "alias": ref.alias,
+            "run_id": ref.run_id,
+            "health": ref.health or "ok",
+            "health_reason": ref.health_reason or None,
+            "loaded_at": current.loaded_at,
+            "log": {"predictions": self.predictions.snapshot(), "feedback": self.feedback.snapshot()},
+            "replica": _replica_tag(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+        if not self.can_log():
+            body.update(health="degraded", health_reason=f"cannot log: {self.predictions.snapshot()['last_error']}")
+        return body, 200
 
     def _report_state(self) -> None:
         self.metrics.report_version()
@@ -494,6 +514,8 @@ def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
     @serve.ingress()
     class Replica(ModelServer):
         def __serve_build_asgi_app__(self) -> FastAPI:
+            if key_digest is None:
+                log.warning("no API key (LAKELOOP_API_KEY was not set where the app was built): the API is open")
             api = create_api(self.config, key_digest)
             api.state.server, api.state.metrics = self, self.metrics
             return api

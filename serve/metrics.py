@@ -10,6 +10,8 @@ each carries the application, deployment and replica tags; Ray prefixes every na
     lakeloop_log_backlog_rows         gauge: rows spooled and not yet committed, by table
     lakeloop_log_failed_commits_total counter: commits to Delta that failed (and will be retried), by table
     lakeloop_log_dead_letters_total   counter: rows sent to the dead-letter table, by table
+    lakeloop_log_lost_rows_total      counter: spooled rows removed (from under the spool) before their commit
+    lakeloop_log_broken               gauge: 1 while the log cannot write or its flush thread is gone (unready)
 
 Gauges (the version, the log's backlog) are set by a thread every `every_s`, never on the request path.
 """
@@ -50,6 +52,10 @@ class ServingMetrics:
         self.dead_letters = metrics.Counter(
             "lakeloop_log_dead_letters_total", "rows sent to the dead-letter table", ("table",)
         )
+        self.lost = metrics.Counter(
+            "lakeloop_log_lost_rows_total", "spooled rows removed before their commit", ("table",)
+        )
+        self.broken = metrics.Gauge("lakeloop_log_broken", "1 while the log cannot write or flush", ("table",))
         self._version: str | None = None
         self._seen: dict[tuple[str, str], int] = {}
 
@@ -94,7 +100,12 @@ class ServingMetrics:
         """A spool's snapshot: the backlog, and the counters' growth since the last call."""
         tags = {"table": table}
         self.backlog.set(snapshot["pending"], tags)
-        for counter, key in ((self.failed_commits, "failed_commits"), (self.dead_letters, "dead_lettered")):
+        self.broken.set(1 if snapshot["broken"] or not snapshot["flushing"] else 0, tags)
+        for counter, key in (
+            (self.failed_commits, "failed_commits"),
+            (self.dead_letters, "dead_lettered"),
+            (self.lost, "lost"),
+        ):
             grown = snapshot[key] - self._seen.get((table, key), 0)
             if grown > 0:
                 counter.inc(grown, tags)

@@ -6,6 +6,7 @@ Every request path ends in the same record validation, so an error always names 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import numpy as np
@@ -171,3 +172,49 @@ def mlflow_records(body: Any) -> list:
             raise RequestError(422, f"{key}: columnar input needs lists of equal length")
         return [dict(zip(payload, values, strict=True)) for values in zip(*payload.values(), strict=True)]
     return payload
+
+
+def feedback_check(dataset: DatasetConfig, max_rows: int = 10**6):
+    """A spooled feedback row (adopted from another process's spool) checked as /feedback checks a
+    request: a request id, a row number, a label that is one of the classes (or a finite number)."""
+    classes = dataset.class_index
+
+    def check(row: dict) -> str | None:
+        request_id, number, label = row.get("request_id"), row.get("row"), row.get("label")
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+            return "request_id: not a request id"
+        if not isinstance(number, int) or not 0 <= number < max_rows:
+            return f"row: {number!r} is not a row of a request"
+        if dataset.task == "classification" and str(label) not in classes:
+            return f"label: {label!r} is not one of the classes {dataset.classes}"
+        if dataset.task == "regression" and not _finite(label):
+            return f"label: {label!r} is not a finite number"
+        return None
+
+    return check
+
+
+def prediction_check(dataset: DatasetConfig):
+    """A spooled prediction row (adopted) checked for what /predict guarantees of a served row: each
+    numeric feature a finite number or null, each categorical a string or null."""
+    numeric = set(dataset.numeric)
+
+    def check(row: dict) -> str | None:
+        for name in dataset.feature_names:
+            value = row.get(name)
+            if value is None:
+                continue
+            if name in numeric and not _finite(value):
+                return f"{name}: {value!r} is not a finite number"
+            if name not in numeric and not isinstance(value, str):
+                return f"{name}: {value!r} is not a category"
+        return None
+
+    return check
+
+
+def _finite(value: object) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False

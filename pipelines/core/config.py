@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -374,7 +375,7 @@ class PredictionLogConfig(StrictModel):
     flush_rows: int = Field(500, ge=1)
     flush_interval_s: float = Field(2.0, gt=0)
     # Every served row is spooled to local disk before the response (it survives the replica being
-    # killed) and committed from there; default: <storage.root>/_spool, or /tmp/lakeloop-spool for
+    # killed) and committed from there; default: <storage.root>/_spool, or /tmp/lakeloop-spool-<uid> for
     # object-store roots. Past max_spool_bytes (storage down) the endpoint answers 503, never drops rows.
     spool_dir: str | None = None
     max_spool_bytes: int = Field(1 << 30, ge=1 << 16)
@@ -511,7 +512,9 @@ class LakeloopConfig(StrictModel):
         configured = self.serving.prediction_log.spool_dir
         if configured:
             return Path(configured).expanduser()
-        return Path("/tmp/lakeloop-spool") if "://" in self.storage.root else Path(self.storage.root) / "_spool"
+        if "://" in self.storage.root:  # a directory of this user's own: spools are private (log_spool)
+            return Path(tempfile.gettempdir()) / f"lakeloop-spool-{os.getuid()}"
+        return Path(self.storage.root) / "_spool"
 
     @property
     def train_storage_path(self) -> str:

@@ -3,6 +3,7 @@ through process kills, storage outages and rows that can never be written."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.adapters import delta
-from pipelines.adapters.log_spool import LogSpool, SpoolFull, _segments, read_segment
+from pipelines.adapters.log_spool import LogSpool, SpoolFull, _encode, _segments, read_segment
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row
 from tests.helpers import ROOT
 
@@ -35,6 +36,11 @@ def spool(tmp_path: Path, uri: str, **options) -> LogSpool:
         settings["flush_interval_s"],
         settings["max_spool_bytes"],
     )
+
+
+def spooled(row: dict) -> str:
+    """A row as a spool segment holds it (another process's segment, planted)."""
+    return json.dumps({k: _encode(v) for k, v in row.items()}) + "\n"
 
 
 def ids(uri: str) -> list[str]:
@@ -175,3 +181,114 @@ def test_during_a_storage_outage_memory_stays_bounded_the_spool_refuses_past_its
     assert ids(uri) == sorted(f"r{i}" for i in range(accepted))
     log.close()
     shutil.rmtree(tmp_path / "spool", ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MiB tmpfs (a real file system that fills), unmounted afterwards."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_refuses_a_write_whole_and_every_accepted_row_is_committed_once(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The spool fills its disk (nothing committed meanwhile): the write that does not fit is refused
+    whole (SpoolFull: the endpoint's 503), no torn row is left behind to swallow the next one, and once
+    space is back every accepted row lands exactly once."""
+    uri = str(tmp_path / "feedback")
+    log = LogSpool(delta.Table(uri), FEEDBACK_SCHEMA, small_disk, 10**9, 3600, 1 << 30)
+    accepted, refused = 0, 0
+    for batch in range(4000):  # 1 MiB holds about 9,000 rows of this size
+        try:
+            log.add(rows(7, start=7 * batch))
+            accepted += 7
+        except SpoolFull:
+            refused += 1
+            if refused == 3:
+                break
+    assert refused == 3 and accepted > 0
+    assert log.flush() == accepted  # commits free the disk ...
+    log.add(rows(7, start=10**6))  # ... and writes are taken again
+    log.close()
+    assert len(ids(uri)) == len(set(ids(uri))) == accepted + 7
+
+
+def test_the_spool_bound_covers_every_owner_on_the_node(tmp_path: Path) -> None:
+    """A replica restarted during a storage outage finds its predecessor's segments waiting: together
+    they stay within max_spool_bytes (each owner counting only its own let every restart add another)."""
+    uri = str(tmp_path / "feedback")
+    first = spool(tmp_path, uri, max_spool_bytes=64 * 1024)
+    while True:
+        try:
+            first.add(rows(10))
+        except SpoolFull:
+            break
+    first._lock_file.close()  # the replica dies: its spool stays, unlocked, for an adopter
+    second = spool(tmp_path, uri, max_spool_bytes=64 * 1024)
+    with pytest.raises(SpoolFull):
+        second.add(rows(10))
+    assert second.flush() == 0  # storage is back: nothing of its own, and the predecessor's rows land
+    assert len(ids(uri)) == first.counts.accepted > 0
+    second.add(rows(10))  # within the bound again
+    second.close()
+
+
+def test_the_flush_thread_survives_a_failing_spool_and_the_log_reports_itself_broken(tmp_path: Path) -> None:
+    """An OSError in the flush path (here the spool directory disappears) must neither kill the flush
+    thread nor turn every later request into a 500: writes are refused (503) and `broken` says why,
+    until the spool has a directory again."""
+    uri = str(tmp_path / "feedback")
+    log = spool(tmp_path, uri)
+    log.add(rows(5))
+    shutil.rmtree(log.directory)
+    log.flush()  # no exception escapes
+    assert log.snapshot()["broken"] and "No such file" in log.snapshot()["last_error"]
+    assert log._thread.is_alive()
+    log.directory.mkdir(parents=True)  # an operator restores the directory
+    log.add(rows(5, start=5))  # taken again: the spool reopened its segment
+    assert not log.snapshot()["broken"]
+    log.close()
+    assert ids(uri) == sorted(f"r{i}" for i in range(5, 10))
+    assert log.snapshot()["lost"] == 5 and log.snapshot()["pending"] == 0  # removed with the directory: counted
+
+
+def test_the_spool_is_private_and_never_adopts_what_another_user_wrote(tmp_path: Path) -> None:
+    uri = str(tmp_path / "feedback")
+    log = spool(tmp_path, uri)
+    assert (tmp_path / "spool").stat().st_mode & 0o077 == 0 and log.root.stat().st_mode & 0o077 == 0
+    planted = log.root / "someone-else"
+    planted.mkdir()
+    (planted / "seg-000000000001.jsonl").write_text(spooled(rows(1, start=666)[0]))
+    os.chown(planted, 65534, 65534)
+    os.chown(planted / "seg-000000000001.jsonl", 65534, 65534)
+    assert log.adopt() == 0
+    log.close()
+    assert "r666" not in ids(uri)
+
+
+def test_adopted_rows_are_checked_as_served_ones_and_bad_ones_are_dead_lettered(tmp_path: Path) -> None:
+    from pipelines.core.config import parse_config
+    from serve.schemas import feedback_check
+    from tests.helpers import demo_raw_config
+
+    config = parse_config(demo_raw_config(tmp_path / "data"))
+    uri = str(tmp_path / "feedback")
+    log = LogSpool(
+        delta.Table(uri), FEEDBACK_SCHEMA, tmp_path / "spool", 1000, 3600, 1 << 20, check=feedback_check(config.dataset)
+    )
+    dead = log.root / "dead-owner"
+    dead.mkdir()
+    good, bad = rows(1, start=1)[0], {**rows(1, start=2)[0], "label": "maybe"}  # not one of the classes
+    (dead / "seg-000000000001.jsonl").write_text("".join(spooled(r) for r in (good, bad)))
+    (dead / "owner.lock").touch()
+    assert log.adopt() == 1
+    log.close()
+    assert ids(uri) == ["r1"]
+    letters = delta.Table(uri).dead_letter().read().to_pylist()
+    assert len(letters) == 1 and "maybe" in letters[0]["row_json"] and "label" in letters[0]["reason"]

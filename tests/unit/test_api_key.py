@@ -92,3 +92,33 @@ def test_every_answer_carries_its_request_id_and_refusals_are_counted(
     assert len(set(ids)) == 4 and answers[0].json()["request_id"] == ids[0]
     assert [a.status_code for a in answers] == [200, 401, 415, 404]
     assert refused == [(401, "/predict"), (415, "/predict"), (404, "other")]
+
+
+def test_health_is_a_status_only_and_model_tells_whether_a_key_is_required(
+    config: LakeloopConfig, server: UnbatchedServer
+) -> None:
+    open_api = _client(config, server, None)
+    assert open_api.get("/health").json() == {"status": "ready", "version": "1"}
+    assert open_api.get("/model").json()["api_key_required"] is False
+    assert _client(config, server, "k").get("/model", headers={"Authorization": "Bearer k"}).json()["api_key_required"]
+
+
+def test_a_replica_that_cannot_log_is_unready_and_answers_503_not_500(
+    config: LakeloopConfig, server: UnbatchedServer
+) -> None:
+    """The spool's directory disappears (an OSError in the flush path): requests get 503 with
+    Retry-After, /health takes the replica out of rotation, and GET /model says why."""
+    import shutil
+
+    client = _client(config, server, None)
+    assert client.post("/predict", json=BODY).status_code == 200
+    shutil.rmtree(server.predictions.directory)
+    server.predictions.flush()
+    refused = client.post("/predict", json=BODY)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
+    assert client.get("/health").status_code == 503 and client.get("/health").json() == {"status": "cannot log"}
+    described = client.get("/model").json()
+    assert described["health"] == "degraded" and "cannot log" in described["health_reason"]
+    server.predictions.directory.mkdir(parents=True)
+    assert client.post("/predict", json=BODY).status_code == 200  # the spool recovers with its directory
+    assert client.get("/health").status_code == 200

@@ -46,12 +46,23 @@ class Recorded:
 def test_log_counters_grow_by_what_the_spool_counted() -> None:
     recorder = ServingMetrics("m", classification=True)
     recorder.failed_commits, recorder.backlog = Recorded(), Recorded()
-    snapshot = {"pending": 7, "failed_commits": 2, "dead_lettered": 0}
+    recorder.lost, recorder.broken = Recorded(), Recorded()
+    snapshot = {
+        "pending": 7,
+        "failed_commits": 2,
+        "dead_lettered": 0,
+        "lost": 0,
+        "broken": False,
+        "flushing": True,
+    }
     recorder.log_state("predictions", snapshot)
     recorder.log_state("predictions", {**snapshot, "pending": 0})  # no new failure: nothing added
-    recorder.log_state("predictions", {**snapshot, "failed_commits": 5})
+    recorder.log_state("predictions", {**snapshot, "failed_commits": 5, "lost": 3, "broken": True})
+    recorder.log_state("predictions", {**snapshot, "flushing": False})
     assert [v for v, _ in recorder.failed_commits.calls] == [2, 3]
-    assert [v for v, _ in recorder.backlog.calls] == [7, 0, 7]
+    assert [v for v, _ in recorder.backlog.calls] == [7, 0, 7, 7]
+    assert [v for v, _ in recorder.lost.calls] == [3]
+    assert [v for v, _ in recorder.broken.calls] == [0, 0, 1, 1]  # broken, then no flush thread
 
 
 def test_predictions_are_counted_by_class_and_regression_by_one_series() -> None:
