@@ -3,6 +3,9 @@
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH="$HOME/.ray_auth_token"
 export RAY_SERVE_ENABLE_HA_PROXY=1
+# lakeloop's HAProxy wrapper (written by aws.yaml's setup_commands): stats and metrics on 127.0.0.1,
+# the admin socket mode 600; Ray's own HAProxy config binds them on every interface, socket mode 666
+export RAY_SERVE_HAPROXY_BINARY_PATH="$HOME/.lakeloop/haproxy-loopback"
 export LAKELOOP_CONFIG="$HOME/lakeloop/conf/lakeloop.yaml"
 export LAKELOOP_STORAGE_ROOT="${LAKELOOP_STORAGE_ROOT:-s3://my-lakeloop-bucket/lakeloop}"
 # Delta on S3 reads the standard AWS variables and the instance profile (no keys in the config).

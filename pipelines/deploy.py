@@ -42,8 +42,12 @@ def _wait_for_signal() -> None:
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     from pipelines.adapters import ray_cluster, ray_serve
 
-    api_key = ray_serve.api_key_from_env()
-    serve_config = ray_serve.with_lakeloop_config(ray_serve.load_serve_config(args.serve_config), config, api_key)
+    serve_config = ray_serve.with_lakeloop_config(
+        ray_serve.load_serve_config(args.serve_config),
+        config,
+        ray_serve.api_key_from_env(),
+        feedback_key=ray_serve.api_key_from_env(ray_serve.FEEDBACK_KEY_ENV),
+    )
     if config.ray.address:  # a cluster: deploy through its dashboard, and leave it serving
         return _deploy(serve_config, config, config.ray.dashboard, args.ready_timeout, config.ray.address)
     with ray_cluster.ray_session(config) as dashboard:  # a private cluster, living as long as this process

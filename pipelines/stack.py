@@ -113,15 +113,20 @@ def _down(state_path: Path) -> StepResult:
             ray_serve.shutdown(state.dashboard_url)
         except Exception as exc:  # noqa: BLE001 - an unreachable dashboard must not keep the stack up
             notes.append(f"Serve could not be shut down cleanly ({exc}); its processes are stopped below")
-    left_over = []
+    left_over, stopped = [], []
     for service in reversed(state.services):  # Ray first: its jobs may still talk to MLflow
-        local_services.stop_pid(service.pid)
+        if service.running():
+            local_services.stop_pid(service.pid)
+            stopped.append(service)
+        elif not service.gone():  # the pid is somebody else's now: never signal it or its session
+            notes.append(f"{service.name}: pid {service.pid} is no longer the process the stack started; left alone")
+            continue
         left_over += local_services.stop_session(service.pid)
     state_path.unlink()
-    lines = ["stopped " + ", ".join(f"{s.name} (pid {s.pid})" for s in state.services), *notes]
+    lines = ["stopped " + (", ".join(f"{s.name} (pid {s.pid})" for s in stopped) or "nothing still running"), *notes]
     if left_over:
         lines.append(f"and {len(left_over)} processes they had left behind: " + "; ".join(left_over))
-    return StepResult("\n".join(lines), {"stopped": [asdict(s) for s in state.services], "left_over": left_over})
+    return StepResult("\n".join(lines), {"stopped": [asdict(s) for s in stopped], "left_over": left_over})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,9 @@ ENTRY_DEFAULTS = {
     # Serve's bundled HAProxy ingress: 1.6x the default proxy's throughput with a lower p99 here
     # (benchmarks/serve_load.py). Set it to 0 to use the Python proxy.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # MLflow draws a progress bar for every artifact download (a model load is ~90 files): in a
+    # monitor's or a job's output that buried the one line that said what went wrong.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 

@@ -12,13 +12,11 @@ endpoints, including the request model built from the dataset config inside buil
 """
 
 import asyncio
-import hmac
 import json
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,15 +34,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipelines.adapters import delta
 from pipelines.adapters.log_spool import Check, LogSpool, SpoolRefused
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
-from pipelines.adapters.ray_serve import api_key_digest, api_key_from_env
+from pipelines.adapters.ray_serve import FEEDBACK_KEY_ENV, api_key_digest, api_key_from_env
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
 from pipelines.core.model_output import Scored
+from serve.access import Access
 from serve.metrics import Reporter, ServingMetrics
 from serve.model_source import ModelSource
 from serve.schemas import (
     RecordValidator,
     RequestError,
+    capped,
+    describe_error,
     feedback_check,
     feedback_request_model,
     mlflow_records,
@@ -53,7 +54,6 @@ from serve.schemas import (
 )
 
 log = logging.getLogger("lakeloop.serve")
-OPEN_PATHS = ("/health",)  # load balancer and Kubernetes probes carry no credentials
 ROUTES = ("/invocations", "/predict", "/feedback", "/health", "/model", "/docs", "/openapi.json")
 METRICS_EVERY_S = 5.0  # the gauges: model version, log backlog
 # The log's key for a request, made here and returned on every response. (Serve's own X-Request-Id is a
@@ -169,9 +169,10 @@ def _as_lists(columns: dict[str, np.ndarray]) -> dict[str, list]:
     return {name: values.tolist() for name, values in columns.items()}
 
 
-def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI:
+def create_api(config: LakeloopConfig, access: Access | None = None) -> FastAPI:
     """The HTTP API: its routes call the replica attached as `api.state.server` (a ModelServer); the
-    front door (request ids, the API key, the JSON content type, refusal counts) wraps every route."""
+    front door (request ids, the keys, the JSON content type, refusal counts) wraps every route.
+    `access`: the keys' digests (serve/access.py); none: an open API."""
     serving = config.serving
     api = FastAPI(
         title="lakeloop",
@@ -190,18 +191,19 @@ def create_api(config: LakeloopConfig, key_digest: str | None = None) -> FastAPI
 
     @api.exception_handler(RequestValidationError)
     async def _schema_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [".".join(str(p) for p in e["loc"] if p != "body") + f": {e['msg']}" for e in exc.errors()]
+        details = [describe_error(error) for error in exc.errors()]
         return JSONResponse(
             {
                 "error": details[0] if details else "invalid request",
-                "details": details,
+                "details": capped(details),
                 "request_id": request_id_of(request),
             },
             status_code=422,
         )
 
-    api.add_middleware(FrontDoor, key_digest=key_digest, state=api.state)
-    api.state.key_required = key_digest is not None
+    api.state.access = access or Access.of(None, None, config.mlflow.registered_model)
+    api.add_middleware(FrontDoor, access=api.state.access, state=api.state)
+    api.state.key_required = api.state.access.api is not None
     _add_routes(api, config)
     return api
 
@@ -236,8 +238,11 @@ def _add_routes(api: FastAPI, config: LakeloopConfig) -> None:
     @api.post("/feedback", status_code=202)
     async def feedback(body: FeedbackRequest, request: Request) -> dict:  # type: ignore[valid-type]
         """The true label for a served row (its request id and row), for performance monitoring and
-        retraining."""
-        _server(api).feedback_label(body.request_id, body.row, body.label)  # type: ignore[attr-defined]
+        retraining. Only ids this endpoint issued are taken; a row's first label stands unless a later
+        one says `"update": true`."""
+        if not api.state.access.issued(body.request_id):  # type: ignore[attr-defined]
+            raise RequestError(422, "request_id: not a request id this endpoint issued (send the id /predict answered)")
+        _server(api).feedback_label(body.request_id, body.row, body.label, body.update)  # type: ignore[attr-defined]
         return {"accepted": True, "request_id": request_id_of(request)}
 
     @api.get("/health")
@@ -260,14 +265,14 @@ class FrontDoor:
     the same checks as an `http` middleware added 0.20 ms to an in-process request (0.04 ms with no
     middleware), as this class 0.012 ms."""
 
-    def __init__(self, app: ASGIApp, key_digest: str | None, state: State) -> None:
-        self.app, self.key_digest, self.state = app, key_digest, state
+    def __init__(self, app: ASGIApp, access: Access, state: State) -> None:
+        self.app, self.access, self.state = app, access, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = self.access.new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         status = 0
 
@@ -278,7 +283,7 @@ class FrontDoor:
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
-        refusal = _refusal(Request(scope), self.key_digest)
+        refusal = _refusal(Request(scope), self.access)
         await (refusal or self.app)(scope, receive, send_with_id)
         recorder = getattr(self.state, "metrics", None)
         if status >= 400 and recorder is not None:
@@ -286,16 +291,15 @@ class FrontDoor:
             recorder.refusal(status, path if path in ROUTES else "other")  # bounded label values
 
 
-def _refusal(request: Request, key_digest: str | None) -> JSONResponse | None:
-    """401 without the API key (when one is set; /health is open), 415 for a POST that is not JSON."""
-    if key_digest is not None and not request.url.path.endswith(OPEN_PATHS):
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(api_key_digest(presented.strip()) or "", key_digest):
-            return JSONResponse(
-                {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+def _refusal(request: Request, access: Access) -> JSONResponse | None:
+    """401 without the route's key (when one is set; /health is open), 415 for a POST that is not JSON."""
+    if not access.allows(request.url.path, request.headers.get("authorization", "")):
+        which = "feedback" if access.required(request.url.path) == access.feedback else "API"
+        return JSONResponse(
+            {"error": f"missing or wrong {which} key: send 'Authorization: Bearer <key>'"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if request.method == "POST" and content_type != "application/json":
         return JSONResponse({"error": "content type must be application/json"}, status_code=415)
@@ -335,8 +339,9 @@ class ModelServer:
     `build_deployment` makes it a Serve deployment behind the API; the model source is injected (the
     registry in production, any ModelSource in tests)."""
 
-    def __init__(self, config_json: str, source: ModelSource | None = None) -> None:
+    def __init__(self, config_json: str, source: ModelSource | None = None, access: Access | None = None) -> None:
         self.config = LakeloopConfig.model_validate_json(config_json)
+        self.access = access or Access.of(None, None, self.config.mlflow.registered_model)
         serving = self.config.serving
         self.validator = RecordValidator(self.config.dataset, serving.max_rows_per_request)
         source = source or Registry.connect(self.config.mlflow.tracking_uri, self.config.mlflow.registered_model)
@@ -350,7 +355,7 @@ class ModelServer:
             log_config.feedback_table,
             FEEDBACK_SCHEMA,
             owner,
-            feedback_check(dataset, serving.max_rows_per_request),
+            feedback_check(dataset, serving.max_rows_per_request, self.access.issued),
         )
         self._size_batches()
         self.metrics = ServingMetrics(self.config.mlflow.registered_model, self.config.dataset.task == "classification")
@@ -449,9 +454,9 @@ class ModelServer:
             raise RequestError(422, f"the model cannot score these rows: {str(answer)[:300]}")
         return request_id, model, answer
 
-    def feedback_label(self, request_id: str, row: int, label: object) -> None:
+    def feedback_label(self, request_id: str, row: int, label: object, update: bool = False) -> None:
         try:
-            self.feedback.add([feedback_row(request_id, row, label, datetime.now(UTC))])
+            self.feedback.add([feedback_row(request_id, row, label, datetime.now(UTC), update)])
         except SpoolRefused as exc:
             raise RequestError(503, str(exc), retry_after_s=30) from None
 
@@ -503,20 +508,24 @@ class ModelServer:
         self.feedback.close()
 
 
-def build_deployment(config: LakeloopConfig, key_digest: str | None = None):
+def build_deployment(config: LakeloopConfig, access: Access):
     """The Serve deployment: each replica is a ModelServer that builds its API once constructed (Serve's
     late-bound ingress), so the routes and the front door's refusal counts reach this very replica.
-    key_digest: the SHA-256 of the API key; when set, every route but /health needs the key as a Bearer
-    token. Deployment options (replicas, CPUs, limits) come from the Serve config file."""
-    create_api(config, key_digest)  # an invalid dataset config fails here, where the app is built
+    `access`: the keys (serve/access.py); with an API key, every route but /health needs it as a Bearer
+    token (/feedback the feedback key instead, when one is set). Deployment options (replicas, CPUs,
+    limits) come from the Serve config file."""
+    create_api(config, access)  # an invalid dataset config fails here, where the app is built
 
     @serve.deployment(name="ModelServer")
     @serve.ingress()
     class Replica(ModelServer):
+        def __init__(self, config_json: str) -> None:
+            super().__init__(config_json, access=access)
+
         def __serve_build_asgi_app__(self) -> FastAPI:
-            if key_digest is None:
+            if access.api is None:
                 log.warning("no API key (LAKELOOP_API_KEY was not set where the app was built): the API is open")
-            api = create_api(self.config, key_digest)
+            api = create_api(self.config, self.access)
             api.state.server, api.state.metrics = self, self.metrics
             return api
 
@@ -538,11 +547,15 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve application builder (conf/serve.yaml's import_path). args: `config_yaml` (the configuration
     as YAML text: what `lakeloop serve` sends) or `config` (a path on the cluster's nodes); and
     `api_key_sha256`, else the key in $LAKELOOP_API_KEY where the app is built (set but empty is an
-    error, never an open API)."""
+    error, never an open API); `feedback_key_sha256`, else $LAKELOOP_FEEDBACK_KEY, likewise."""
     config = (
         parse_config_text(args["config_yaml"], "serve.yaml args.config_yaml")
         if "config_yaml" in args
         else load_config(args.get("config"))
     )
-    digest = args.get("api_key_sha256") or api_key_digest(api_key_from_env())
-    return build_deployment(config, digest).bind(config.model_dump_json())
+    access = Access.of(
+        args.get("api_key_sha256") or api_key_digest(api_key_from_env()),
+        args.get("feedback_key_sha256") or api_key_digest(api_key_from_env(FEEDBACK_KEY_ENV)),
+        config.mlflow.registered_model,
+    )
+    return build_deployment(config, access).bind(config.model_dump_json())

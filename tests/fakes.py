@@ -11,14 +11,17 @@ from serve.app import ModelServer, Pending
 
 
 class FakePredictor:
-    """Answers each row with its version as the prediction; `broken` raises on every call."""
+    """Answers each row with its version as the prediction; `broken` raises on every call, `poison`
+    on any call whose rows hold that value (as a model that cannot take some input)."""
 
-    def __init__(self, version: str, broken: bool = False) -> None:
-        self.version, self.broken = version, broken
+    def __init__(self, version: str, broken: bool = False, poison: object = None) -> None:
+        self.version, self.broken, self.poison = version, broken, poison
 
     def predict_columns(self, columns: dict[str, np.ndarray]) -> Scored:
         if self.broken:
             raise RuntimeError("cannot score")
+        if self.poison is not None and any(self.poison in values.tolist() for values in columns.values()):
+            raise ValueError(f"cannot score {self.poison!r}")
         rows = len(next(iter(columns.values())))
         return Scored({"prediction": np.array([self.version] * rows), "probability_1": np.full(rows, 0.5)})
 
@@ -30,6 +33,7 @@ class FakeSource:
         self.version: str | None = "1"
         self.down = False
         self.broken_versions: set[str] = set()
+        self.poison: object = None  # a value the loaded models raise on
         self.loads: list[str] = []
 
     def resolve(self, alias: str) -> ModelRef | None:
@@ -39,7 +43,7 @@ class FakeSource:
 
     def load(self, ref: ModelRef) -> FakePredictor:
         self.loads.append(ref.version)
-        return FakePredictor(ref.version, broken=ref.version in self.broken_versions)
+        return FakePredictor(ref.version, broken=ref.version in self.broken_versions, poison=self.poison)
 
 
 class UnbatchedServer(ModelServer):

@@ -48,6 +48,18 @@ class Service:
     pid: int  # also its process session id: it was started in a session of its own
     url: str
     log: str
+    started: str | None = None  # process_identity(pid) when it started; None in state files from before
+
+    def running(self) -> bool:
+        """Whether the recorded process is still this one: alive under its pid with the same boot and
+        start time (after a reboot or a crash the pid can belong to somebody else's process)."""
+        if not _exists(self.pid):
+            return False
+        return self.started is None or process_identity(self.pid) == self.started
+
+    def gone(self) -> bool:
+        """No process holds the pid at all (what it left behind in its session may still run)."""
+        return not _exists(self.pid)
 
 
 @dataclass
@@ -87,7 +99,21 @@ class StackState:
         )
 
     def alive(self) -> bool:
-        return bool(self.services) and all(_exists(s.pid) for s in self.services)
+        return bool(self.services) and all(s.running() for s in self.services)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def process_identity(pid: int) -> str | None:
+    """`<boot id>:<start time in clock ticks since boot>` of a live process, or None: a pid names one
+    process only together with these (pids are reused, and counted anew after a reboot)."""
+    fields = _stat_fields(pid)
+    return None if fields is None else f"{_boot_id()}:{fields[19]}"  # field 22 of /proc/<pid>/stat: starttime
 
 
 def _exists(pid: int) -> bool:
@@ -274,7 +300,7 @@ def start_mlflow_server(
     process = _spawn("mlflow", command, log, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://{LOOPBACK}:{port}"
     _wait_healthy(process, f"{url}/health", "mlflow server", log, timeout)
-    return process, Service("mlflow", process.pid, url, str(log))
+    return process, Service("mlflow", process.pid, url, str(log), process_identity(process.pid))
 
 
 def start_ray_head(
@@ -313,7 +339,7 @@ def start_ray_head(
         time.sleep(0.5)
     info = json.loads(address_file.read_text())
     _wait_healthy(process, f"{info['dashboard_url']}/api/version", "Ray dashboard", log, timeout, ray_auth_headers())
-    return process, Service("ray", process.pid, info["dashboard_url"], str(log)), info
+    return process, Service("ray", process.pid, info["dashboard_url"], str(log), process_identity(process.pid)), info
 
 
 def stop_pid(pid: int, timeout: float = 20.0) -> None:

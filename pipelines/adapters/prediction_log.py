@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipelines.core.config import DatasetConfig
 
-REQUEST_ID, ROW, SERVED_AT, RECEIVED_AT = "request_id", "row", "served_at", "received_at"
+REQUEST_ID, ROW, SERVED_AT, RECEIVED_AT, UPDATE = "request_id", "row", "served_at", "received_at", "update"
 MODEL_NAME, MODEL_VERSION, PREDICTION, OUTPUT, LABEL = "model_name", "model_version", "prediction", "output", "label"
 KEY = [REQUEST_ID, ROW]
 UTC_MICROS = pa.timestamp("us", tz="UTC")
@@ -46,6 +46,7 @@ FEEDBACK_SCHEMA = pa.schema(
         pa.field(ROW, pa.int32(), nullable=False),
         pa.field(RECEIVED_AT, UTC_MICROS, nullable=False),
         pa.field(LABEL, pa.string(), nullable=False),
+        pa.field(UPDATE, pa.bool_()),  # the label replaces the row's earlier one (null in tables from before it)
     ]
 )
 
@@ -105,5 +106,5 @@ def _logged(value: object, numeric: bool) -> object:
     return float(value) if numeric else str(value)
 
 
-def feedback_row(request_id: str, row: int, label: object, received_at: datetime) -> dict:
-    return {REQUEST_ID: request_id, ROW: row, RECEIVED_AT: received_at, LABEL: str(label)}
+def feedback_row(request_id: str, row: int, label: object, received_at: datetime, update: bool = False) -> dict:
+    return {REQUEST_ID: request_id, ROW: row, RECEIVED_AT: received_at, LABEL: str(label), UPDATE: update}

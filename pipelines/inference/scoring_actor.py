@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import ray
 
 from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
 
@@ -33,12 +32,14 @@ class ScoringActor:
     every block it is sent, `batch_size` rows at a time (the transform's matrix stays that small)."""
 
     def __init__(
-        self, model: ray.ObjectRef, name: str, version: str, features: list[str], threads: int, batch_size: int
+        self, model: Predictor, name: str, version: str, features: list[str], threads: int, batch_size: int
     ) -> None:
+        """`model` is sent as an object reference; Ray resolves a top-level argument's reference before
+        the constructor runs, so the actor reads the model from the object store once, unpickled here."""
         import torch
 
         torch.set_num_threads(threads)
-        self.predictor: Predictor = ray.get(model)
+        self.predictor = model
         estimator = getattr(self.predictor, "estimator", None)
         if hasattr(estimator, "threads"):  # a tree ensemble: as many threads as the actor's CPUs
             estimator.threads = threads

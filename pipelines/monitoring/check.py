@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.adapters import delta
-from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, SERVED_AT, UTC_MICROS
+from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, REQUEST_ID, SERVED_AT, UPDATE, UTC_MICROS
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.loop_outcomes import MonitorPass
@@ -22,7 +22,7 @@ from pipelines.monitoring.champion import Champion, load_champion
 from pipelines.monitoring.reports import RANK
 from pipelines.monitoring.retraining import retraining_step
 from pipelines.training.detectors import DetectorResult, performance_check
-from pipelines.training.labelled_feedback import join_labels
+from pipelines.training.labelled_feedback import join_labels, quarantine
 
 
 @dataclass
@@ -86,17 +86,17 @@ def _labels(config: LakeloopConfig) -> Landed:
     """Windows of the labels that landed after the last checked performance window, joined with the
     rows they label. A label whose row has not landed yet holds itself (and the labels after it) back
     until it does, or until monitor.label_join_wait_s has passed (then it is counted as orphaned)."""
-    monitor = config.monitor
-    rows = _since(
-        delta.tables(config).feedback,
-        config,
-        True,
-        [*KEY, RECEIVED_AT, LABEL],
-        [RECEIVED_AT, *KEY],
-    )
+    monitor, feedback = config.monitor, delta.tables(config).feedback
+    schema = feedback.schema()
+    columns = [*KEY, RECEIVED_AT, LABEL, *([UPDATE] if schema is not None and UPDATE in schema.names else [])]
+    rows = _since(feedback, config, True, columns, [RECEIVED_AT, *KEY])
     if rows is None:
         return Landed([], RECEIVED_AT, 0)
-    joined, unjoined = join_labels(config, pa.Table.from_pandas(rows, preserve_index=False))
+    # every label of these rows, earlier ones included: a repeated label that does not stand is dropped
+    history = feedback.read(columns, pc.field(REQUEST_ID).isin(pa.array(rows[REQUEST_ID].unique(), pa.string())))
+    result = join_labels(config, pa.Table.from_pandas(rows, preserve_index=False), history)
+    quarantine(config, result.invalid)
+    joined, unjoined = result.joined, result.unjoined
     waiting_since = datetime.now(UTC) - timedelta(seconds=monitor.label_join_wait_s)
     young = unjoined.filter(pc.greater(unjoined.column(RECEIVED_AT), pa.scalar(waiting_since, UTC_MICROS)))
     if young.num_rows:  # check only the labels before the first one still waiting for its row

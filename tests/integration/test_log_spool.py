@@ -17,7 +17,7 @@ import pytest
 from pipelines.adapters import delta
 from pipelines.adapters.log_spool import LogSpool, SpoolFull, _encode, _segments, read_segment
 from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row
-from tests.helpers import ROOT
+from tests.helpers import ROOT, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -186,13 +186,8 @@ def test_during_a_storage_outage_memory_stays_bounded_the_spool_refuses_past_its
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 1 MiB tmpfs (a real file system that fills), unmounted afterwards."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "small-disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_refuses_a_write_whole_and_every_accepted_row_is_committed_once(
@@ -274,21 +269,25 @@ def test_the_spool_is_private_and_never_adopts_what_another_user_wrote(tmp_path:
 
 def test_adopted_rows_are_checked_as_served_ones_and_bad_ones_are_dead_lettered(tmp_path: Path) -> None:
     from pipelines.core.config import parse_config
+    from serve.access import Access
     from serve.schemas import feedback_check
     from tests.helpers import demo_raw_config
 
     config = parse_config(demo_raw_config(tmp_path / "data"))
+    access = Access.of("digest-of-the-api-key", None, config.mlflow.registered_model)
     uri = str(tmp_path / "feedback")
-    log = LogSpool(
-        delta.Table(uri), FEEDBACK_SCHEMA, tmp_path / "spool", 1000, 3600, 1 << 20, check=feedback_check(config.dataset)
-    )
+    check = feedback_check(config.dataset, 1000, access.issued)
+    log = LogSpool(delta.Table(uri), FEEDBACK_SCHEMA, tmp_path / "spool", 1000, 3600, 1 << 20, check=check)
     dead = log.root / "dead-owner"
     dead.mkdir()
-    good, bad = rows(1, start=1)[0], {**rows(1, start=2)[0], "label": "maybe"}  # not one of the classes
-    (dead / "seg-000000000001.jsonl").write_text("".join(spooled(r) for r in (good, bad)))
+    good = {**rows(1, start=1)[0], "request_id": access.new_request_id()}
+    not_a_class = {**good, "request_id": access.new_request_id(), "label": "maybe"}
+    planted = {**good, "request_id": "f" * 40}  # the shape of an id, not one this endpoint issued
+    (dead / "seg-000000000001.jsonl").write_text("".join(spooled(r) for r in (good, not_a_class, planted)))
     (dead / "owner.lock").touch()
     assert log.adopt() == 1
     log.close()
-    assert ids(uri) == ["r1"]
+    assert ids(uri) == [good["request_id"]]
     letters = delta.Table(uri).dead_letter().read().to_pylist()
-    assert len(letters) == 1 and "maybe" in letters[0]["row_json"] and "label" in letters[0]["reason"]
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert len(letters) == 2 and "label" in reasons[0] and "request_id" in reasons[1], reasons

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -262,6 +264,62 @@ def test_a_promotion_killed_between_claim_and_alias_move_leaves_the_registry_pro
     decision = registry.promote(later, registry.state(), GateDecision(True, "better"))
     assert decision.promote, decision.reason
     assert registry.champion().version == later
+
+
+STALL_AFTER_CLAIM = """
+import json, os, signal, sys
+from mlflow import MlflowClient
+from pipelines.core.gate import GateDecision
+from pipelines.adapters.registry import Registry
+uri, name, version, lease = sys.argv[1:]
+take_over = Registry._take_over
+def claim_then_stall(self, *args):
+    claimed = take_over(self, *args)
+    if not isinstance(claimed, str):  # a refusal is a reason; anything else holds the claim
+        os.kill(os.getpid(), signal.SIGSTOP)  # a promoter stopped right after it claimed
+    return claimed
+Registry._take_over = claim_then_stall
+registry = Registry(MlflowClient(uri), name, claim_lease_s=float(lease))
+decision = registry.promote(version, registry.state(), GateDecision(True, "better"))
+print(json.dumps({"promote": decision.promote, "reason": decision.reason}))
+"""
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_promoter_stalled_past_its_lease_cannot_overwrite_a_rivals_promotion(mlflow_server: str) -> None:
+    """SIGSTOP after claiming, a rival promotes once the lease runs out, SIGCONT: the stalled one refuses."""
+    client = MlflowClient(mlflow_server)
+    name = f"stall-{uuid.uuid4().hex[:8]}"
+    first, stalled, rival = _register_dummy_versions(client, name, 3)
+    registry = Registry(client, name, claim_lease_s=3.0)
+    assert registry.promote(first, registry.state(), GateDecision(True, "first")).promote
+    child = subprocess.Popen(
+        [sys.executable, "-c", STALL_AFTER_CLAIM, mlflow_server, name, stalled, str(registry.claim_lease_s)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert wait_for(lambda: child.poll() is None and _stopped(child.pid), timeout=120), child.poll()
+        claim = client.search_registered_models(filter_string=f"name LIKE '{name}.promotion.1.%'")
+        lease_end = claim[0].creation_timestamp / 1000 + registry.claim_lease_s
+        assert wait_for(lambda: time.time() > lease_end, timeout=30)
+        won = registry.promote(rival, registry.state(), GateDecision(True, "better"))
+        assert won.promote, won.reason
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err[-2000:]
+    resumed = json.loads(out)
+    assert not resumed["promote"] and "stalled" in resumed["reason"], resumed
+    assert registry.champion().version == rival
+    assert registry.version_by_alias("previous").version == first
+    assert client.get_model_version(name, stalled).tags["lakeloop.gate"] == "refused"
 
 
 def test_feedback_as_a_source_with_no_labels_yet_trains_on_the_events_table(

@@ -12,6 +12,7 @@ from pipelines.adapters.ray_serve import API_KEY_ENV, api_key_digest, api_key_fr
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.errors import LakeloopError
 from pipelines.scenarios.synthetic import EXAMPLE_ROW
+from serve.access import Access
 from serve.app import create_api
 from tests.fakes import FakeSource, UnbatchedServer
 
@@ -26,8 +27,11 @@ def server(config: LakeloopConfig) -> Iterator[UnbatchedServer]:
     replica.close()
 
 
-def _client(config: LakeloopConfig, server: UnbatchedServer, key: str | None) -> TestClient:
-    api = create_api(config, api_key_digest(key))
+def _client(
+    config: LakeloopConfig, server: UnbatchedServer, key: str | None, feedback_key: str | None = None
+) -> TestClient:
+    server.access = Access.of(api_key_digest(key), api_key_digest(feedback_key), config.mlflow.registered_model)
+    api = create_api(config, server.access)
     api.state.server, api.state.metrics = server, server.metrics
     return TestClient(api)
 
@@ -122,3 +126,71 @@ def test_a_replica_that_cannot_log_is_unready_and_answers_503_not_500(
     server.predictions.directory.mkdir(parents=True)
     assert client.post("/predict", json=BODY).status_code == 200  # the spool recovers with its directory
     assert client.get("/health").status_code == 200
+
+
+def test_labels_are_taken_only_for_request_ids_this_endpoint_issued(
+    config: LakeloopConfig, server: UnbatchedServer
+) -> None:
+    client = _client(config, server, "s3cret-key")
+    answered = client.post("/predict", json=BODY, headers=KEY).json()["request_id"]
+    label = {"request_id": answered, "row": 0, "label": 1}
+    assert client.post("/feedback", json=label, headers=KEY).status_code == 202
+    elsewhere = _client(config, server, "another-key")  # another deployment's ids do not verify here
+    foreign = elsewhere.post("/predict", json=BODY, headers={"Authorization": "Bearer another-key"}).json()
+    client = _client(config, server, "s3cret-key")
+    for made_up in (
+        "f" * 40,
+        answered[:-1] + "0" if answered[-1] != "0" else answered[:-1] + "1",
+        foreign["request_id"],
+    ):
+        refused = client.post("/feedback", json={**label, "request_id": made_up}, headers=KEY)
+        assert refused.status_code == 422 and "request_id" in refused.json()["error"], refused.text
+    assert server.feedback.snapshot()["accepted"] == 1  # only the real one
+
+
+def test_a_feedback_key_labels_and_only_labels(config: LakeloopConfig, server: UnbatchedServer) -> None:
+    client = _client(config, server, "s3cret-key", feedback_key="labeller")
+    labeller = {"Authorization": "Bearer labeller"}
+    answered = client.post("/predict", json=BODY, headers=KEY).json()["request_id"]
+    label = {"request_id": answered, "row": 0, "label": 1}
+    by_predictor = client.post("/feedback", json=label, headers=KEY)
+    assert by_predictor.status_code == 401 and "feedback key" in by_predictor.json()["error"]
+    assert client.post("/predict", json=BODY, headers=labeller).status_code == 401
+    assert client.post("/feedback", json=label, headers=labeller).status_code == 202
+    assert client.post("/feedback", json={**label, "label": 0, "update": True}, headers=labeller).status_code == 202
+    assert server.feedback.snapshot()["accepted"] == 2
+
+
+def test_a_megabyte_of_unknown_keys_gets_a_short_422_on_the_real_route(
+    config: LakeloopConfig, server: UnbatchedServer
+) -> None:
+    record = {**EXAMPLE_ROW, **{f"k{i}": 0 for i in range(80_000)}}  # about 1 MB of JSON
+    for path, body in (("/predict", {"records": [record]}), ("/invocations", {"dataframe_records": [record]})):
+        refused = _client(config, server, None).post(path, json=body)
+        assert refused.status_code == 422 and len(refused.content) < 1000, (path, len(refused.content))
+        assert "and 79995 more" in refused.json()["error"]
+    assert server.predictions.snapshot()["accepted"] == 0
+
+
+def test_rows_the_model_raises_on_fail_only_their_own_request_in_a_batch(config: LakeloopConfig) -> None:
+    """Three requests in one batch, the middle one holding a value the model raises on: the batch is
+    scored again request by request, the middle one gets its own error, the others their answers,
+    and only the answered rows are logged."""
+    import asyncio
+
+    from serve.app import Pending
+
+    source = FakeSource()
+    source.poison = "poison"
+    server = UnbatchedServer(config.model_dump_json(), source)
+    try:
+        bodies = [[EXAMPLE_ROW] * 2, [{**EXAMPLE_ROW, "plan": "poison"}], [EXAMPLE_ROW] * 3]
+        batch = [Pending(f"r{i}", server.validator.columns(rows)) for i, rows in enumerate(bodies)]
+        answers = [answer for _, answer in asyncio.run(server.score_requests(batch))]
+        assert [len(a) for a in (answers[0], answers[2])] == [2, 3]
+        assert isinstance(answers[1], ValueError) and "poison" in str(answers[1])
+        assert server.predictions.snapshot()["accepted"] == 5
+        refused = _client(config, server, None).post("/predict", json={"records": bodies[1]})
+        assert refused.status_code == 422 and "cannot score 'poison'" in refused.json()["error"]
+    finally:
+        server.close()

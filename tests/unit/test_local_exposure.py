@@ -57,3 +57,17 @@ def test_the_ray_token_file_is_made_the_owners_alone(tmp_path: Path, monkeypatch
 def test_no_token_file_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     assert secure_auth_token() is None
+
+
+def test_the_wrapper_writer_puts_a_private_executable_where_the_cluster_files_say(tmp_path: Path) -> None:
+    """`python -m pipelines.loopback_haproxy DIR`, as cluster/Dockerfile and cluster/aws.yaml run it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.loopback_haproxy", str(tmp_path / ".lakeloop")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wrapper = Path(done.stdout.strip())
+    assert wrapper == tmp_path / ".lakeloop" / "haproxy-loopback"
+    assert stat.S_IMODE(wrapper.stat().st_mode) == 0o700 and stat.S_IMODE(wrapper.parent.stat().st_mode) == 0o700
+    assert "127.0.0.1" in wrapper.read_text() and wrapper.read_text().startswith(f"#!{sys.executable}")
