@@ -57,7 +57,8 @@ class MonitorPass:
         return self.retraining.submitted
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """`--json`'s document: every field, and the submission at the top level, as scripts read it."""
+        return {**asdict(self), "submission_id": self.submission_id, "submitted": self.submitted}
 
 
 @dataclass(frozen=True)

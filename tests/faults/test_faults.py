@@ -430,8 +430,14 @@ def deployed_serve_config(stack: Stack) -> dict:
     details = serve_client(stack).get_serve_details()
     return {
         "http_options": {k: details["http_options"][k] for k in ("host", "port")},
-        "applications": [app["deployed_app_config"] for app in details["applications"].values()],
+        "applications": [
+            app["deployed_app_config"] for app in details["applications"].values() if app.get("deployed_app_config")
+        ],
     }
+
+
+def application_names(stack: Stack) -> set[str]:
+    return set(serve_client(stack).get_serve_details()["applications"])
 
 
 def small_disk_app(stack: Stack, spool: Path, table: str) -> dict:
@@ -479,10 +485,7 @@ def test_a_full_disk_under_the_spool_answers_503_and_loses_no_answered_row(stack
             after = httpx.post(f"{url}/predict", json={"records": request_rows(2, 6)[0]}, timeout=30)
         finally:
             serve_client(stack).deploy_applications(serve_config)  # the stack as it was
-            gone = wait_for(
-                lambda: "lakeloop-diskfull" not in [a["name"] for a in deployed_serve_config(stack)["applications"]],
-                120,
-            )
+            gone = wait_for(lambda: "lakeloop-diskfull" not in application_names(stack), 120)
             assert gone, "the small-disk application was not removed"
     figures = {
         "requests": len(load.answers),
