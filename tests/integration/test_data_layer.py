@@ -189,13 +189,18 @@ def test_labelled_feedback_joins_served_rows_and_trains_with_the_events(
     served, feedback = served_log(config, frame, datetime(2026, 6, 1, tzinfo=UTC))
     write_deltalake(config.storage.resolve("predictions"), served)
     write_deltalake(config.storage.resolve("feedback"), feedback.slice(0, 200))  # 200 of 300 rows labelled
-    relabel = feedback.slice(0, 1).to_pylist()[0]
-    relabel.update(label=str(1 - int(relabel["label"])), received_at=relabel["received_at"] + timedelta(days=1))
-    write_deltalake(
-        config.storage.resolve("feedback"), pa.Table.from_pylist([relabel], schema=feedback.schema), mode="append"
+    first_label = feedback.slice(0, 1).to_pylist()[0]
+    flipped = str(1 - int(first_label["label"]))
+    ignored = {**first_label, "label": flipped, "received_at": first_label["received_at"] + timedelta(hours=1)}
+    relabel = {**ignored, "update": True, "received_at": first_label["received_at"] + timedelta(days=1)}
+    append_label = lambda label: write_deltalake(
+        config.storage.resolve("feedback"), pa.Table.from_pylist([label], schema=feedback.schema), mode="append"
     )
+    append_label(ignored)  # a second label without update=true does not replace the first
+    assert labelled_rows(config).set_index(["request_id", "row"]).loc[("q0", 0)]["churned"] == frame["churned"].iloc[0]
+    append_label(relabel)
     rows = labelled_rows(config)
-    assert len(rows) == 200  # the relabelled row counts once, with its newest label
+    assert len(rows) == 200  # the relabelled row counts once, with its updated label
     first = rows.set_index(["request_id", "row"]).loc[("q0", 0)]
     assert first["churned"] == 1 - frame["churned"].iloc[0]
     assert first["monthly_charges"] == pytest.approx(frame["monthly_charges"].iloc[0])
