@@ -38,9 +38,27 @@ def secure_auth_token() -> Path | None:
 
 
 def disconnect() -> None:
-    """Close this process's Ray connection, if it has one (Ray would otherwise close it at exit)."""
+    """Close this process's Ray connection, if it has one (Ray would otherwise close it at exit), and
+    the workers' progress bars this driver still draws."""
     if ray.is_initialized():
         ray.shutdown()
+    close_worker_progress_bars()
+
+
+def close_worker_progress_bars() -> None:
+    """A driver redraws its workers' Ray Data progress bars; a bar whose worker ended before closing it
+    (a Train worker's validation dataset) stays open, and Ray's patched print() redraws it on every
+    later print, wherever stderr points by then: the demo's console after its log, two lines a run."""
+    from ray.experimental import tqdm_ray
+
+    manager = tqdm_ray._manager  # None until a worker's bar reached this process
+    if manager is None:
+        return
+    with manager.lock:
+        for group in manager.bar_groups.values():
+            for bar in group.bars_by_uuid.values():
+                bar.bar.close()
+        manager.bar_groups.clear()
 
 
 @contextmanager

@@ -180,8 +180,8 @@ def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
             return _run_demo(args, config, Timeline(console), log)
         finally:
             # Into the log, not after the summary: what finalisers print (Ray Data's executors announce
-            # "execution finished" when they are collected) and the workers' last lines, which Ray
-            # flushes as it disconnects.
+            # "execution finished" when they are collected), the workers' last lines, which Ray
+            # flushes as it disconnects, and the progress bars it would redraw on the next print.
             gc.collect()
             ray_cluster.disconnect()
 
