@@ -120,10 +120,43 @@ def untrained_mlp(config, pipeline):
     return LakeloopModel(pipeline, TorchEstimator("mlp", spec, spec.build().state_dict(), "classification"))
 
 
+def fitted_xgboost(config, pipeline, frame):
+    """A lakeloop model of the xgboost family fitted in-process with its shipped settings and early
+    stopping on a fifth of `frame` (as many trees as a trained model of the family has)."""
+    import xgboost
+
+    from pipelines.core.estimators import XGBoostEstimator
+    from pipelines.training.fitted_model import LakeloopModel
+    from pipelines.training.xgboost_loop import booster_params
+
+    settings = config.train.families["xgboost"].settings()
+    cfg = {"settings": settings, "task": "classification", "classes": 2, "gate_metric": config.gate.metric}
+    cfg.update(use_gpu=False, seed=0, threads=2)
+    numeric, slots = pipeline.layout
+    types = ["q"] * numeric + ["c"] * len(slots)
+    matrix, target = pipeline.transform_frame(frame), pipeline.encode_target(frame[config.dataset.label])
+    cut = len(frame) * 4 // 5
+    train, valid = (
+        xgboost.DMatrix(matrix[rows], target[rows], feature_types=types, enable_categorical=True)
+        for rows in (slice(0, cut), slice(cut, None))
+    )
+    booster = xgboost.train(
+        booster_params(cfg),
+        train,
+        settings["max_rounds"],
+        evals=[(valid, "validation")],
+        early_stopping_rounds=settings["early_stopping_rounds"],
+        verbose_eval=False,
+    )
+    booster = booster[: booster.best_iteration + 1]
+    return LakeloopModel(pipeline, XGBoostEstimator("xgboost", booster.save_raw("ubj"), "classification", 2))
+
+
 @contextmanager
-def registered_model(workdir: Path) -> Iterator[BenchModel]:
-    """A real tracking server with one registered lakeloop pyfunc (fitted feature pipeline, network of
-    the shipped shape with initial weights: scoring costs what a trained model's does)."""
+def registered_model(workdir: Path, family: str = "xgboost") -> Iterator[BenchModel]:
+    """A real tracking server with one registered lakeloop pyfunc: the fitted feature pipeline and the
+    default family's model fitted in-process (`mlp`: the shipped network with initial weights; either
+    way scoring costs what a model trained by `lakeloop train` costs)."""
     import mlflow
     import ray
 
@@ -142,7 +175,7 @@ def registered_model(workdir: Path) -> Iterator[BenchModel]:
             pipeline = FeaturePipeline(config.dataset).fit(ray.data.from_pandas(frame))
         finally:
             ray.shutdown()
-        model = untrained_mlp(config, pipeline)
+        model = fitted_xgboost(config, pipeline, frame) if family == "xgboost" else untrained_mlp(config, pipeline)
         mlflow.set_tracking_uri(service.url)
         mlflow.set_experiment("bench")
         registry = Registry.from_config(config)
