@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.drift_stats
 	$(BIN)/python -m benchmarks.loop
 	$(BIN)/python -m benchmarks.recovery
+	$(BIN)/python -m benchmarks.learning_curve
 	$(BIN)/python -m benchmarks.object_store
 	$(BIN)/python -m benchmarks.table_upkeep
 	$(BIN)/python -m benchmarks.report

@@ -120,22 +120,25 @@ def untrained_mlp(config, pipeline):
     return LakeloopModel(pipeline, TorchEstimator("mlp", spec, spec.build().state_dict(), "classification"))
 
 
-def fitted_xgboost(config, pipeline, frame):
-    """A lakeloop model of the xgboost family fitted in-process with its shipped settings and early
-    stopping on a fifth of `frame` (as many trees as a trained model of the family has)."""
+def fitted_xgboost(config, pipeline, frame, validation_share: float = 0.2):
+    """A lakeloop model of the xgboost family fitted in-process with its shipped settings, early
+    stopping on the last `validation_share` of `frame` (as many trees as a trained model of the
+    family has)."""
     import xgboost
 
     from pipelines.core.estimators import XGBoostEstimator
     from pipelines.training.fitted_model import LakeloopModel
     from pipelines.training.xgboost_loop import booster_params
 
+    dataset = config.dataset
+    classes = len(dataset.classes or [])
     settings = config.train.families["xgboost"].settings()
-    cfg = {"settings": settings, "task": "classification", "classes": 2, "gate_metric": config.gate.metric}
+    cfg = {"settings": settings, "task": dataset.task, "classes": classes, "gate_metric": config.gate.metric}
     cfg.update(use_gpu=False, seed=0, threads=2)
     numeric, slots = pipeline.layout
     types = ["q"] * numeric + ["c"] * len(slots)
-    matrix, target = pipeline.transform_frame(frame), pipeline.encode_target(frame[config.dataset.label])
-    cut = len(frame) * 4 // 5
+    matrix, target = pipeline.transform_frame(frame), pipeline.encode_target(frame[dataset.label])
+    cut = int(len(frame) * (1 - validation_share))
     train, valid = (
         xgboost.DMatrix(matrix[rows], target[rows], feature_types=types, enable_categorical=True)
         for rows in (slice(0, cut), slice(cut, None))
@@ -149,7 +152,19 @@ def fitted_xgboost(config, pipeline, frame):
         verbose_eval=False,
     )
     booster = booster[: booster.best_iteration + 1]
-    return LakeloopModel(pipeline, XGBoostEstimator("xgboost", booster.save_raw("ubj"), "classification", 2))
+    return LakeloopModel(pipeline, XGBoostEstimator("xgboost", booster.save_raw("ubj"), dataset.task, classes))
+
+
+def fitted_pipeline(dataset, frame):
+    """The feature transform fitted in-process on `frame` (no Ray: the same statistics, one block)."""
+    import pyarrow as pa
+
+    from pipelines.core.feature_transform import statistics
+    from pipelines.training.features import FeaturePipeline
+
+    table = pa.Table.from_pandas(frame[dataset.feature_names], preserve_index=False)
+    stats = statistics({n: table.column(n) for n in table.column_names}, dataset.numeric, dataset.categorical)
+    return FeaturePipeline(dataset).fit(stats)
 
 
 @contextmanager
@@ -158,29 +173,23 @@ def registered_model(workdir: Path, family: str = "xgboost") -> Iterator[BenchMo
     default family's model fitted in-process (`mlp`: the shipped network with initial weights; either
     way scoring costs what a model trained by `lakeloop train` costs)."""
     import mlflow
-    import ray
 
     from pipelines.adapters.local_services import start_mlflow_server, stop_pid
     from pipelines.adapters.registry import Registry
     from pipelines.core.gate import GateDecision
-    from pipelines.training.features import FeaturePipeline
     from pipelines.training.workflow import log_model
 
     process, service = start_mlflow_server(workdir / "mlflow")
     try:
         config = demo_config(workdir / "data", service.url)
         frame = synthetic.generate(5000, 1).to_pandas()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-        try:
-            pipeline = FeaturePipeline(config.dataset).fit(ray.data.from_pandas(frame))
-        finally:
-            ray.shutdown()
+        pipeline = fitted_pipeline(config.dataset, frame)
         model = fitted_xgboost(config, pipeline, frame) if family == "xgboost" else untrained_mlp(config, pipeline)
         mlflow.set_tracking_uri(service.url)
         mlflow.set_experiment("bench")
         registry = Registry.from_config(config)
         with mlflow.start_run():
-            version = log_model(model, frame, {}, config, registry, {})  # untrained: no test scores
+            version = log_model(model, frame, {}, config, registry, {})  # no test scores: not a gated training
         registry.promote(version, registry.state(), GateDecision(True, "the benchmark's model"))
         local = Path(
             mlflow.artifacts.download_artifacts(

@@ -89,48 +89,15 @@ def stream_config(stream: Stream, root: Path, tracking_uri: str, gcs: str, jobs_
     return parse_config(raw, f"recovery:{stream.name}")
 
 
-def fit_family(config, frame: pd.DataFrame, seed: int = 0):
-    """The lakeloop model family (fitted feature pipeline + the configured MLP) trained in-process:
-    oldest 85% of rows by event time train, newest 15% early-stop, as lakeloop's loop does."""
-    import ray.data
-    import torch
+def fit_family(config, frame: pd.DataFrame):
+    """The default family (xgboost) trained in-process on `frame`, unweighted: oldest 85% of rows by
+    event time train, newest 15% stop the boosting early, as lakeloop's time split does."""
+    from benchmarks.common import fitted_pipeline, fitted_xgboost
 
-    from pipelines.core import metrics
-    from pipelines.core.network import NetworkSpec, TabularMLP, loss_function, output_dim
-    from pipelines.training.features import FeaturePipeline
-    from pipelines.training.fitted_model import LakeloopModel
-
-    dataset, hp = config.dataset, config.train.hyperparams
+    dataset = config.dataset
     ordered = frame.sort_values(dataset.event_time).reset_index(drop=True)
     cut = int(len(ordered) * 0.85)
-    train, validation = ordered.iloc[:cut], ordered.iloc[cut:]
-    pipeline = FeaturePipeline(dataset).fit(ray.data.from_pandas(train[dataset.feature_names]))
-    x, vx = (torch.from_numpy(pipeline.transform_frame(part)) for part in (train, validation))
-    y, vy = (torch.from_numpy(pipeline.encode_target(part[dataset.label])) for part in (train, validation))
-    torch.manual_seed(seed)
-    spec = NetworkSpec(x.shape[1], output_dim(dataset.task, dataset.classes), hp.hidden, hp.depth, hp.dropout)
-    network = TabularMLP(spec)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    loss_fn = loss_function(dataset.task)
-    best, best_state, stale = -np.inf, None, 0
-    for _ in range(config.train.max_epochs):
-        network.train()
-        for index in torch.randperm(len(y)).split(hp.batch_size):
-            loss = loss_fn(network(x[index]), y[index]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        network.eval()
-        with torch.inference_mode():
-            scores = metrics.classification(vy.numpy(), torch.softmax(network(vx), dim=1).numpy())
-        value = scores[config.gate.metric]
-        if np.isfinite(value) and value > best + 1e-6:
-            best, best_state, stale = value, {k: v.clone() for k, v in network.state_dict().items()}, 0
-        else:
-            stale += 1
-            if stale >= config.train.patience:
-                break
-    return LakeloopModel(pipeline, spec, best_state or network.state_dict())
+    return fitted_xgboost(config, fitted_pipeline(dataset, ordered.iloc[:cut]), ordered, validation_share=0.15)
 
 
 def registered(config, version: str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.batch_inference import TARGET_SPEEDUP
+from benchmarks.batch_inference import TARGET_FIRST, TARGET_WARM
 from benchmarks.common import RESULTS, machine
 
 
@@ -57,13 +57,20 @@ def _training(data: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _batch(data: dict) -> list[tuple[str, str, str, str]]:
+    rows, first = data["table_rows"], data["first_call_time_ratio"]
     return [
         (
             "batch inference",
-            f"batch API vs single-process pyfunc, {data['table_rows']:,} rows",
-            f"{data['speedup']:.2f}x (target >= {TARGET_SPEEDUP}x)",
-            "met" if data["speedup"] >= TARGET_SPEEDUP else "MISSED",
-        )
+            f"batch API, second call (warm pool), vs single-process pyfunc, {rows:,} rows",
+            f"{data['speedup']:.2f}x as fast (target >= {TARGET_WARM}x)",
+            "met" if data["speedup"] >= TARGET_WARM else "MISSED",
+        ),
+        (
+            "batch inference",
+            f"batch API, first call (starts the pool), time vs single-process pyfunc, {rows:,} rows",
+            f"{first:.2f}x the time (target <= {TARGET_FIRST}x)",
+            "met" if first <= TARGET_FIRST else "MISSED",
+        ),
     ]
 
 
@@ -186,6 +193,34 @@ def _table_upkeep(data: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _learning_curve(data: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for stream in data["streams"]:
+        curve = stream["curve"]
+        default = next(name for name in curve if name.startswith("lakeloop "))
+        points = list(curve[default])
+        gaps = [curve[default][n] - curve["hgb"][n] for n in points]
+        late = [curve[default][n] - curve["arf"][n] for n in points if int(n) >= 2000]
+        values = ", ".join(f"{curve[default][n]:.3f}" for n in points)
+        rows.append(
+            (
+                "learning",
+                f"{stream['stream']}: {default} new-concept accuracy at {', '.join(points)} rows, minus hgb",
+                f"{values}; {', '.join(f'{g:+.3f}' for g in gaps)} (target >= -0.01)",
+                "met" if min(gaps) >= -0.01 else "MISSED",
+            )
+        )
+        rows.append(
+            (
+                "learning",
+                f"{stream['stream']}: {default} minus river ARF from 2,000 rows",
+                f"{', '.join(f'{g:+.3f}' for g in late)} (target >= 0)",
+                "met" if late and min(late) >= 0 else "MISSED",
+            )
+        )
+    return rows
+
+
 SECTIONS = {
     "serve_load": _serving,
     "preprocessing": _preprocessing,
@@ -194,6 +229,7 @@ SECTIONS = {
     "drift_stats": _drift,
     "loop": _loop,
     "recovery": _recovery,
+    "learning_curve": _learning_curve,
     "object_store": _object_store,
     "table_upkeep": _table_upkeep,
 }
