@@ -12,7 +12,7 @@ after the change, on every stream (benchmarks/streams.py).
   of its own (river 0.26 needs numpy 2);
 - first champion: the default family trained on the old rows only.
 
-Targets (issue 25): the default family within 0.01 of hgb at every point, and at or above arf from
+Targets: the default family within 0.01 of hgb at every point, and at or above arf from
 2,000 rows on.
 """
 

@@ -294,7 +294,7 @@ class RegimeConfig(StrictModel):
 
     # Rows since the drift began are split by time on their own, so the new concept reaches training,
     # validation and test; older rows only train, with a weight. A time split over everything put every
-    # new-regime row into validation and test and the model learned only the old rule (issue 11).
+    # new-regime row into validation and test, and the model learned only the old rule.
     min_rows: int = Field(300, ge=20)  # fewer rows since the drift began: one time split over everything
     # Older rows together weigh this share of the new rows: 0.1 kept a 280-row new regime within 1 point
     # of training on the new rows alone, 0.5 cost 3-4 points, an unweighted union 20 (benchmarks/recovery.py).

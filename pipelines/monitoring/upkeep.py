@@ -1,6 +1,6 @@
 """Upkeep of the tables the loop appends to: every replica commits its log every few seconds (up to
 43,200 small files a day each), and a filtered read of a 1,000-commit table took 1,417 ms before
-compaction and 3 ms after (issue 14). Compaction, a log checkpoint and vacuum keep reads fast.
+compaction and 3 ms after. Compaction, a log checkpoint and vacuum keep reads fast.
 
 What must stay readable is kept: the table versions a registered model's training run read (its
 lineage in MLflow), unless told otherwise, and the commits the monitor has not read yet (it reads the
