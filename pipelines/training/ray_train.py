@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import ray
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
 from pipelines.adapters import delta
 from pipelines.core import metrics
@@ -70,6 +70,33 @@ def run_config(config: LakeloopConfig, name: str, callbacks: list | None = None)
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         callbacks=callbacks,
     )
+
+
+def run(
+    trainer_class: type,
+    train_loop_per_worker,
+    cfg: dict,
+    config: LakeloopConfig,
+    datasets: dict,
+    name: str,
+    callbacks: list | None = None,
+    num_workers: int | None = None,
+) -> tuple[Checkpoint, int]:
+    """One run of a Ray Train trainer (TorchTrainer, XGBoostTrainer, DataParallelTrainer) over the train
+    and validation splits: its last checkpoint, and the epoch (or report) it resumed from after a failure."""
+    count = num_workers or workers(config, datasets)
+    trainer = trainer_class(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=scaling_config(config, count),
+        run_config=run_config(config, name, callbacks),
+        datasets={"train": datasets["train"], "validation": datasets["validation"]},
+        dataset_config=data_config(count),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} finished without a checkpoint")
+    return result.checkpoint, int((result.metrics or {}).get("resumed_from_epoch", 0))
 
 
 def monitor_metric(config: LakeloopConfig) -> tuple[str, str]:

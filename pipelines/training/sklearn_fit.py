@@ -80,19 +80,10 @@ def fit(
         "tracking_uri": config.mlflow.tracking_uri,
         "mlflow_run_id": run_id,
     }
-    workers = 1  # one estimator, fitted on the whole training split
-    trainer = DataParallelTrainer(
-        train_loop_per_worker,
-        train_loop_config=cfg,
-        scaling_config=ray_train.scaling_config(config, workers),
-        run_config=ray_train.run_config(config, name, callbacks),
-        datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=ray_train.data_config(workers),
+    checkpoint, _ = ray_train.run(  # one worker: one estimator, fitted on the whole training split
+        DataParallelTrainer, train_loop_per_worker, cfg, config, datasets, name, callbacks, num_workers=1
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} finished without a checkpoint")
-    return trained_from(result.checkpoint, family, settings)
+    return trained_from(checkpoint, family, settings)
 
 
 def trained_from(checkpoint: Checkpoint, family: str, settings: dict) -> Trained:

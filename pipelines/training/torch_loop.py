@@ -291,18 +291,6 @@ def loop_config(
     }
 
 
-def build_trainer(config: LakeloopConfig, cfg: dict, datasets: dict, name: str, callbacks: list | None = None):
-    workers = ray_train.workers(config, datasets)
-    return ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=cfg,
-        scaling_config=ray_train.scaling_config(config, workers),
-        run_config=ray_train.run_config(config, name, callbacks),
-        datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=ray_train.data_config(workers),
-    )
-
-
 def trained_from(checkpoint: Checkpoint, family: str, settings: dict) -> Trained:
     """The best epoch's network in a checkpoint (which names its module and task), as the family's estimator."""
     with checkpoint.as_directory() as directory:
@@ -326,9 +314,8 @@ def fit(
     """One TorchTrainer run of a torch family with these settings; with Tune's callback, one trial."""
     spec = config.train.families[family]
     cfg = loop_config(config, spec, settings, pipeline, run_id, train_stats(datasets["train"], config.dataset.task))
-    result = build_trainer(config, cfg, datasets, name, callbacks).fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} finished without a checkpoint")
-    trained = trained_from(result.checkpoint, family, settings)
-    trained.resumed_from_epoch = int(result.metrics.get("resumed_from_epoch", 0))
+    trainer = ray.train.torch.TorchTrainer
+    checkpoint, resumed = ray_train.run(trainer, train_loop_per_worker, cfg, config, datasets, name, callbacks)
+    trained = trained_from(checkpoint, family, settings)
+    trained.resumed_from_epoch = resumed
     return trained

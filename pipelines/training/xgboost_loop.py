@@ -220,20 +220,9 @@ def fit(
     booster cut at its best round."""
     threads = max(1, math.floor(config.train.cpus_per_worker)) if not config.train.use_gpu else 1
     cfg = loop_config(config, settings, pipeline, run_id, threads)
-    workers = ray_train.workers(config, datasets)
-    trainer = XGBoostTrainer(
-        train_loop_per_worker,
-        train_loop_config=cfg,
-        scaling_config=ray_train.scaling_config(config, workers),
-        run_config=ray_train.run_config(config, name, callbacks),
-        datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=ray_train.data_config(workers),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} finished without a checkpoint")
-    trained = trained_from(result.checkpoint, family, settings)
-    trained.resumed_from_epoch = int((result.metrics or {}).get("resumed_from_epoch", 0))
+    checkpoint, resumed = ray_train.run(XGBoostTrainer, train_loop_per_worker, cfg, config, datasets, name, callbacks)
+    trained = trained_from(checkpoint, family, settings)
+    trained.resumed_from_epoch = resumed
     return trained
 
 
