@@ -4,6 +4,7 @@ registry (`pipelines.inference.scoring` imports both: about 1 s more per actor s
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -11,6 +12,8 @@ import pyarrow as pa
 from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from pipelines.adapters.registry import Predictor
 
 
@@ -35,17 +38,19 @@ class ScoringActor:
         self, model: Predictor, name: str, version: str, features: list[str], threads: int, batch_size: int
     ) -> None:
         """`model` is sent as an object reference; Ray resolves a top-level argument's reference before
-        the constructor runs, so the actor reads the model from the object store once, unpickled here."""
-        import torch
-
-        torch.set_num_threads(threads)
+        the constructor runs, so the actor reads the model from the object store once, unpickled here
+        (importing torch only when the model is a network: 1.4 s of an actor's start on 2 cores)."""
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
         self.predictor = model
         estimator = getattr(self.predictor, "estimator", None)
         if hasattr(estimator, "threads"):  # a tree ensemble: as many threads as the actor's CPUs
             estimator.threads = threads
         self.name, self.version, self.features, self.batch_size = name, version, features, batch_size
 
-    def score(self, block: pa.Table) -> pa.Table:
+    def score(self, block: pa.Table | pd.DataFrame) -> pa.Table:
+        if not isinstance(block, pa.Table):  # a Dataset made from pandas holds pandas blocks
+            block = pa.Table.from_pandas(block, preserve_index=False)
         parts = [
             score_batch(self.predictor, block.slice(start, self.batch_size), self.name, self.version, self.features)
             for start in range(0, max(block.num_rows, 1), self.batch_size)

@@ -179,7 +179,7 @@ def _post(endpoint: str, path: str, body: object, content_type: str = "applicati
             {"records": [{k: v for k, v in GOOD.items() if k != "age"}]},
             "application/json",
             422,
-            "records.0.age: Field required",
+            "records[0].age: Field required",
         ),
         ("/predict", {"records": [{**GOOD, "colour": "red"}]}, "application/json", 422, "colour"),
         ("/predict", {"records": [{**GOOD, "age": "forty"}]}, "application/json", 422, "age"),

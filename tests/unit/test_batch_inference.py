@@ -24,3 +24,20 @@ def test_a_model_that_is_not_a_registry_uri_is_refused(config: LakeloopConfig) -
 
     with pytest.raises(LakeloopError, match="models:/NAME@ALIAS"):
         resolve_model("runs:/abc/model", config)
+
+
+def test_a_scoring_actor_scores_arrow_and_pandas_blocks_alike() -> None:
+    """A Dataset made with ray.data.from_pandas hands the pool pandas blocks (every pooled call failed
+    on them: 'DataFrame' object has no attribute 'num_rows')."""
+    import pyarrow as pa
+
+    from pipelines.inference.scoring_actor import ScoringActor
+    from pipelines.scenarios.synthetic import EXAMPLE_ROW
+    from tests.fakes import FakePredictor
+
+    features = list(EXAMPLE_ROW)
+    frame = pd.DataFrame([EXAMPLE_ROW] * 5)
+    actor = ScoringActor(FakePredictor("3"), "m", "3", features, threads=1, batch_size=2)
+    from_arrow, from_pandas = actor.score(pa.Table.from_pandas(frame)), actor.score(frame)
+    assert from_arrow.equals(from_pandas) and from_pandas.num_rows == 5
+    assert from_pandas.column("model_version").to_pylist() == ["3"] * 5
