@@ -5,7 +5,9 @@ unpickles an xgboost or scikit-learn model never pays for it."""
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,9 +16,35 @@ if TYPE_CHECKING:
 MLP_CLASS = "pipelines.core.network:TabularMLP"
 
 
+def _split(path: str) -> tuple[str, str]:
+    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    return module_name, name
+
+
+def class_module(path: str) -> str:
+    """The module of `package.module:Class` (or `package.module.Class`)."""
+    return _split(path)[0]
+
+
+def module_source(module_name: str) -> str | None:
+    """Where a user's module lives, to ship it with a model or to Ray workers: its top-level package's
+    directory, or its file. None for lakeloop's own modules and for installed packages (site-packages:
+    scikit-learn, torch, xgboost, or the user's own when installed), which are wherever lakeloop is."""
+    top = module_name.split(".")[0]
+    if top == "pipelines":
+        return None
+    module = sys.modules.get(top) or importlib.import_module(top)
+    if not getattr(module, "__file__", None):
+        return None
+    source = Path(module.__file__)
+    if {"site-packages", "dist-packages"} & set(source.parts):
+        return None
+    return str(source.parent if source.name == "__init__.py" else source)
+
+
 def load_class(path: str) -> type:
     """`package.module:Class` (or `package.module.Class`) -> the class; an error naming the path."""
-    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    module_name, name = _split(path)
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as exc:

@@ -29,7 +29,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
-from pipelines.inference.scoring_actor import ScoringActor, score_batch
+from pipelines.inference.scoring_actor import ScoringActor, module_archive, score_batch
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,15 @@ class ScoringPool:
 
     @classmethod
     def start(cls, key: tuple, predictor, resolved: ResolvedModel, features: list[str], settings) -> ScoringPool:
-        model = ray.put(predictor)
         count = settings.starting_actors(ray.available_resources().get("CPU", 0.0))
         remote = ray.remote(num_cpus=settings.cpus_per_actor)(ScoringActor)
         threads = max(1, int(settings.cpus_per_actor))
+        # the model, and a user's family's module (the driver may have it only from the model MLflow
+        # downloaded here), through the object store; the model inside a list, so that the actor
+        # unpickles it only once that module is importable
+        model, code = [ray.put(predictor)], ray.put(module_archive(getattr(predictor, "code_modules", list)()))
         actors = [
-            remote.remote(model, resolved.name, resolved.version, features, threads, settings.batch_size)
+            remote.remote(model, code, resolved.name, resolved.version, features, threads, settings.batch_size)
             for _ in range(count)
         ]
         return cls(key, actors)

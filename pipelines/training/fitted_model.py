@@ -21,6 +21,7 @@ from pipelines.core.config import DatasetConfig
 from pipelines.core.estimators import Estimator
 from pipelines.core.feature_transform import Column
 from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX, Scored
+from pipelines.core.module_spec import ModuleSpec, class_module, module_source
 from pipelines.training.features import FeaturePipeline
 
 
@@ -42,6 +43,16 @@ class LakeloopModel:
     @property
     def feature_names(self) -> list[str]:
         return self.pipeline.feature_names
+
+    def code_modules(self) -> list[str]:
+        """The user's modules the estimator unpickles from (a torch module's class, a scikit-learn-API
+        estimator's), as files or package directories: what Ray ships to workers as `py_modules`."""
+        names = {type(self.estimator).__module__}
+        if isinstance(spec := getattr(self.estimator, "spec", None), ModuleSpec):
+            names.add(class_module(spec.class_path))
+        if (inner := getattr(self.estimator, "estimator", None)) is not None:
+            names.add(type(inner).__module__)
+        return sorted({source for name in names if (source := module_source(name))})
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The pyfunc's contract: a frame of the feature columns in, a frame of the output columns out."""

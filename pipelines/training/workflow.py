@@ -4,10 +4,8 @@ Tune search, which imports the plain fit: never the reverse)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from pipelines.adapters.registry import (
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import Trained
 from pipelines.core.gate import GateDecision, decide
+from pipelines.core.module_spec import class_module, module_source
 from pipelines.core.retraining_policy import MANUAL
 from pipelines.training import families, plots, ray_train
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
@@ -193,14 +192,8 @@ def family_code(config: LakeloopConfig, family: str) -> list[str]:
     spec = config.train.families[family]
     if spec.kind not in ("torch", "sklearn") or not spec.class_path:
         return []
-    module = sys.modules.get(spec.class_path.partition(":")[0]) or importlib.import_module(
-        spec.class_path.partition(":")[0]
-    )
-    top = module.__name__.split(".")[0]
-    if top in ("sklearn", "torch", "xgboost", "lightgbm"):  # a library's class: installed, not logged
-        return []
-    source = Path(sys.modules[top].__file__ or "")
-    return [str(source.parent if source.name == "__init__.py" else source)]
+    source = module_source(class_module(spec.class_path))
+    return [source] if source else []
 
 
 def log_model(

@@ -1,14 +1,16 @@
 """Every family through the whole path: a user's torch module and a user's scikit-learn-API estimator
 (tests/user_families.py, the worked examples of docs/families.md) and the built-in mlp train on the
 shared Ray cluster, register in a real MLflow server, pass the gate, and answer the same
-probabilities from the pyfunc, Ray Serve, `mlflow models serve` and the batch API. (The default
-xgboost family takes the same path in test_serving.)"""
+probabilities from the pyfunc, Ray Serve, `mlflow models serve` and the batch API. The user's module
+reaches Serve's replicas and `mlflow models serve` with the model (logged as MLflow code), not through
+an installed package. (The default xgboost family takes the same path in test_serving.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +20,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import ray.data
 from mlflow import MlflowClient
 
 from pipelines.adapters import delta, ray_serve
 from pipelines.adapters.local_services import free_port, stop_pid
 from pipelines.core.config import parse_config
-from pipelines.inference.scoring import predict
+from pipelines.inference.scoring import predict, release_pools
 from pipelines.scenarios import endpoint, synthetic
 from pipelines.training.workflow import train_and_register
-from tests.helpers import ROOT, demo_raw_config, wait_for
+from tests.helpers import demo_raw_config, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,9 +42,6 @@ FAMILIES = {
     "naive_bayes": {"kind": "sklearn", "class_path": "tests.user_families:GaussianNaiveBayes", "params": {}},
     "mlp": {"params": {"hidden": 32}},
 }
-# The user's code is importable where the model loads: here through PYTHONPATH (the checkout), as an
-# image or a node's environment would provide it.
-USER_CODE = {"PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -67,15 +67,21 @@ def frame(trained) -> pd.DataFrame:
 
 @pytest.fixture
 def models_serve(trained) -> Iterator[str]:
-    """`mlflow models serve` of the registered version, the user's code on its PYTHONPATH."""
+    """`mlflow models serve` of the registered version, run from a directory where the user's module
+    is not importable."""
     config, outcome = trained
     port = free_port()
-    env = {**os.environ, **USER_CODE, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri}
+    env.pop("PYTHONPATH", None)  # the user's module comes with the model (MLflow code_paths), not from here
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     uri = f"models:/{config.mlflow.registered_model}/{outcome.model_version}"
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(
-        [*command, "--env-manager", "local"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*command, "--env-manager", "local"],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -115,8 +121,7 @@ def test_pyfunc_serve_mlflow_models_serve_and_batch_agree(
     body = {"dataframe_records": frame.astype(object).where(frame.notna(), None).to_dict(orient="records")}
     served_elsewhere = httpx.post(f"{models_serve}/invocations", json=body, timeout=60).json()["predictions"]
     assert np.allclose(_probabilities(served_elsewhere), expected, atol=1e-6)
-    app = endpoint.variant(config, "families", "/families")
-    app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(USER_CODE)
+    app = endpoint.variant(config, "families", "/families")  # replicas import the module the model carries
     url = endpoint.deploy(config, ray_local, free_port(), app, main=False)
     try:
         assert ray_serve.wait_ready(f"{url}/families", 120)
@@ -124,5 +129,10 @@ def test_pyfunc_serve_mlflow_models_serve_and_batch_agree(
     finally:
         ray_serve.shutdown(ray_local)
     assert np.allclose(_probabilities(served), expected, atol=1e-6)
-    scored = predict(frame, model=uri, config=config).to_pandas()
+    scored = predict(frame, model=uri, config=config).to_pandas()  # a small frame: scored in the driver
     assert np.allclose(_probabilities(scored), expected, atol=1e-6)
+    pooled = predict(ray.data.from_pandas(frame), model=uri, config=config).to_pandas()  # the actor pool
+    try:
+        assert np.allclose(_probabilities(pooled), expected, atol=1e-6)
+    finally:
+        release_pools()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -37,7 +41,26 @@ def test_a_scoring_actor_scores_arrow_and_pandas_blocks_alike() -> None:
 
     features = list(EXAMPLE_ROW)
     frame = pd.DataFrame([EXAMPLE_ROW] * 5)
-    actor = ScoringActor(FakePredictor("3"), "m", "3", features, threads=1, batch_size=2)
+    actor = ScoringActor([FakePredictor("3")], b"", "m", "3", features, threads=1, batch_size=2)
     from_arrow, from_pandas = actor.score(pa.Table.from_pandas(frame)), actor.score(frame)
     assert from_arrow.equals(from_pandas) and from_pandas.num_rows == 5
     assert from_pandas.column("model_version").to_pylist() == ["3"] * 5
+
+
+def test_a_users_modules_travel_to_the_actors_as_an_archive(tmp_path) -> None:
+    """A family's module file or package directory, zipped by the driver and unpacked by each actor
+    onto its sys.path (the driver may hold it only in the model MLflow downloaded on its node)."""
+    from pipelines.inference.scoring_actor import module_archive, unpack_modules
+    from tests.helpers import ROOT
+
+    package = tmp_path / "my_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text("WIDTH = 3\n")
+    single = tmp_path / "my_estimator.py"
+    single.write_text("KIND = 'nb'\n")
+    directory = unpack_modules(module_archive([str(package), str(single)]))
+    assert (Path(directory) / "my_models" / "nets.py").read_text() == "WIDTH = 3\n"
+    assert (Path(directory) / "my_estimator.py").read_text() == "KIND = 'nb'\n"
+    assert module_archive([]) == b""
+    assert "tests/user_families.py" in zipfile.ZipFile(io.BytesIO(module_archive([str(ROOT / "tests")]))).namelist()

@@ -127,3 +127,15 @@ def test_the_model_unpickles_without_importing_mlflow(model: LakeloopModel) -> N
         [sys.executable, "-c", code], input=pickle.dumps(model), capture_output=True, check=True, cwd=ROOT
     )
     assert done.stdout.decode().strip() == "[]"
+
+
+def test_only_a_users_module_is_shipped_to_workers(model: LakeloopModel) -> None:
+    """lakeloop's own estimators and installed libraries (scikit-learn here) are on every node; a
+    module of the user's is shipped (as Ray's py_modules) with the scoring actors."""
+    assert model.code_modules() == []
+    from tests.user_families import GaussianNaiveBayes
+
+    matrix = model.pipeline.onehot(model.pipeline.transform_frame(synthetic.generate(200, 3).to_pandas()))
+    target = np.arange(200) % 2
+    users = SklearnEstimator("nb", GaussianNaiveBayes().fit(matrix, target), "classification", 2, "onehot")
+    assert LakeloopModel(model.pipeline, users).code_modules() == [str(ROOT / "tests")]
