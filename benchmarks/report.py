@@ -61,15 +61,21 @@ def _batch(data: dict) -> list[tuple[str, str, str, str]]:
     return [
         (
             "batch inference",
-            f"batch API, second call (warm pool), vs single-process pyfunc, {rows:,} rows",
+            f"batch API (shipped settings), second call, vs single-process pyfunc, {rows:,} rows",
             f"{data['speedup']:.2f}x as fast (target >= {TARGET_WARM}x)",
             "met" if data["speedup"] >= TARGET_WARM else "MISSED",
         ),
         (
             "batch inference",
-            f"batch API, first call (starts the pool), time vs single-process pyfunc, {rows:,} rows",
+            f"batch API (shipped settings), first call, time vs single-process pyfunc, {rows:,} rows",
             f"{first:.2f}x the time (target <= {TARGET_FIRST}x)",
             "met" if first <= TARGET_FIRST else "MISSED",
+        ),
+        (
+            "batch inference",
+            f"the actor pool forced (inline_rows 0), second call, vs single-process pyfunc, {rows:,} rows",
+            f"{data['pool_speedup']:.2f}x as fast",
+            "",
         ),
     ]
 

@@ -396,7 +396,9 @@ READ_TASK_CPUS = 1.0  # what each Ray Data read task reserves (its default)
 
 
 class BatchInferenceConfig(StrictModel):
-    inline_rows: int = Field(200_000, ge=0)  # inputs up to this size are scored in the driver, with no actors
+    # Inputs up to this size are scored in the driver, with no actors. On 2 cores a warm pool scored 1M
+    # rows at 0.65x one process's speed (2.2 vs 1.4 s) and drew level only at 10M rows.
+    inline_rows: int = Field(2_000_000, ge=0)
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)

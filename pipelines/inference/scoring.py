@@ -7,8 +7,9 @@
     ray job submit --working-dir . -- python -m pipelines.predict --input ... --output ...
 
 The same model as serving (feature pipeline + estimator) scores every row. The driver resolves the
-version once and loads the model once. An input of at most `batch_inference.inline_rows` rows is
-scored right here, in the driver: a pool cannot win on so few rows. Larger inputs are scored by a
+version once and loads the model once (and keeps it for the next call). An input of at most
+`batch_inference.inline_rows` rows is scored right here, in the driver: on a small cluster a pool
+cannot win on so few rows. Larger inputs are scored by a
 pool of actors that take the model from Ray's object store (no actor downloads it from MLflow) and
 stay warm across calls in this driver: a second call with the same model version starts no actor and
 loads no model. Each actor's torch (or xgboost) uses as many threads as the CPUs it reserves, so the
@@ -144,6 +145,18 @@ def _pool(predictor, resolved: ResolvedModel, config: LakeloopConfig) -> Scoring
     return _POOLS[key]
 
 
+_MODELS: dict[tuple[str, str, str], object] = {}  # the last model this driver loaded (a version never changes)
+
+
+def _loaded(config: LakeloopConfig, resolved: ResolvedModel):
+    key = (config.mlflow.tracking_uri, resolved.name, resolved.version)
+    if key not in _MODELS:
+        _MODELS.clear()
+        registry = Registry.connect(config.mlflow.tracking_uri, resolved.name)
+        _MODELS[key] = registry.load(ModelRef(resolved.name, resolved.version, "", None))
+    return _MODELS[key]
+
+
 def _inline_input(source, version: int | None, config: LakeloopConfig) -> pa.Table | None:
     """The input as one Arrow table when it is small enough to score in the driver, else None."""
     limit = config.batch_inference.inline_rows
@@ -176,9 +189,7 @@ def predict(
     missing = [c for c in features if c not in names]
     if missing:
         raise LakeloopError(f"input lacks feature columns: {', '.join(missing)}")
-    predictor = Registry.connect(config.mlflow.tracking_uri, resolved.name).load(
-        ModelRef(resolved.name, resolved.version, "", None)
-    )
+    predictor = _loaded(config, resolved)
     if inline is not None:
         table = score_batch(predictor, inline, resolved.name, resolved.version, features)
         if output:
