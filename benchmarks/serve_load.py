@@ -54,6 +54,9 @@ def meets(value: float, target: str) -> str:
 
 
 def sweep(server: str, url: str, concurrencies: list[int], seconds: float) -> list[dict]:
+    import httpx
+
+    httpx.post(url, content=BODY, headers={"Content-Type": "application/json"}, timeout=120)  # the first call loads
     load(url, BODY, 4, 2)  # warm up
     return [{"server": server, **load(url, BODY, c, seconds)} for c in concurrencies]
 
