@@ -27,6 +27,8 @@ def _ms(text: str) -> float:
 def parse(output: str) -> dict:
     """wrk --latency's report: requests, req/s, p50/p99 latency (ms), non-2xx and socket errors."""
     percentiles = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.\d+)?%\s+(\S+)$", output, re.M)}
+    if set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"wrk reported no latencies (no request answered?):\n{output}")
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
