@@ -1,6 +1,6 @@
 """Every family through the whole path: a user's torch module and a user's scikit-learn-API estimator
-(tests/user_families.py, the worked examples of docs/families.md) and the built-in mlp train on the
-shared Ray cluster, register in a real MLflow server, pass the gate, and answer the same
+(tests/user_families.py, the worked examples of docs/families.md) and the built-in mlp and xgboost
+train on the shared Ray cluster, register in a real MLflow server, pass the gate, and answer the same
 probabilities from the pyfunc, Ray Serve, `mlflow models serve` and the batch API. The user's module
 reaches Serve's replicas and `mlflow models serve` with the model (logged as MLflow code), not through
 an installed package. (The default xgboost family takes the same path in test_serving.)"""
@@ -41,6 +41,7 @@ FAMILIES = {
     },
     "naive_bayes": {"kind": "sklearn", "class_path": "tests.user_families:GaussianNaiveBayes", "params": {}},
     "mlp": {"params": {"hidden": 32}},
+    "xgboost": {"params": {"max_rounds": 100}},
 }
 
 
