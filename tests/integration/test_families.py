@@ -3,7 +3,7 @@
 train on the shared Ray cluster, register in a real MLflow server, pass the gate, and answer the same
 probabilities from the pyfunc, Ray Serve, `mlflow models serve` and the batch API. The user's module
 reaches Serve's replicas and `mlflow models serve` with the model (logged as MLflow code), not through
-an installed package. (The default xgboost family takes the same path in test_serving.)"""
+an installed package."""
 
 from __future__ import annotations
 
