@@ -26,7 +26,7 @@ def _ms(text: str) -> float:
 
 def parse(output: str) -> dict:
     """wrk --latency's report: requests, req/s, p50/p99 latency (ms), non-2xx and socket errors."""
-    percentiles = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.\d+)?%\s+(\S+)$", output, re.M)}
+    percentiles = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.\d+)?%\s+(\S+)\s*$", output, re.M)}
     if set(percentiles) != {"50", "99"}:
         raise RuntimeError(f"wrk reported no latencies (no request answered?):\n{output}")
     requests = int(re.search(r"(\d+) requests in", output).group(1))
