@@ -34,12 +34,11 @@ class CompiledTrees:
     intercept: tuple[float, ...]
 
     def tree_sums(self, rows: np.ndarray) -> np.ndarray:
-        sums = np.zeros((len(rows), self.outputs))
-        for i, row in enumerate(rows.tolist()):
-            out = sums[i]
+        sums = [[0.0] * self.outputs for _ in range(len(rows))]  # Python floats: no numpy call per tree
+        for out, row in zip(sums, rows.tolist(), strict=True):
             for tree, group in zip(self.trees, self.groups, strict=True):
                 out[group] += tree(row)
-        return sums
+        return np.array(sums, np.float64).reshape(len(rows), self.outputs)
 
     def margins(self, rows: np.ndarray) -> np.ndarray:
         return self.tree_sums(rows) + np.asarray(self.intercept)
