@@ -25,6 +25,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows cluster/ci/*.yml
 
 # The fault-injection suite (tests/faults, about 12 min here) runs on its own: `make test-faults` (CI runs both).
 test: lint

@@ -168,10 +168,11 @@ def fitted_pipeline(dataset, frame):
 
 
 @contextmanager
-def registered_model(workdir: Path, family: str = "xgboost") -> Iterator[BenchModel]:
+def registered_model(workdir: Path, family: str = "xgboost", dataset=None, frame=None) -> Iterator[BenchModel]:
     """A real tracking server with one registered lakeloop pyfunc: the fitted feature pipeline and the
     default family's model fitted in-process (`mlp`: the shipped network with initial weights; either
-    way scoring costs what a model trained by `lakeloop train` costs)."""
+    way scoring costs what a model trained by `lakeloop train` costs). On the demo table unless
+    `dataset` (a DatasetConfig) and its training `frame` are given."""
     import mlflow
 
     from pipelines.adapters.local_services import start_mlflow_server, stop_pid
@@ -182,7 +183,9 @@ def registered_model(workdir: Path, family: str = "xgboost") -> Iterator[BenchMo
     process, service = start_mlflow_server(workdir / "mlflow")
     try:
         config = demo_config(workdir / "data", service.url)
-        frame = synthetic.generate(5000, 1).to_pandas()
+        if dataset is not None:
+            config = config.model_copy(update={"dataset": dataset})
+        frame = synthetic.generate(5000, 1).to_pandas() if frame is None else frame
         pipeline = fitted_pipeline(config.dataset, frame)
         model = fitted_xgboost(config, pipeline, frame) if family == "xgboost" else untrained_mlp(config, pipeline)
         mlflow.set_tracking_uri(service.url)

@@ -31,6 +31,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
 COMMANDS: dict[str, str] = {
     "train": "pipelines.train",
     "tune": "pipelines.tune",
+    "release": "pipelines.release",
     "model": "pipelines.model",
     "serve": "pipelines.deploy",
     "predict": "pipelines.predict",

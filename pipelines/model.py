@@ -34,10 +34,13 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     rows = registry_call(config, lambda r: r.versions())
     if not rows:
         return StepResult(f"no versions of {config.mlflow.registered_model} registered yet", {"versions": []})
-    lines = [f"{'version':>7}  {'aliases':<22} {'gate':<9} metrics"]
+    lines = [f"{'version':>7}  {'aliases':<22} {'gate':<9} {'trigger':<8} {'code':<16}  metrics"]
     for row in rows:
         shown = " ".join(f"{k}={v}" for k, v in row["metrics"].items())
-        lines.append(f"{row['version']:>7}  {','.join(row['aliases']):<22} {row['gate']:<9} {shown}")
+        lines.append(
+            f"{row['version']:>7}  {','.join(row['aliases']):<22} {row['gate']:<9} {row['trigger'] or '-':<8} "
+            f"{row['fingerprint'] or '-':<16}  {shown}"
+        )
         if row["health"] == DEGRADED and CHAMPION in row["aliases"]:
             lines.append(f"{'':>9}DEGRADED: {row['health_reason']}")
     return StepResult("\n".join(lines), {"versions": rows})

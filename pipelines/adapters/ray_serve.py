@@ -114,6 +114,33 @@ def deploy(serve_config: dict, dashboard_url: str) -> str:
     return base_url(serve_config)
 
 
+def deploy_beside(dashboard_url: str, serve_config: dict, app: dict) -> str:
+    """Add `app` (or replace the application of its name) and keep every other deployed application and
+    the ingress as Serve runs them now (a deploy replaces the whole set); `serve_config` gives the HTTP
+    options when no application runs yet. Returns the HTTP base URL."""
+    return deploy(_with_applications(dashboard_url, serve_config, app["name"], [app]), dashboard_url)
+
+
+def remove_application(dashboard_url: str, serve_config: dict, name: str) -> None:
+    """Delete one application, leaving the others as they run."""
+    deploy(_with_applications(dashboard_url, serve_config, name, []), dashboard_url)
+
+
+def _with_applications(dashboard_url: str, serve_config: dict, replaced: str, apps: list[dict]) -> dict:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(dashboard_url).get_serve_details()
+    running = [
+        a["deployed_app_config"]
+        for name, a in (details.get("applications") or {}).items()
+        if name != replaced and a.get("deployed_app_config")
+    ]
+    # a running Serve keeps its ingress: its own options, not the file's, go with the deploy
+    ingress = {k: details[k] for k in ("proxy_location", "http_options") if running and details.get(k)}
+    config = {k: v for k, v in serve_config.items() if k != "applications"} | ingress
+    return {**config, "applications": [*running, *apps]}
+
+
 def running(dashboard_url: str) -> bool:
     """Whether Serve is already running on that cluster (its controller answers with proxies)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient

@@ -20,6 +20,7 @@ itself: a stall inside it longer than half a lease can still race a rival.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -50,6 +51,7 @@ DEGRADED = "degraded"
 TRIGGER_TAG = "lakeloop.trigger_id"  # the monitor's submission id, on the training run and its model version
 FAMILY_TAG = "lakeloop.family"  # the model family a version was trained as (train.families)
 TRIGGER_KIND_TAG = "lakeloop.trigger"  # why it was trained: drift, retry, learn, release, manual
+FINGERPRINT_TAG = "lakeloop.code_fingerprint"  # the code, model configuration and pins it was trained with
 
 
 class RegistryError(LakeloopError):
@@ -70,6 +72,8 @@ class ModelRef:
     run_id: str | None
     health: str = ""  # "degraded" when the monitor found it failing and retraining did not fix it
     health_reason: str = ""
+    trigger: str = ""  # why it was trained (TRIGGER_KIND_TAG)
+    fingerprint: str = ""  # the code it was trained with (FINGERPRINT_TAG)
 
 
 class _PyfuncPredictor:
@@ -151,6 +155,8 @@ class Registry:
             version.run_id,
             version.tags.get(HEALTH_TAG, ""),
             version.tags.get(HEALTH_REASON_TAG, ""),
+            version.tags.get(TRIGGER_KIND_TAG, ""),
+            version.tags.get(FINGERPRINT_TAG, ""),
         )
 
     def load(self, ref: ModelRef) -> Predictor:
@@ -320,6 +326,13 @@ class Registry:
             self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         return decision
 
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    def delete_alias(self, alias: str) -> None:
+        with contextlib.suppress(MlflowException):  # already gone
+            self.client.delete_registered_model_alias(self.name, alias)
+
     def rollback(self) -> tuple[str, str]:
         current, previous = self.state(), self.version_by_alias(PREVIOUS)
         if current.version is None:
@@ -355,14 +368,21 @@ class Registry:
                 return pinned
             raise
         for run_id in {mv.run_id for mv in found if mv.run_id}:
-            for given in self.client.get_run(run_id).inputs.dataset_inputs:
-                if given.dataset.source_type != "delta_table":
-                    continue
-                source = json.loads(given.dataset.source)
-                # training always logs the version it read, and MLflow 3.17 writes no version for 0
-                # (DeltaDatasetSource.to_dict tests it for truth): a missing one is version 0
-                pinned.setdefault(source["path"], set()).add(int(source.get("delta_table_version") or 0))
+            for uri, version in self.run_tables(run_id):
+                pinned.setdefault(uri, set()).add(version)
         return pinned
+
+    def run_tables(self, run_id: str) -> list[tuple[str, int]]:
+        """The (Delta table URI, version) pairs a training run read, in the order it logged them."""
+        tables = []
+        for given in self.client.get_run(run_id).inputs.dataset_inputs:
+            if given.dataset.source_type != "delta_table":
+                continue
+            source = json.loads(given.dataset.source)
+            # training always logs the version it read, and MLflow 3.17 writes no version for 0
+            # (DeltaDatasetSource.to_dict tests it for truth): a missing one is version 0
+            tables.append((source["path"], int(source.get("delta_table_version") or 0)))
+        return tables
 
     def versions(self) -> list[dict]:
         try:
@@ -385,6 +405,8 @@ class Registry:
                     "reason": mv.tags.get("lakeloop.gate_reason", ""),
                     "health": mv.tags.get(HEALTH_TAG, ""),
                     "health_reason": mv.tags.get(HEALTH_REASON_TAG, ""),
+                    "trigger": mv.tags.get(TRIGGER_KIND_TAG, ""),
+                    "fingerprint": mv.tags.get(FINGERPRINT_TAG, ""),
                     "run_id": mv.run_id,
                     "metrics": test_metrics,
                 }

@@ -39,7 +39,22 @@ def _champion(config: LakeloopConfig) -> dict:
         ref = Registry.from_config(config).resolve(config.serving.alias)
     if ref is None:
         return {"version": None}
-    return {"version": ref.version, "health": ref.health or "ok", "health_reason": ref.health_reason or None}
+    return {
+        "version": ref.version,
+        "health": ref.health or "ok",
+        "health_reason": ref.health_reason or None,
+        "trigger": ref.trigger or None,
+        "fingerprint": ref.fingerprint or None,
+    }
+
+
+def _champion_line(champion: dict) -> str:
+    line = f"version {champion.get('version')} ({champion.get('health')})"
+    if champion.get("trigger"):
+        line += f", trained on {champion['trigger']}"
+    if champion.get("fingerprint"):
+        line += f", code {champion['fingerprint']}"
+    return line
 
 
 def _serving(serve_config: Path) -> dict:
@@ -145,7 +160,7 @@ def describe(status: dict) -> str:
     stack, champion, served, drift = status["stack"], status["champion"], status["serving"], status["drift"]
     lines = [
         "stack        " + (stack.get("error") or ("running" if stack.get("running") else "not running")),
-        "champion     " + (champion.get("error") or f"version {champion.get('version')} ({champion.get('health')})"),
+        "champion     " + (champion.get("error") or _champion_line(champion)),
         "serving      " + (served.get("error") or f"version {served.get('version')} at {served.get('url')}"),
     ]
     if stack.get("running"):

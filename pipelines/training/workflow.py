@@ -24,6 +24,7 @@ import pipelines
 from pipelines.adapters import delta, ray_cluster
 from pipelines.adapters.registry import (
     FAMILY_TAG,
+    FINGERPRINT_TAG,
     TRIGGER_KIND_TAG,
     TRIGGER_TAG,
     ChampionState,
@@ -31,12 +32,13 @@ from pipelines.adapters.registry import (
     mlflow_errors,
     require_tracking_server,
 )
+from pipelines.core.code_fingerprint import CodeManifest
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import Trained
 from pipelines.core.gate import GateDecision, decide
-from pipelines.core.module_spec import class_module, module_source
 from pipelines.core.retraining_policy import MANUAL
 from pipelines.training import families, plots, ray_train
+from pipelines.training.code_version import MANIFEST_ARTIFACT, current_manifest, family_code
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
 from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
 from pipelines.training.features import FeaturePipeline
@@ -47,6 +49,8 @@ from pipelines.training.validation import ValidationReport, validate_table
 
 # (config, datasets {train, validation}, the fitted feature pipeline, MLflow run id) -> the trained estimator
 Fitter = Callable[[LakeloopConfig, dict, FeaturePipeline, str], Trained]
+# (a registered candidate's version, held-out feature rows) -> why it must not be promoted, or None
+Check = Callable[[str, pd.DataFrame], str | None]
 
 log = logging.getLogger("lakeloop.training")
 MODEL_ARTIFACT = "model"
@@ -79,6 +83,7 @@ class TrainOutcome:
     notes: list[str] = field(default_factory=list)  # what the run chose to do differently, and why
     trigger_id: str | None = None  # the monitor's submission id, when the monitor asked for this run
     trigger: str = MANUAL  # why it ran: drift, retry, learn, release, manual
+    fingerprint: str = ""  # the code's (core/code_fingerprint), tagged on the run and the version
 
     def summary(self, config: LakeloopConfig) -> str:
         metric = config.gate.metric
@@ -186,16 +191,6 @@ def requirements(config: LakeloopConfig, family: str) -> list[str]:
     return [*PIP_REQUIREMENTS, *FAMILY_REQUIREMENTS.get(config.train.families[family].kind, [])]
 
 
-def family_code(config: LakeloopConfig, family: str) -> list[str]:
-    """The user's module of a torch or sklearn family, logged with the model so any process can
-    unpickle it (a top-level module file, or its package's directory); nothing for built-in ones."""
-    spec = config.train.families[family]
-    if spec.kind not in ("torch", "sklearn") or not spec.class_path:
-        return []
-    source = module_source(class_module(spec.class_path))
-    return [source] if source else []
-
-
 def log_model(
     model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig, registry: Registry, tags: dict
 ) -> str:
@@ -258,15 +253,22 @@ def _gate(
     test: pd.DataFrame,
     scores: dict,
     tags: dict[str, str],
+    check: Check | None = None,
 ) -> tuple[str, ChampionState, dict | None, GateDecision]:
     """Score the champion on the same rows, register the candidate (with `tags`), and apply the gate's
-    decision."""
+    decision; a candidate that passes it must then pass `check` (a release's smoke stage) before it is
+    promoted."""
     compared = registry.state()  # what the gate compares against, and what promotion must still find
     champion_scores = _champion_metrics(registry, compared.version, test, config)
     if champion_scores:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion_scores.items()})
     version = log_model(model, test, scores, config, registry, {FAMILY_TAG: model.family, **tags})
-    decision = registry.promote(version, compared, decide(scores, champion_scores, config.gate, compared.version))
+    decision = decide(scores, champion_scores, config.gate, compared.version)
+    if decision.promote and check is not None:
+        failed = check(version, test[config.dataset.feature_names])
+        if failed:
+            decision = GateDecision(False, failed)
+    decision = registry.promote(version, compared, decision)
     mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
     return version, compared, champion_scores, decision
 
@@ -280,26 +282,41 @@ def train_and_register(
     regime_start: datetime | None = None,
     trigger_id: str | None = None,
     trigger: str = MANUAL,
+    pinned: list[tuple[str, int]] | None = None,
+    check: Check | None = None,
 ) -> TrainOutcome:
     """`fitter`: families.fit_configured (train.family), or the Tune search (job "tune");
     `regime_start`: when the monitor saw the drift begin (train.regime); `trigger_id`: the monitor's
     submission id and `trigger` why it runs (drift, retry, learn, release, manual), recorded on the
-    run and the model version."""
-    tags = {TRIGGER_KIND_TAG: trigger, **({TRIGGER_TAG: trigger_id} if trigger_id else {})}
+    run and the model version; `pinned`: exact (table URI, version) pairs to train on instead of
+    `table`/train.source (a release retrains on the champion's); `check`: what a candidate that
+    passed the gate must also pass before promotion. The run and version are tagged with the code's
+    fingerprint, and the run carries its manifest."""
+    manifest = current_manifest(config)
+    tags = {
+        TRIGGER_KIND_TAG: trigger,
+        FINGERPRINT_TAG: manifest.fingerprint,
+        **({TRIGGER_TAG: trigger_id} if trigger_id else {}),
+    }
     with mlflow_errors(config.mlflow.tracking_uri):
-        return _train_and_register(config, fitter, job, table, version, regime_start, tags)
+        if pinned:
+            reports, notes = [validate_table(config, uri, v) for uri, v in pinned], []
+        else:
+            reports, notes = training_tables(config, table, version)  # before any Ray or MLflow work
+        return _train_and_register(config, fitter, job, reports, notes, regime_start, tags, manifest, check)
 
 
 def _train_and_register(
     config: LakeloopConfig,
     fitter: Fitter,
     job: str,
-    table: str | None,
-    version: int | None,
+    reports: list[ValidationReport],
+    notes: list[str],
     regime_start: datetime | None,
     tags: dict[str, str],
+    manifest: CodeManifest,
+    check: Check | None,
 ) -> TrainOutcome:
-    reports, notes = training_tables(config, table, version)  # before any Ray or MLflow work
     require_tracking_server(config.mlflow.tracking_uri)
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     mlflow.set_experiment(config.mlflow.experiment)
@@ -314,6 +331,7 @@ def _train_and_register(
             mlflow.set_tag("lakeloop.job", job)
             _log_lineage(prepared.lineage)
             mlflow.set_tags(tags)
+            mlflow.log_text(manifest.to_json(), MANIFEST_ARTIFACT)
             if notes:
                 mlflow.set_tag("lakeloop.notes", " | ".join(notes)[:5000])
             trained = fitter(config, _datasets(prepared), prepared.pipeline, run.info.run_id)
@@ -325,7 +343,9 @@ def _train_and_register(
             mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
             model, test, scores = _evaluate(config, prepared, trained)
             clock.lap("evaluate")
-            model_version, compared, champion_scores, decision = _gate(config, registry, model, test, scores, tags)
+            model_version, compared, champion_scores, decision = _gate(
+                config, registry, model, test, scores, tags, check
+            )
             clock.lap("gate")
             mlflow.log_metrics({f"seconds_{k}": v for k, v in clock.laps.items()})
     return TrainOutcome(
@@ -344,4 +364,5 @@ def _train_and_register(
         notes=notes,
         trigger_id=tags.get(TRIGGER_TAG),
         trigger=tags[TRIGGER_KIND_TAG],
+        fingerprint=manifest.fingerprint,
     )
