@@ -62,7 +62,10 @@ def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> S
     state.write(state_path)
     try:
         _, ray_service, info = local_services.start_ray_head(
-            root / "ray", args.dashboard_port, config.ray.num_cpus, env=_job_environment(config, mlflow_service.url)
+            root / "ray",
+            args.dashboard_port,
+            config.ray.num_cpus,
+            env=_job_environment(config, mlflow_service.url, f"http://{local_services.LOOPBACK}:{args.dashboard_port}"),
         )
     except local_services.StackError:
         local_services.stop_pid(mlflow_service.pid)
@@ -95,10 +98,15 @@ def _up(args: argparse.Namespace, config: LakeloopConfig, state_path: Path) -> S
     )
 
 
-def _job_environment(config: LakeloopConfig, mlflow_url: str) -> dict[str, str]:
+def _job_environment(config: LakeloopConfig, mlflow_url: str, dashboard_url: str) -> dict[str, str]:
     """What every job on the stack needs and `ray job submit` would not pass (a job does not inherit the
-    submitting shell): the head carries it, its workers and so the jobs' drivers inherit it."""
-    return {"MLFLOW_TRACKING_URI": mlflow_url, STORAGE_ROOT_ENV: config.storage.root}
+    submitting shell): the head carries it, its workers and so the jobs' drivers inherit it. The
+    dashboard is the Jobs and Serve REST API a job itself calls (a release deploys its smoke app)."""
+    return {
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        STORAGE_ROOT_ENV: config.storage.root,
+        "RAY_API_SERVER_ADDRESS": dashboard_url,
+    }
 
 
 def _down(state_path: Path) -> StepResult:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.core.config import CONFIG_ENV
 from pipelines.core.errors import LakeloopError
 
 LOOPBACK = "127.0.0.1"
@@ -214,15 +215,20 @@ def require_free_ports(ports: dict[int, str]) -> None:
 
 def _service_environment() -> dict[str, str]:
     """As if this interpreter's virtualenv were activated: job entrypoints that say `python`
-    (e.g. `ray job submit -- python -m pipelines.train`) must find the same packages."""
+    (e.g. `ray job submit -- python -m pipelines.train`) must find the same packages. The starting
+    shell's LAKELOOP_CONFIG stays out: a submitted job reads the configuration its working directory
+    carries (conf/lakeloop.yaml) or its own env_vars, never a file of the shell that started the stack."""
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
-    env = {**os.environ, "PATH": path if path.split(os.pathsep)[0] == bin_dir else bin_dir + os.pathsep + path}
+    inherited = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
+    env = {**inherited, "PATH": path if path.split(os.pathsep)[0] == bin_dir else bin_dir + os.pathsep + path}
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # measured default: see benchmarks/serve_load.py
     return env
 
 
-def _spawn(name: str, command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _spawn(
+    name: str, command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:
         return subprocess.Popen(
@@ -231,6 +237,7 @@ def _spawn(name: str, command: list[str], log: Path, env: dict[str, str] | None 
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**_service_environment(), **(env or {})},
+            cwd=cwd,
         )
 
 
@@ -330,7 +337,10 @@ def start_ray_head(
         "--dashboard-port",
         str(dashboard_port),
     ] + (["--num-cpus", str(num_cpus)] if num_cpus else [])
-    process = _spawn("ray", command, log, env)
+    # The head runs in its own directory, not the caller's: Ray puts its processes' working directory on
+    # the path of every worker Serve starts, ahead of an application's runtime_env working_dir, so a
+    # checkout it was started from shadowed the code a release's smoke app ships (it served the old code).
+    process = _spawn("ray", command, log, env, cwd=root)
     deadline = time.monotonic() + timeout
     while not address_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:

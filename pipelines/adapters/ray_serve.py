@@ -121,9 +121,13 @@ def deploy_beside(dashboard_url: str, serve_config: dict, app: dict) -> str:
     return deploy(_with_applications(dashboard_url, serve_config, app["name"], [app]), dashboard_url)
 
 
-def remove_application(dashboard_url: str, serve_config: dict, name: str) -> None:
-    """Delete one application, leaving the others as they run."""
+def remove_application(dashboard_url: str, serve_config: dict, name: str, timeout: float = 60.0) -> None:
+    """Delete one application, leaving the others as they run; returns once it is gone (its replicas
+    drained) or after `timeout`: the deletion runs in the background."""
     deploy(_with_applications(dashboard_url, serve_config, name, []), dashboard_url)
+    deadline = time.monotonic() + timeout
+    while application_status(dashboard_url, name) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _with_applications(dashboard_url: str, serve_config: dict, replaced: str, apps: list[dict]) -> dict:

