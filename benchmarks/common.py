@@ -48,26 +48,37 @@ def write_result(name: str, data: dict) -> Path:
     return path
 
 
-def _tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants (shared pages are counted per process)."""
-    parents, rss = {}, {}
+def tree_sum(root: int, measure) -> float:
+    """`measure(fields of /proc/<pid>/status, /proc/<pid>/stat after the command name)` summed over
+    `root` and every live descendant."""
+    parents, values = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            status = (entry / "status").read_text()
+            status, stat = (entry / "status").read_text(), (entry / "stat").read_text()
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         pid = int(entry.name)
         parents[pid] = int(fields.get("PPid", "0").strip())
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+        values[pid] = measure(fields, stat.rsplit(")", 1)[1].split())
     tree, grew = {root}, True
     while grew:
         children = {p for p, parent in parents.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
-    return sum(rss.get(p, 0) for p in tree) / 1024
+    return sum(values.get(p, 0) for p in tree)
+
+
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants (shared pages are counted per process)."""
+    return tree_sum(root, lambda f, _: int(f["VmRSS"].split()[0]) if "VmRSS" in f else 0) / 1024
+
+
+def tree_cpu_jiffies(root: int) -> int:
+    """CPU time (user + system, reaped children included) of `root` and every live descendant."""
+    return int(tree_sum(root, lambda _, stat: sum(int(v) for v in stat[11:15])))  # utime stime cutime cstime
 
 
 @contextmanager

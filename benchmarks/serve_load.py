@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RECORD, ROOT, registered_model, write_result
+from benchmarks.common import RECORD, ROOT, registered_model, tree_cpu_jiffies, write_result
 from benchmarks.http_load import load, require_wrk
 from pipelines.scenarios import synthetic
 
@@ -60,36 +60,14 @@ def _cpu_jiffies() -> tuple[int, int, int]:
     return sum(fields[:8]), sum(fields[:8]) - idle, fields[7]
 
 
-def _tree_jiffies(root: int) -> int:
-    """CPU time (user + system, reaped children included) of `root` and every live descendant."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        rest = stat.rsplit(")", 1)[1].split()
-        children.setdefault(int(rest[1]), []).append(int(entry.name))
-        times[int(entry.name)] = sum(int(v) for v in rest[11:15])  # utime stime cutime cstime
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += times.get(pid, 0)
-        stack += children.get(pid, [])
-    return total
-
-
 def probed_load(url: str, concurrency: int, seconds: float, replicas=None) -> dict:
     """One wrk point, with what else the machine did meanwhile: the CPU share spent outside this
     benchmark's process tree (another tenant, a leftover process), the hypervisor's steal, and for
     Serve the running replicas before and after (an autoscaling step inside the point)."""
     before = replicas() if replicas else None
-    machine, ours = _cpu_jiffies(), _tree_jiffies(os.getpid())
+    machine, ours = _cpu_jiffies(), tree_cpu_jiffies(os.getpid())
     row = load(url, BODY, concurrency, seconds)
-    machine_after, ours_after = _cpu_jiffies(), _tree_jiffies(os.getpid())
+    machine_after, ours_after = _cpu_jiffies(), tree_cpu_jiffies(os.getpid())
     elapsed = max(machine_after[0] - machine[0], 1)
     outside = (machine_after[1] - machine[1]) - (ours_after - ours)
     row["foreign_cpu_pct"] = round(max(outside, 0) / elapsed * 100, 1)
