@@ -42,6 +42,7 @@ bench: setup
 	$(PIP) -e '.[bench]'
 	benchmarks/install_wrk.sh
 	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.wide_pyfunc
 	$(BIN)/python -m benchmarks.preprocessing
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.batch_inference

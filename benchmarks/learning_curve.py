@@ -53,7 +53,7 @@ def lakeloop_fit(stream: Stream, family: str, old: pd.DataFrame, new: pd.DataFra
     from pipelines.training.data import prepare
     from pipelines.training.fitted_model import LakeloopModel
 
-    raw = stream_raw_config(stream, workdir / f"{family}-{len(new)}", "http://127.0.0.1:9")
+    raw = stream_raw_config(stream, workdir / f"{stream.name}-{family}-{len(new)}", "http://127.0.0.1:9")
     raw["train"].update(family=family, source="events")
     config = parse_config(raw)
     rows = pd.concat([old, new], ignore_index=True)
