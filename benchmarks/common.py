@@ -103,6 +103,36 @@ def peak_memory(interval_s: float = 0.2) -> Iterator[dict]:
         result["baseline_mb"] = baseline
 
 
+def user_frames(workdir: Path, rows, columns: list[str]) -> tuple:
+    """A 1-row frame and the whole frame of `columns`, read as users read them: `rows` written to a
+    Delta table and read back with DeltaTable(...).to_pandas() (nullable columns, categoricals as
+    object; a frame built from Python scalars is faster to score and flattered the figure before)."""
+    from deltalake import DeltaTable, write_deltalake
+
+    path = str(workdir / "pyfunc_rows")
+    write_deltalake(path, rows)
+    frame = DeltaTable(path).to_pandas()[columns]
+    return frame.head(1), frame
+
+
+def call_ms(model, frame, calls: int, warmup: int = 20) -> dict:
+    """Mean, p50 and p99 (ms) of `calls` predicts after `warmup` ones."""
+    import numpy as np
+
+    for _ in range(warmup):
+        model.predict(frame)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        model.predict(frame)
+        times.append(1000 * (time.perf_counter() - started))
+    return {
+        "mean": round(float(np.mean(times)), 3),
+        "p50": round(float(np.median(times)), 3),
+        "p99": round(float(np.percentile(times, 99)), 3),
+    }
+
+
 @dataclass
 class BenchModel:
     tracking_uri: str

@@ -21,12 +21,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RECORD, ROOT, registered_model, tree_cpu_jiffies, write_result
+from benchmarks.common import RECORD, ROOT, call_ms, registered_model, tree_cpu_jiffies, user_frames, write_result
 from benchmarks.http_load import load, require_wrk
 from pipelines.scenarios import synthetic
 
@@ -85,34 +84,6 @@ def sweep(server: str, url: str, concurrencies: list[int], seconds: float, repli
     return [{"server": server, **probed_load(url, c, seconds, replicas)} for c in concurrencies]
 
 
-def _user_frames(workdir: Path) -> tuple:
-    """A 1-row and a 10,000-row frame of the feature columns, read as users read them: a Delta table
-    through DeltaTable(...).to_pandas() (nullable columns, categoricals as object; a frame built from
-    Python scalars is faster to score and flattered the figure before)."""
-    from deltalake import DeltaTable, write_deltalake
-
-    path = str(workdir / "pyfunc_rows")
-    write_deltalake(path, synthetic.generate(10_000, 3))
-    frame = DeltaTable(path).to_pandas()[list(RECORD)]
-    return frame.head(1), frame
-
-
-def _call_ms(model, frame, calls: int, warmup: int = 20) -> dict:
-    """Mean, p50 and p99 of `calls` predicts after `warmup` ones."""
-    for _ in range(warmup):
-        model.predict(frame)
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        model.predict(frame)
-        times.append(1000 * (time.perf_counter() - started))
-    return {
-        "mean": round(float(np.mean(times)), 3),
-        "p50": round(float(np.median(times)), 3),
-        "p99": round(float(np.percentile(times, 99)), 3),
-    }
-
-
 def pyfunc_predict(model_dir: Path) -> dict:
     """The registered pyfunc's predict on 1 row and on 10,000 rows of frames read from Delta (mean,
     p50, p99 of 300 and 30 calls); and the same model with the input schema lakeloop logged before
@@ -120,14 +91,14 @@ def pyfunc_predict(model_dir: Path) -> dict:
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
-        one, many = _user_frames(Path(tmp))
+        one, many = user_frames(Path(tmp), synthetic.generate(10_000, 3), list(RECORD))
         shipped = mlflow.pyfunc.load_model(str(model_dir))
         before = mlflow.pyfunc.load_model(str(_with_any_input_schema(model_dir, Path(tmp) / "before")))
         return {
-            "rows_1_ms": _call_ms(shipped, one, 300),
-            "rows_10000_ms": _call_ms(shipped, many, 30, warmup=3),
-            "before_rows_1_ms": _call_ms(before, one, 300),
-            "before_rows_10000_ms": _call_ms(before, many, 30, warmup=3),
+            "rows_1_ms": call_ms(shipped, one, 300),
+            "rows_10000_ms": call_ms(shipped, many, 30, warmup=3),
+            "before_rows_1_ms": call_ms(before, one, 300),
+            "before_rows_10000_ms": call_ms(before, many, 30, warmup=3),
         }
 
 

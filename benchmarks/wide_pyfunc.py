@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import registered_model, write_result
-from benchmarks.serve_load import _call_ms
+from benchmarks.common import call_ms, registered_model, user_frames, write_result
 
 NUMERIC, MERCHANTS, ROWS = 40, 8_000, 20_000
 
@@ -56,28 +55,19 @@ def wide_dataset(max_categories: int):
     )
 
 
-def user_frames(workdir: Path, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from deltalake import DeltaTable, write_deltalake
-
-    path = str(workdir / "wide_rows")
-    write_deltalake(path, wide_frame(10_000, 3))
-    frame = DeltaTable(path).to_pandas()[names]
-    return frame.head(1), frame
-
-
 def measure(family: str, max_categories: int, train: pd.DataFrame) -> dict:
     import mlflow.pyfunc
 
     dataset = wide_dataset(max_categories)
     with tempfile.TemporaryDirectory() as tmp:
-        one, many = user_frames(Path(tmp), dataset.feature_names)
+        one, many = user_frames(Path(tmp), wide_frame(10_000, 3), dataset.feature_names)
         with registered_model(Path(tmp), family, dataset, train) as model:
             loaded = mlflow.pyfunc.load_model(str(model.local_dir))
             return {
                 "family": family,
                 "max_categories": max_categories,
-                "rows_1_ms": _call_ms(loaded, one, 300),
-                "rows_10000_ms": _call_ms(loaded, many, 30, warmup=3),
+                "rows_1_ms": call_ms(loaded, one, 300),
+                "rows_10000_ms": call_ms(loaded, many, 30, warmup=3),
             }
 
 
