@@ -404,6 +404,9 @@ class BatchInferenceConfig(StrictModel):
     max_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
     batch_size: int = Field(4096, ge=1)
+    # A pool actor that has not started by then (no CPU free for it: the cluster's CPUs held by Serve
+    # replicas and other jobs) is stopped; with none started the input is scored in the driver.
+    actor_start_timeout_s: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> BatchInferenceConfig:
@@ -414,7 +417,7 @@ class BatchInferenceConfig(StrictModel):
     def starting_actors(self, free_cpus: float) -> int:
         """The pool starts with as many actors as the free CPUs hold after one CPU for Ray Data's read
         tasks (each reserves one; a pool that took that CPU waited forever for its input, on 2 CPUs
-        shared with Serve), within min_actors..max_actors; Ray Data adds the rest as CPUs free up."""
+        shared with Serve), within min_actors..max_actors."""
         spare = max(0.0, free_cpus - READ_TASK_CPUS)
         return max(self.min_actors, min(self.max_actors, int(spare / self.cpus_per_actor + 1e-9)))
 

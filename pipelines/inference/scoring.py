@@ -13,12 +13,16 @@ cannot win on so few rows. Larger inputs are scored by a
 pool of actors that take the model from Ray's object store (no actor downloads it from MLflow) and
 stay warm across calls in this driver: a second call with the same model version starts no actor and
 loads no model. Each actor's torch (or xgboost) uses as many threads as the CPUs it reserves, so the
-pool does not oversubscribe the cores it was given. `release_pools()` stops the actors.
+pool does not oversubscribe the cores it was given. `release_pools()` stops the actors. An actor that
+has not started within `batch_inference.actor_start_timeout_s` (no CPU free for it) is stopped rather
+than left holding the blocks sent to it; with no actor started, the driver scores the input, block by
+block, and says so in the log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -30,7 +34,9 @@ from pipelines.adapters import delta
 from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
-from pipelines.inference.scoring_actor import ScoringActor, module_archive, score_batch
+from pipelines.inference.scoring_actor import ScoringActor, module_archive, score_batch, score_block
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class ScoringPool:
             remote.remote(model, code, resolved.name, resolved.version, features, threads, settings.batch_size)
             for _ in range(count)
         ]
-        return cls(key, actors)
+        return cls(key, _started(actors, settings.actor_start_timeout_s))
 
     def score(self, data: ray.data.Dataset) -> ray.data.Dataset:
         outputs: list[ray.ObjectRef] = []
@@ -115,6 +121,20 @@ class ScoringPool:
                 ray.kill(actor)
 
 
+def _started(actors: list, timeout_s: float) -> list:
+    """The actors that started within `timeout_s`; the others are stopped (an actor waiting for a CPU
+    that Serve's replicas never free would hold every block sent to it, and `ray.get` on its results
+    waits forever). An actor whose start failed (a model it cannot load) raises here."""
+    probes = [actor.ready.remote() for actor in actors]
+    ready, _ = ray.wait(probes, num_returns=len(probes), timeout=timeout_s)
+    ray.get(ready)
+    started = [actor for actor, probe in zip(actors, probes, strict=True) if probe in ready]
+    for actor, probe in zip(actors, probes, strict=True):
+        if probe not in ready:
+            ray.kill(actor)
+    return started
+
+
 _POOLS: dict[tuple, ScoringPool] = {}  # this driver's warm pool (one: a new model version replaces it)
 
 
@@ -130,7 +150,8 @@ def release_pools() -> None:
     _POOLS.clear()
 
 
-def _pool(predictor, resolved: ResolvedModel, config: LakeloopConfig) -> ScoringPool:
+def _pool(predictor, resolved: ResolvedModel, config: LakeloopConfig) -> ScoringPool | None:
+    """This driver's warm pool for the model, started if need be; None when no actor could start."""
     settings = config.batch_inference
     key = (
         ray.get_runtime_context().get_job_id(),
@@ -141,8 +162,28 @@ def _pool(predictor, resolved: ResolvedModel, config: LakeloopConfig) -> Scoring
     )
     if key not in _POOLS:
         release_pools()
-        _POOLS[key] = ScoringPool.start(key, predictor, resolved, config.dataset.feature_names, settings)
+        pool = ScoringPool.start(key, predictor, resolved, config.dataset.feature_names, settings)
+        if not pool.actors:
+            return None
+        _POOLS[key] = pool
     return _POOLS[key]
+
+
+def _score_in_driver(predictor, data: ray.data.Dataset, resolved: ResolvedModel, config: LakeloopConfig):
+    """Every block scored here, one at a time, each result into the object store."""
+    settings, features = config.batch_inference, config.dataset.feature_names
+    logger.warning(
+        "no scoring actor started within %ss (each needs %s CPU; %s free): scoring in the driver",
+        settings.actor_start_timeout_s,
+        settings.cpus_per_actor,
+        ray.available_resources().get("CPU", 0.0),
+    )
+    outputs = [
+        ray.put(score_block(predictor, ray.get(block), resolved.name, resolved.version, features, settings.batch_size))
+        for bundle in data.iter_internal_ref_bundles()
+        for block in bundle.block_refs
+    ]
+    return ray.data.from_arrow_refs(outputs)
 
 
 _MODELS: dict[tuple[str, str, str], object] = {}  # the last model this driver loaded (a version never changes)
@@ -195,7 +236,8 @@ def predict(
         if output:
             delta.tables(config).named(output).append(table)
         return ray.data.from_arrow(table)
-    scored = _pool(predictor, resolved, config).score(data)
+    pool = _pool(predictor, resolved, config)
+    scored = pool.score(data) if pool else _score_in_driver(predictor, data, resolved, config)
     if output:
         delta.tables(config).named(output).ray_append(scored)
     return scored

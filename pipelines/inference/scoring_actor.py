@@ -35,6 +35,19 @@ def score_batch(predictor: Predictor, batch: pa.Table, name: str, version: str, 
     return batch.append_column(MODEL_VERSION, pa.repeat(version, batch.num_rows))
 
 
+def score_block(
+    predictor: Predictor, block: pa.Table | pd.DataFrame, name: str, version: str, features: list[str], batch_size: int
+) -> pa.Table:
+    """One block of a Dataset, `batch_size` rows at a time (the transform's matrix stays that small)."""
+    if not isinstance(block, pa.Table):  # a Dataset made from pandas holds pandas blocks
+        block = pa.Table.from_pandas(block, preserve_index=False)
+    parts = [
+        score_batch(predictor, block.slice(start, batch_size), name, version, features)
+        for start in range(0, max(block.num_rows, 1), batch_size)
+    ]
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
 def module_archive(sources: list[str]) -> bytes:
     """The user's modules (files or package directories) as one zip, each under its own name."""
     if not sources:
@@ -58,7 +71,7 @@ def unpack_modules(archive: bytes) -> str:
 
 class ScoringActor:
     """One actor of a scoring pool: takes the driver's model from the object store once, then scores
-    every block it is sent, `batch_size` rows at a time (the transform's matrix stays that small)."""
+    every block it is sent."""
 
     def __init__(
         self,
@@ -85,11 +98,9 @@ class ScoringActor:
             estimator.threads = threads
         self.name, self.version, self.features, self.batch_size = name, version, features, batch_size
 
+    def ready(self) -> bool:
+        """Answers once the actor has started (it had a CPU) and holds the model."""
+        return True
+
     def score(self, block: pa.Table | pd.DataFrame) -> pa.Table:
-        if not isinstance(block, pa.Table):  # a Dataset made from pandas holds pandas blocks
-            block = pa.Table.from_pandas(block, preserve_index=False)
-        parts = [
-            score_batch(self.predictor, block.slice(start, self.batch_size), self.name, self.version, self.features)
-            for start in range(0, max(block.num_rows, 1), self.batch_size)
-        ]
-        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return score_block(self.predictor, block, self.name, self.version, self.features, self.batch_size)

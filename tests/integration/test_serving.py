@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -335,6 +336,32 @@ def test_the_batch_pool_stays_warm_across_calls_and_small_inputs_start_no_actor(
     np.testing.assert_allclose(inline["probability_1"], first["probability_1"], rtol=1e-6)
     scoring.release_pools()
     assert scoring.warm_pools() == []
+
+
+def test_a_pool_that_cannot_start_is_stopped_and_the_driver_scores_the_input(
+    registered: LakeloopConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ray.util.state import list_actors
+
+    from pipelines.inference import scoring
+
+    # an actor asking for more CPUs than the cluster has never starts (as one whose CPUs Serve holds)
+    settings = registered.batch_inference.model_copy(update={"cpus_per_actor": 3.0, "actor_start_timeout_s": 5.0})
+    starved = registered.model_copy(update={"batch_inference": settings})
+    table = DeltaTable(delta.tables(registered).events.uri).to_pandas().head(300)
+    scoring.release_pools()
+    with caplog.at_level(logging.WARNING, logger=scoring.__name__):
+        scored = predict(ray.data.from_pandas(table), config=starved).to_pandas().sort_values("customer_id")
+    assert "no scoring actor started within 5.0s" in caplog.text
+    inline = predict(table, config=registered).to_pandas().sort_values("customer_id")
+    assert len(scored) == 300
+    np.testing.assert_allclose(scored["probability_1"], inline["probability_1"], rtol=1e-6)
+    assert scoring.warm_pools() == []
+
+    def scoring_actors() -> list:
+        return list_actors(filters=[("class_name", "=", "ScoringActor"), ("state", "!=", "DEAD")])
+
+    assert helpers.wait_for(lambda: not scoring_actors(), 30), scoring_actors()
 
 
 def rows_of(frame: pd.DataFrame) -> list[dict]:
