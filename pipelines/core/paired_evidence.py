@@ -1,0 +1,115 @@
+"""Paired evidence between two models scored on the same labelled rows, and the online decision it
+supports: promote the candidate, retire it, or wait for more pairs.
+
+For accuracy, McNemar's exact test: only the rows where the two models disagree carry evidence, and
+under "equally good" each such row is a fair coin. For every other metric, a paired bootstrap:
+resample the rows, score both models on the same resample, and count how often the candidate's gain
+is not positive. Both give one-sided p-values in each direction.
+
+The decision looks at the evidence more than once (after every monitor pass), so each look spends an
+equal share of the false-promotion rate (Bonferroni over the planned looks): however the looks fall,
+as long as there are at most `looks` of them, a candidate no better than the champion is promoted with
+probability at most `alpha`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from pipelines.core.metrics import greater_is_better
+
+
+@dataclass(frozen=True)
+class PairedEvidence:
+    metric: str
+    pairs: int
+    champion: float  # the metric of each model on the paired rows
+    candidate: float
+    p_better: float  # one-sided: small when the candidate is better
+    p_worse: float  # one-sided: small when the candidate is worse
+
+
+@dataclass(frozen=True)
+class OnlineVerdict:
+    action: str  # "promote", "retire" or "wait"
+    reason: str
+
+
+def mcnemar(champion_correct: np.ndarray, candidate_correct: np.ndarray) -> PairedEvidence:
+    """Accuracy on paired rows (booleans: each model's answer was right) with McNemar's exact test."""
+    champion_correct, candidate_correct = np.asarray(champion_correct, bool), np.asarray(candidate_correct, bool)
+    if champion_correct.shape != candidate_correct.shape:
+        raise ValueError("both models must be scored on the same rows")
+    gains = int(np.sum(candidate_correct & ~champion_correct))  # only the candidate was right
+    losses = int(np.sum(champion_correct & ~candidate_correct))
+    discordant = gains + losses
+    p_better = stats.binomtest(gains, discordant, 0.5, alternative="greater").pvalue if discordant else 1.0
+    p_worse = stats.binomtest(losses, discordant, 0.5, alternative="greater").pvalue if discordant else 1.0
+    pairs = len(champion_correct)
+    return PairedEvidence(
+        "accuracy",
+        pairs,
+        float(champion_correct.mean()) if pairs else float("nan"),
+        float(candidate_correct.mean()) if pairs else float("nan"),
+        float(p_better),
+        float(p_worse),
+    )
+
+
+def paired_bootstrap(
+    metric: str,
+    score: Callable[[np.ndarray, np.ndarray], float],
+    targets: np.ndarray,
+    champion_output: np.ndarray,
+    candidate_output: np.ndarray,
+    rounds: int = 2000,
+    seed: int = 0,
+) -> PairedEvidence:
+    """`score(targets, outputs) -> metric value` on the paired rows and on `rounds` resamples of them
+    (the same resample for both models). p-values count resamples where the gain is not positive
+    (or not negative), with the usual +1 so that none is ever 0."""
+    targets, champion_output, candidate_output = map(np.asarray, (targets, champion_output, candidate_output))
+    if not len(targets) == len(champion_output) == len(candidate_output):
+        raise ValueError("both models must be scored on the same rows")
+    sign = 1.0 if greater_is_better(metric) else -1.0
+    rng = np.random.default_rng(seed)
+    gains = np.empty(rounds)
+    for i in range(rounds):
+        rows = rng.integers(0, len(targets), len(targets))
+        gains[i] = sign * (score(targets[rows], candidate_output[rows]) - score(targets[rows], champion_output[rows]))
+    gains = gains[np.isfinite(gains)]  # a resample with one class has no AUC
+    if not len(gains):
+        return PairedEvidence(metric, len(targets), float("nan"), float("nan"), 1.0, 1.0)
+    return PairedEvidence(
+        metric,
+        len(targets),
+        float(score(targets, champion_output)),
+        float(score(targets, candidate_output)),
+        float((np.sum(gains <= 0) + 1) / (len(gains) + 1)),
+        float((np.sum(gains >= 0) + 1) / (len(gains) + 1)),
+    )
+
+
+def verdict(evidence: PairedEvidence, alpha: float, min_pairs: int, max_pairs: int, looks: int) -> OnlineVerdict:
+    """Promote when the candidate is significantly better at this look's share of `alpha`, retire it
+    when significantly worse or when `max_pairs` brought no significant gain, else wait."""
+    if not 0 < alpha < 1 or looks < 1 or not 0 < min_pairs <= max_pairs:
+        raise ValueError("need 0 < alpha < 1, looks >= 1 and 0 < min_pairs <= max_pairs")
+    level = alpha / looks
+    seen = (
+        f"{evidence.metric} {evidence.candidate:.4f} vs the champion's {evidence.champion:.4f} on "
+        f"{evidence.pairs} labelled pairs"
+    )
+    if evidence.pairs < min_pairs:
+        return OnlineVerdict("wait", f"{seen}: fewer than {min_pairs}")
+    if evidence.p_better <= level:
+        return OnlineVerdict("promote", f"{seen}: better, p={evidence.p_better:.4g} <= {level:.4g}")
+    if evidence.p_worse <= level:
+        return OnlineVerdict("retire", f"{seen}: worse, p={evidence.p_worse:.4g} <= {level:.4g}")
+    if evidence.pairs >= max_pairs:
+        return OnlineVerdict("retire", f"{seen}: no significant gain within {max_pairs} (p={evidence.p_better:.4g})")
+    return OnlineVerdict("wait", f"{seen}: not yet significant (p={evidence.p_better:.4g} > {level:.4g})")

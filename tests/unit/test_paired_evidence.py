@@ -1,0 +1,88 @@
+"""The online gate's statistics: exact p-values, and the false-promotion rate and power they give
+over seeded simulated traffic with repeated looks (pure: no services)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.core.metrics import classification
+from pipelines.core.paired_evidence import mcnemar, paired_bootstrap, verdict
+
+ALPHA, LOOKS, MIN_PAIRS, MAX_PAIRS = 0.05, 10, 100, 1000
+
+
+def test_mcnemar_counts_only_disagreements_and_gives_the_exact_binomial_tail() -> None:
+    # 10 rows only the candidate got right, 2 only the champion, 50 both: P(X >= 10 | 12, 1/2)
+    champion = np.array([False] * 10 + [True] * 2 + [True] * 50)
+    candidate = np.array([True] * 10 + [False] * 2 + [True] * 50)
+    evidence = mcnemar(champion, candidate)
+    assert evidence.p_better == pytest.approx((66 + 12 + 1) / 4096)
+    assert evidence.p_worse == pytest.approx(1 - (1 + 12) / 4096)
+    assert (evidence.champion, evidence.candidate, evidence.pairs) == (52 / 62, 60 / 62, 62)
+    same = mcnemar(champion, champion)
+    assert same.p_better == same.p_worse == 1.0
+
+
+def test_rows_that_do_not_pair_are_refused() -> None:
+    with pytest.raises(ValueError, match="same rows"):
+        mcnemar(np.ones(3, bool), np.ones(4, bool))
+
+
+def _looks(rng: np.random.Generator, champion_rate: float, candidate_rate: float) -> str:
+    """One simulated live comparison: labelled pairs arrive, the gate looks every MAX_PAIRS / LOOKS."""
+    champion = rng.random(MAX_PAIRS) < champion_rate
+    candidate = rng.random(MAX_PAIRS) < candidate_rate  # independent errors: many disagreements
+    for pairs in range(MAX_PAIRS // LOOKS, MAX_PAIRS + 1, MAX_PAIRS // LOOKS):
+        decided = verdict(mcnemar(champion[:pairs], candidate[:pairs]), ALPHA, MIN_PAIRS, MAX_PAIRS, LOOKS)
+        if decided.action != "wait":
+            return decided.action
+    raise AssertionError("max_pairs must end the comparison")
+
+
+def test_an_equal_candidate_is_promoted_at_most_alpha_of_the_time_despite_repeated_looks() -> None:
+    rng = np.random.default_rng(7)
+    trials = 400
+    promoted = sum(_looks(rng, 0.80, 0.80) == "promote" for _ in range(trials))
+    # at most alpha in expectation; 0.05 * 400 = 20, plus three binomial standard deviations
+    assert promoted <= ALPHA * trials + 3 * np.sqrt(trials * ALPHA * (1 - ALPHA))
+
+
+def test_the_same_looks_without_spending_alpha_promote_an_equal_candidate_too_often() -> None:
+    """Why the looks share alpha: testing each look at the full alpha promotes far more often."""
+    rng = np.random.default_rng(7)
+    trials, promoted = 400, 0
+    for _ in range(trials):
+        champion, candidate = rng.random(MAX_PAIRS) < 0.8, rng.random(MAX_PAIRS) < 0.8
+        looks = range(MAX_PAIRS // LOOKS, MAX_PAIRS + 1, MAX_PAIRS // LOOKS)
+        promoted += any(mcnemar(champion[:n], candidate[:n]).p_better <= ALPHA for n in looks)
+    assert promoted > 1.5 * ALPHA * trials
+
+
+def test_a_better_candidate_is_promoted_and_a_worse_one_retired_within_max_pairs() -> None:
+    rng = np.random.default_rng(11)
+    assert sum(_looks(rng, 0.75, 0.85) == "promote" for _ in range(100)) >= 95
+    assert sum(_looks(rng, 0.85, 0.75) == "retire" for _ in range(100)) == 100
+
+
+def test_the_bootstrap_finds_a_lower_log_loss_in_either_direction() -> None:
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 2, 400)
+    sharp = np.where(targets == 1, 0.8, 0.2)  # calibrated and confident: low log loss
+    vague = np.full(400, 0.5)
+
+    def log_loss(y: np.ndarray, p1: np.ndarray) -> float:
+        return classification(y, np.column_stack([1 - p1, p1]))["log_loss"]
+
+    better = paired_bootstrap("log_loss", log_loss, targets, vague, sharp, rounds=300)
+    assert better.p_better < 0.01 and better.p_worse > 0.99 and better.candidate < better.champion
+    worse = paired_bootstrap("log_loss", log_loss, targets, sharp, vague, rounds=300)
+    assert worse.p_worse < 0.01 and verdict(worse, ALPHA, 100, 1000, LOOKS).action == "retire"
+
+
+def test_too_few_pairs_wait_and_bad_settings_are_refused() -> None:
+    evidence = mcnemar(np.zeros(50, bool), np.ones(50, bool))  # very significant, but only 50 pairs
+    assert verdict(evidence, ALPHA, MIN_PAIRS, MAX_PAIRS, LOOKS).action == "wait"
+    assert verdict(evidence, ALPHA, 50, MAX_PAIRS, LOOKS).action == "promote"
+    with pytest.raises(ValueError, match="alpha"):
+        verdict(evidence, 1.5, MIN_PAIRS, MAX_PAIRS, LOOKS)
