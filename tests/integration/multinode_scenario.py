@@ -10,7 +10,6 @@ replica while a client keeps calling, and prints what happened as JSON."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -88,8 +87,6 @@ def main(root: str, tracking_uri: str) -> None:
         scored = scoring.predict(delta.tables(config).events.uri, output="scored", config=config).materialize()
         facts["scored_rows"] = scored.count()
         facts["scored_rows_on_store"] = delta.Table(config.storage.resolve("scored")).count()
-        used = re.findall(r"(\d+) nodes used", scored.stats())
-        facts["batch_nodes_used"] = max(int(n) for n in used) if used else 0
 
         # conf/serve.yaml, deployed the one way lakeloop deploys, with two fixed replicas on the worker nodes
         app = shipped_endpoint.variant(
