@@ -12,6 +12,7 @@ endpoints, including the request model built from the dataset config inside buil
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -33,7 +34,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.adapters import delta
 from pipelines.adapters.log_spool import Check, LogSpool, SpoolRefused
-from pipelines.adapters.prediction_log import FEEDBACK_SCHEMA, feedback_row, prediction_rows, predictions_schema
+from pipelines.adapters.prediction_log import (
+    ERROR,
+    FEEDBACK_SCHEMA,
+    OUTPUT,
+    PREDICTION,
+    ROLE,
+    feedback_row,
+    prediction_rows,
+    predictions_schema,
+    shadow_schema,
+)
 from pipelines.adapters.ray_serve import FEEDBACK_KEY_ENV, api_key_digest, api_key_from_env
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
@@ -112,13 +123,21 @@ async def _predict(model: LoadedModel, columns: dict[str, np.ndarray]) -> Scored
 
 
 class ModelWatcher:
-    """Loads the alias's version, then re-checks every interval; swaps only a fully warmed model."""
+    """Loads the alias's version, then re-checks every interval; swaps only a fully warmed model.
+    `alias`: default serving.alias. `optional`: the alias may be removed, and then nothing is loaded
+    (the online candidate); otherwise the last model keeps serving."""
 
     def __init__(
-        self, source: ModelSource, config: LakeloopConfig, on_load: Callable[[str], None] | None = None
+        self,
+        source: ModelSource,
+        config: LakeloopConfig,
+        on_load: Callable[[str], None] | None = None,
+        alias: str | None = None,
+        optional: bool = False,
     ) -> None:
         self.source = source
         self.config = config
+        self.alias, self.optional = alias or config.serving.alias, optional
         self.on_load = on_load or (lambda version: None)
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
@@ -133,8 +152,13 @@ class ModelWatcher:
     def check(self) -> bool:
         """One poll; True if a new model was swapped in. Errors keep the current model serving."""
         try:
-            ref = self.source.resolve(self.config.serving.alias)
+            ref = self.source.resolve(self.alias)
             if ref is None:
+                if self.optional and self.current is not None:
+                    log.info(
+                        "%s version %s is no longer @%s", self.current.ref.name, self.current.ref.version, self.alias
+                    )
+                    self.current = None
                 return False
             if self.current and self.current.ref.version == ref.version:
                 if self.current.ref != ref:  # same model, new health verdict from the monitor
@@ -152,7 +176,7 @@ class ModelWatcher:
         self.on_load(ref.version)
         self._loaded.set()
         self.last_error = None
-        log.info("serving %s version %s", ref.name, ref.version)
+        log.info("loaded %s version %s (@%s)", ref.name, ref.version, self.alias)
         return True
 
     def _run(self) -> None:
@@ -162,6 +186,16 @@ class ModelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def in_canary(request_id: str, percent: float) -> bool:
+    """Whether the canary answers this request: a hash of the request id (the server's random id) below
+    `percent` of its range, so the share is `percent` of requests and a retried id lands the same way."""
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < percent / 100 * (1 << 64)
+
+
+Answered = tuple[LoadedModel, list[dict] | Exception]  # the model that answered a request, and its rows
 
 
 def _as_lists(columns: dict[str, np.ndarray]) -> dict[str, list]:
@@ -336,6 +370,9 @@ def _spool(config: LakeloopConfig, table: str, schema, owner: str, check: Check)
 class ModelServer:
     """One replica: follows the registry alias (ModelWatcher), scores batches of concurrent requests
     with one model, and spools every answered row to the prediction log before the answer leaves.
+    While an online candidate is set (gate.online.alias), it follows that alias too: the candidate
+    answers a canary's share of requests or none (shadow), and after the answers leave, the model that
+    did not answer scores the same rows into the shadow log, for the monitor's paired test.
     `build_deployment` makes it a Serve deployment behind the API; the model source is injected (the
     registry in production, any ModelSource in tests)."""
 
@@ -357,10 +394,15 @@ class ModelServer:
             owner,
             feedback_check(dataset, serving.max_rows_per_request, self.access.issued),
         )
+        self.shadow = _spool(
+            self.config, log_config.shadow_table, shadow_schema(dataset), owner, prediction_check(dataset)
+        )
+        self._shadow_tasks: set[asyncio.Task] = set()
         self._size_batches()
         self.metrics = ServingMetrics(self.config.mlflow.registered_model, self.config.dataset.task == "classification")
         self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
         self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
+        self.candidates = ModelWatcher(source, self.config, alias=self.config.gate.online.alias, optional=True)
         # Serve routes to a replica once its constructor returns. A replica that took traffic before
         # its model loaded answered 503 for seconds, and the ingress's least-connections balancing
         # sent it most requests (it failed fastest): half the requests failed while replicas were
@@ -382,17 +424,125 @@ class ModelServer:
         """Serve gathers concurrent requests into one batch (only inside a Serve replica)."""
         return await self.score_requests(requests)
 
-    async def score_requests(self, requests: list[Pending]) -> list[tuple[LoadedModel, list[dict] | Exception]]:
+    async def score_requests(self, requests: list[Pending]) -> list[Answered]:
         """One model for the whole batch, even during a swap. If the batch fails, each request is
         scored alone, so a value the model cannot take fails only the request that sent it. The
         scored rows of every request in the batch go to the log in one write, before any answer."""
         model = self.watcher.current
         if model is None:
             raise RequestError(503, "no model loaded yet", retry_after_s=5)
+        candidate = self.candidates.current
+        if candidate is not None and candidate.ref.version != model.ref.version:
+            return await self._score_beside(model, candidate, requests)
         outputs = await self._predict_each(model, [r.columns for r in requests])
-        answers = [output if isinstance(output, Exception) else output.rows() for output in outputs]
-        self._log(model, requests, answers)
-        return [(model, answer) for answer in answers]
+        answered = [(model, output if isinstance(output, Exception) else output.rows()) for output in outputs]
+        self._log(requests, answered)
+        return answered
+
+    async def _score_beside(
+        self, champion: LoadedModel, candidate: LoadedModel, requests: list[Pending]
+    ) -> list[Answered]:
+        """The batch with an online candidate: a canary's requests are answered by the candidate (by
+        the champion where the candidate fails); then the other model scores every answered request
+        in shadow, off the request path."""
+        canary = candidate.ref.online_mode == "canary"
+        chosen = [canary and in_canary(r.request_id, candidate.ref.canary_percent) for r in requests]
+        answered: list[Answered] = [(champion, [])] * len(requests)
+        failed: dict[int, str] = {}  # request -> why the candidate could not answer it
+        for by_candidate in (False, True):
+            indices = [i for i, c in enumerate(chosen) if c == by_candidate]
+            if not indices:
+                continue
+            outputs = await self._predict_each(
+                candidate if by_candidate else champion, [requests[i].columns for i in indices]
+            )
+            for i, output in zip(indices, outputs, strict=True):
+                if by_candidate and isinstance(output, Exception):
+                    failed[i] = f"{type(output).__name__}: {output}"
+                    output = await self._predict_alone(champion, requests[i].columns)
+                    by = champion
+                else:
+                    by = candidate if by_candidate else champion
+                answered[i] = (by, output if isinstance(output, Exception) else output.rows())
+        self._log(requests, answered)
+        self._count_roles(answered, candidate, len(failed))
+        self._shadow_after(champion, candidate, requests, answered, failed)
+        return answered
+
+    def _count_roles(self, answered: list[Answered], candidate: LoadedModel, candidate_failures: int) -> None:
+        for by, answer in answered:
+            if not isinstance(answer, Exception):
+                self.metrics.scored_rows("candidate" if by is candidate else "champion", "served", len(answer))
+        if candidate_failures:
+            self.metrics.candidate_errors.inc(candidate_failures, {"model": self.config.mlflow.registered_model})
+
+    def _shadow_after(
+        self,
+        champion: LoadedModel,
+        candidate: LoadedModel,
+        requests: list[Pending],
+        answered: list[Answered],
+        failed: dict[int, str],
+    ) -> None:
+        """Queue the shadow scoring of this batch (at most gate.online.max_shadow_batches wait per
+        replica; a batch past that is dropped and counted, never delays an answer)."""
+        work: list[tuple[LoadedModel, str, Pending, str | None]] = []  # model, role, request, known error
+        for i, (request, (by, answer)) in enumerate(zip(requests, answered, strict=True)):
+            if isinstance(answer, Exception):
+                continue  # a 422: nothing was served to compare with
+            if i in failed:  # the candidate already failed this canary request: its shadow row is the error
+                work.append((candidate, self.candidates.alias, request, failed[i]))
+            elif by is candidate:
+                work.append((champion, "champion", request, None))
+            else:
+                work.append((candidate, self.candidates.alias, request, None))
+        if len(self._shadow_tasks) >= self.config.gate.online.max_shadow_batches:
+            self.metrics.shadow_dropped.inc(
+                sum(_rows(r.columns) for _, _, r, _ in work), {"model": self.config.mlflow.registered_model}
+            )
+            return
+        task = asyncio.get_running_loop().create_task(self._score_shadow(work))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _score_shadow(self, work: list[tuple[LoadedModel, str, Pending, str | None]]) -> None:
+        rows: list[dict] = []
+        models = {role: model for model, role, _, _ in work}  # the champion, the candidate (by its alias)
+        for role, model in models.items():
+            mine = [(request, error) for _, r, request, error in work if r == role]
+            scored = [request for request, error in mine if error is None]
+            outputs = await self._shadow_outputs(model, [r.columns for r in scored]) if scored else []
+            by_request = dict(zip((r.request_id for r in scored), outputs, strict=True))
+            for request, error in mine:
+                output = by_request.get(request.request_id, error)
+                rows += _shadow_rows(model, role, request, output, self.config)
+                if isinstance(output, Scored):
+                    self.metrics.scored_rows("champion" if role == "champion" else "candidate", "shadow", len(output))
+        if not rows:
+            return
+        try:
+            self.shadow.add(rows)
+        except SpoolRefused:  # the served log refuses requests in this state; shadow rows are only evidence
+            self.metrics.shadow_dropped.inc(len(rows), {"model": self.config.mlflow.registered_model})
+
+    async def _shadow_outputs(self, model: LoadedModel, requests: list[dict[str, np.ndarray]]) -> list[Scored | str]:
+        """Each request's output from `model` (in a thread: the event loop keeps answering), or why it
+        failed; a failed batch is scored request by request, as on the request path."""
+        try:
+            output = await asyncio.to_thread(
+                model.predictor.predict_columns, {n: np.concatenate([r[n] for r in requests]) for n in requests[0]}
+            )
+        except Exception:  # noqa: BLE001 - isolate the request that caused it, below
+            outputs: list[Scored | str] = []
+            for columns in requests:
+                try:
+                    outputs.append(await asyncio.to_thread(model.predictor.predict_columns, columns))
+                except Exception as exc:  # noqa: BLE001 - logged as the row's error, counted
+                    outputs.append(f"{type(exc).__name__}: {exc}")
+                    self.metrics.candidate_errors.inc(1, {"model": self.config.mlflow.registered_model})
+            return outputs
+        bounds = np.cumsum([0, *map(_rows, requests)]).tolist()
+        return [output.slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
     async def _predict_each(
         self, model: LoadedModel, requests: list[dict[str, np.ndarray]]
@@ -419,12 +569,12 @@ class ModelServer:
         self.metrics.unknown_categories(output)
         self.metrics.predictions(output)
 
-    def _log(self, model: LoadedModel, requests: list[Pending], answers: list[list[dict] | Exception]) -> None:
+    def _log(self, requests: list[Pending], answered: list[Answered]) -> None:
         """The answered rows of the whole batch in one spool write: a write per request cost a quarter
         of a replica's CPU per request at 32 concurrent requests (docs/benchmarks.md)."""
         logged = [
             row
-            for request, answer in zip(requests, answers, strict=True)
+            for request, (model, answer) in zip(requests, answered, strict=True)
             if not isinstance(answer, Exception)
             for row in prediction_rows(
                 request.request_id,
@@ -474,6 +624,21 @@ class ModelServer:
             return {"status": "cannot log"}, 503
         return {"status": "ready", "version": current.ref.version}, 200
 
+    def describe_candidate(self) -> dict | None:
+        """The online candidate this replica scores beside the champion, or None."""
+        candidate = self.candidates.current
+        if candidate is None:
+            return {"last_error": self.candidates.last_error} if self.candidates.last_error else None
+        ref = candidate.ref
+        return {
+            "alias": ref.alias,
+            "version": ref.version,
+            "mode": ref.online_mode or "shadow",
+            "canary_percent": ref.canary_percent if ref.online_mode == "canary" else 0.0,
+            "loaded_at": candidate.loaded_at,
+            "last_error": self.candidates.last_error,
+        }
+
     def describe(self) -> tuple[dict, int]:
         current = self.watcher.current
         if current is None:
@@ -487,7 +652,12 @@ class ModelServer:
             "health": ref.health or "ok",
             "health_reason": ref.health_reason or None,
             "loaded_at": current.loaded_at,
-            "log": {"predictions": self.predictions.snapshot(), "feedback": self.feedback.snapshot()},
+            "candidate": self.describe_candidate(),
+            "log": {
+                "predictions": self.predictions.snapshot(),
+                "feedback": self.feedback.snapshot(),
+                "shadow": self.shadow.snapshot(),
+            },
             "replica": _replica_tag(),
             "node_id": ray.get_runtime_context().get_node_id(),
         }
@@ -497,15 +667,38 @@ class ModelServer:
 
     def _report_state(self) -> None:
         self.metrics.report_version()
-        for table, spool in (("predictions", self.predictions), ("feedback", self.feedback)):
+        for table, spool in (("predictions", self.predictions), ("feedback", self.feedback), ("shadow", self.shadow)):
             self.metrics.log_state(table, spool.snapshot())
 
     def close(self) -> None:
         """Stop the threads and commit what is spooled."""
         self.reporter.stop()
         self.watcher.stop()
+        self.candidates.stop()
         self.predictions.close()
         self.feedback.close()
+        self.shadow.close()
+
+
+def _shadow_rows(
+    model: LoadedModel, role: str, request: Pending, output: Scored | str, config: LakeloopConfig
+) -> list[dict]:
+    """A request's rows as `model` scored them in shadow (`output`), or with the reason it could not."""
+    failed = isinstance(output, str)
+    rows = prediction_rows(
+        request.request_id,
+        model.ref.name,
+        model.ref.version,
+        datetime.now(UTC),
+        _as_lists(request.columns),
+        [{}] * _rows(request.columns) if failed else output.rows(),
+        config.dataset,
+    )
+    for row in rows:
+        row[ROLE], row[ERROR] = role, output[:2000] if failed else None
+        if failed:
+            row[PREDICTION] = row[OUTPUT] = None
+    return rows
 
 
 def build_deployment(config: LakeloopConfig, access: Access):

@@ -12,6 +12,10 @@ each carries the application, deployment and replica tags; Ray prefixes every na
     lakeloop_log_dead_letters_total   counter: rows sent to the dead-letter table, by table
     lakeloop_log_lost_rows_total      counter: spooled rows removed (from under the spool) before their commit
     lakeloop_log_broken               gauge: 1 while the log cannot write or its flush thread is gone (unready)
+    lakeloop_model_rows_total         counter: while an online candidate is set, rows scored by role
+                                      (champion | candidate) and how (served | shadow)
+    lakeloop_candidate_errors_total   counter: requests the online candidate failed (the client still gets an answer)
+    lakeloop_shadow_dropped_rows_total counter: rows not scored in shadow (the replica's shadow queue was full)
 
 Gauges (the version, the log's backlog) are set by a thread every `every_s`, never on the request path.
 """
@@ -56,6 +60,15 @@ class ServingMetrics:
             "lakeloop_log_lost_rows_total", "spooled rows removed before their commit", ("table",)
         )
         self.broken = metrics.Gauge("lakeloop_log_broken", "1 while the log cannot write or flush", ("table",))
+        self.role_rows = metrics.Counter(
+            "lakeloop_model_rows_total", "rows scored by role and how (served or shadow)", ("model", "role", "how")
+        )
+        self.candidate_errors = metrics.Counter(
+            "lakeloop_candidate_errors_total", "requests the online candidate failed to score", ("model",)
+        )
+        self.shadow_dropped = metrics.Counter(
+            "lakeloop_shadow_dropped_rows_total", "rows not scored in shadow (queue full)", ("model",)
+        )
         self._version: str | None = None
         self._seen: dict[tuple[str, str], int] = {}
 
@@ -87,6 +100,9 @@ class ServingMetrics:
         scores = output.columns[probabilities[-1]].tolist() if probabilities else predicted
         for value in scores:
             self.score.observe(float(value), tags)
+
+    def scored_rows(self, role: str, how: str, rows: int) -> None:
+        self.role_rows.inc(rows, {"model": self.model_name, "role": role, "how": how})
 
     def unknown_categories(self, output: Scored) -> None:
         """What the model counted while encoding (lakeloop models count; other pyfuncs do not)."""

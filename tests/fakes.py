@@ -26,23 +26,45 @@ class FakePredictor:
         return Scored({"prediction": np.array([self.version] * rows), "probability_1": np.full(rows, 0.5)})
 
 
+class FailsAfterWarmUp(FakePredictor):
+    """Scores the replica's warm-up (4 calls), then raises on every batch: a candidate that loads and
+    fails on live traffic."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.calls = 0
+
+    def predict_columns(self, columns: dict[str, np.ndarray]) -> Scored:
+        self.calls += 1
+        if self.calls > 4:
+            raise RuntimeError("candidate cannot score live rows")
+        return super().predict_columns(columns)
+
+
 class FakeSource:
-    """A registry alias that tests move by hand; `down` makes it unreachable."""
+    """A registry alias (champion: `version`; any other alias: `candidate`, with its online mode) that
+    tests move by hand; `down` makes it unreachable."""
 
     def __init__(self) -> None:
         self.version: str | None = "1"
+        self.candidate: ModelRef | None = None
         self.down = False
         self.broken_versions: set[str] = set()
+        self.failing_live: set[str] = set()  # versions that pass the warm-up, then raise
         self.poison: object = None  # a value the loaded models raise on
         self.loads: list[str] = []
 
     def resolve(self, alias: str) -> ModelRef | None:
         if self.down:
             raise ConnectionError("mlflow unreachable")
+        if alias != "champion":
+            return self.candidate
         return ModelRef("m", self.version, alias, "run") if self.version else None
 
     def load(self, ref: ModelRef) -> FakePredictor:
         self.loads.append(ref.version)
+        if ref.version in self.failing_live:
+            return FailsAfterWarmUp(ref.version)
         return FakePredictor(ref.version, broken=ref.version in self.broken_versions, poison=self.poison)
 
 

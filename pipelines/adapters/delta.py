@@ -393,6 +393,10 @@ class Tables:
         return self.named(self.config.serving.prediction_log.feedback_table)
 
     @property
+    def shadow(self) -> Table:
+        return self.named(self.config.serving.prediction_log.shadow_table)
+
+    @property
     def labelled(self) -> Table:
         return self.named(self.config.serving.prediction_log.labelled_table)
 

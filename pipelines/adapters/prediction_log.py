@@ -1,7 +1,8 @@
 """The prediction log, one definition for serving, the monitor, training and tests: the schemas and
 row format of the Delta tables `predictions` (what was served: request id, row, time, model, the
-features, the output), `feedback` (labels sent to /feedback) and their dead-letter tables. The
-served rows joined with their labels live in pipelines.training.labelled_feedback.
+features, the output), `shadow_predictions` (what the model that did not answer said about the same
+rows, while the online gate compares two), `feedback` (labels sent to /feedback) and their dead-letter
+tables. The served rows joined with their labels live in pipelines.training.labelled_feedback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipelines.core.config import DatasetConfig
 
 REQUEST_ID, ROW, SERVED_AT, RECEIVED_AT, UPDATE = "request_id", "row", "served_at", "received_at", "update"
 MODEL_NAME, MODEL_VERSION, PREDICTION, OUTPUT, LABEL = "model_name", "model_version", "prediction", "output", "label"
+ROLE, ERROR = "role", "error"
 KEY = [REQUEST_ID, ROW]
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 
@@ -37,6 +39,16 @@ def predictions_schema(dataset: DatasetConfig) -> pa.Schema:
             pa.field(PREDICTION, pa.string()),
             pa.field(OUTPUT, pa.string()),  # the full model output for the row, as JSON
         ]
+    )
+
+
+def shadow_schema(dataset: DatasetConfig) -> pa.Schema:
+    """The predictions' columns, plus the alias the shadow model followed (`role`: the candidate, or the
+    champion while a canary answered) and, when it failed to score the row, why (`error`, output null)."""
+    return (
+        predictions_schema(dataset)
+        .append(pa.field(ROLE, pa.string(), nullable=False))
+        .append(pa.field(ERROR, pa.string()))
     )
 
 

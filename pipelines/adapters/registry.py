@@ -52,6 +52,16 @@ TRIGGER_TAG = "lakeloop.trigger_id"  # the monitor's submission id, on the train
 FAMILY_TAG = "lakeloop.family"  # the model family a version was trained as (train.families)
 TRIGGER_KIND_TAG = "lakeloop.trigger"  # why it was trained: drift, retry, learn, release, manual
 FINGERPRINT_TAG = "lakeloop.code_fingerprint"  # the code, model configuration and pins it was trained with
+# The online gate, on a candidate's version: how replicas score it (shadow | canary) and the canary's
+# share; when it became the candidate; the looks spent; its state (candidate | promoted | retired),
+# the reason, and the last evidence (JSON).
+ONLINE_MODE_TAG, CANARY_TAG, ONLINE_SINCE_TAG = (
+    "lakeloop.online_mode",
+    "lakeloop.canary_percent",
+    "lakeloop.online_since",
+)
+ONLINE_TAG, ONLINE_REASON_TAG = "lakeloop.online", "lakeloop.online_reason"
+ONLINE_LOOKS_TAG, ONLINE_EVIDENCE_TAG = "lakeloop.online_looks", "lakeloop.online_evidence"
 
 
 class RegistryError(LakeloopError):
@@ -74,6 +84,8 @@ class ModelRef:
     health_reason: str = ""
     trigger: str = ""  # why it was trained (TRIGGER_KIND_TAG)
     fingerprint: str = ""  # the code it was trained with (FINGERPRINT_TAG)
+    online_mode: str = ""  # an online candidate: shadow or canary (ONLINE_MODE_TAG)
+    canary_percent: float = 0.0
 
 
 class _PyfuncPredictor:
@@ -157,6 +169,8 @@ class Registry:
             version.tags.get(HEALTH_REASON_TAG, ""),
             version.tags.get(TRIGGER_KIND_TAG, ""),
             version.tags.get(FINGERPRINT_TAG, ""),
+            version.tags.get(ONLINE_MODE_TAG, ""),
+            float(version.tags.get(CANARY_TAG) or 0.0),
         )
 
     def load(self, ref: ModelRef) -> Predictor:
@@ -314,17 +328,45 @@ class Registry:
             {"lakeloop.gate": "promoted" if decision.promote else "refused", "lakeloop.gate_reason": decision.reason},
         )
 
+    def replace_champion(self, version: str, compared: ChampionState) -> str | None:
+        """Compare-and-set: `version` becomes the champion (the one replaced, @previous) if the champion
+        is still `compared`; else the reason it was not."""
+        claim = self._take_over(compared, f"version {version} replaces {compared.version or 'no champion'}")
+        return claim if isinstance(claim, str) else self._move(version, compared, claim, compared.version)
+
     def promote(self, version: str, compared: ChampionState, decision: GateDecision) -> GateDecision:
         """Apply a gate decision made against `compared`; refuse if the champion moved since."""
         if decision.promote:
-            claim = self._take_over(compared, f"version {version} replaces {compared.version or 'no champion'}")
-            refused = claim if isinstance(claim, str) else self._move(version, compared, claim, compared.version)
+            refused = self.replace_champion(version, compared)
             if refused:
                 decision = GateDecision(False, refused)
         self.record(version, decision)
         if not decision.promote:
             self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         return decision
+
+    def nominate(self, alias: str, version: str, mode: str, canary_percent: float, reason: str) -> None:
+        """Make `version` the online candidate (`alias`), scored by the replicas in `mode`; its looks
+        start again from 0."""
+        self.tag_version(
+            version,
+            {
+                ONLINE_MODE_TAG: mode,
+                CANARY_TAG: f"{canary_percent:g}",
+                ONLINE_SINCE_TAG: str(time.time()),
+                ONLINE_LOOKS_TAG: "0",
+                ONLINE_TAG: "candidate",
+                ONLINE_REASON_TAG: reason[:4000],
+            },
+        )
+        self.set_alias(alias, version)
+
+    def retire(self, alias: str, version: str, reason: str) -> None:
+        """The candidate leaves: the alias is removed (if it still points at `version`) and the reason kept."""
+        self.tag_version(version, {ONLINE_TAG: "retired", ONLINE_REASON_TAG: reason[:4000]})
+        current = self.version_by_alias(alias)
+        if current is not None and str(current.version) == str(version):
+            self.delete_alias(alias)
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, version)
@@ -407,6 +449,10 @@ class Registry:
                     "health_reason": mv.tags.get(HEALTH_REASON_TAG, ""),
                     "trigger": mv.tags.get(TRIGGER_KIND_TAG, ""),
                     "fingerprint": mv.tags.get(FINGERPRINT_TAG, ""),
+                    "online": mv.tags.get(ONLINE_TAG, ""),
+                    "online_mode": mv.tags.get(ONLINE_MODE_TAG, ""),
+                    "online_reason": mv.tags.get(ONLINE_REASON_TAG, ""),
+                    "online_evidence": json.loads(mv.tags.get(ONLINE_EVIDENCE_TAG) or "null"),
                     "run_id": mv.run_id,
                     "metrics": test_metrics,
                 }

@@ -358,6 +358,32 @@ class TuneConfig(StrictModel):
     )
 
 
+class OnlineGateConfig(StrictModel):
+    """The second stage of the gate: a candidate that passed the offline gate becomes `alias` (not the
+    champion), the replicas score it beside the champion on live traffic (shadow: the champion answers;
+    canary: a share of requests is answered by the candidate), and the monitor promotes or retires it
+    on the paired labelled rows (pipelines/monitoring/online_gate.py). off: the offline gate promotes."""
+
+    mode: Literal["off", "shadow", "canary"] = "off"
+    alias: str = Field("candidate", min_length=1)
+    canary_percent: float = Field(10.0, gt=0, lt=100)  # of requests, chosen by a hash of the request id
+    alpha: float = Field(0.05, gt=0, lt=1)  # the false-promotion rate, spent over `looks`
+    looks: int = Field(20, ge=1)  # monitor passes that may decide; the last one retires without a gain
+    min_pairs: int = Field(200, ge=10)  # labelled rows both models scored, before any decision
+    max_pairs: int = Field(3000, ge=10)  # no significant gain by then: retired
+    max_error_rows: int = Field(20, ge=1)  # rows the candidate failed to score live before it is retired
+    bootstrap_rounds: int = Field(500, ge=100)  # the paired bootstrap's resamples (metrics other than accuracy)
+    max_shadow_batches: int = Field(8, ge=1)  # per replica, waiting for shadow scoring; more are dropped
+
+    @model_validator(mode="after")
+    def _pairs(self) -> OnlineGateConfig:
+        if self.min_pairs > self.max_pairs:
+            raise ValueError(f"gate.online.min_pairs ({self.min_pairs}) exceeds max_pairs ({self.max_pairs})")
+        if self.alias in ("champion", "previous", "challenger"):
+            raise ValueError(f"gate.online.alias: '{self.alias}' is one of the aliases the registry moves itself")
+        return self
+
+
 class GateConfig(StrictModel):
     metric: str = "roc_auc"
     min_improvement: float = 0.0
@@ -367,12 +393,14 @@ class GateConfig(StrictModel):
     # candidate is below a floor; require_thresholds keeps every floor.
     when_champion_fails: Literal["promote_better", "require_thresholds"] = "promote_better"
     claim_lease_s: float = Field(60.0, gt=0)  # a promotion claim older than this without an alias move was abandoned
+    online: OnlineGateConfig = Field(default_factory=OnlineGateConfig)
 
 
 class PredictionLogConfig(StrictModel):
     predictions_table: str = "predictions"
     feedback_table: str = "feedback"
     labelled_table: str = "labelled_feedback"  # served rows joined with their labels, for retraining
+    shadow_table: str = "shadow_predictions"  # what the model that did not answer said about the same rows
     flush_rows: int = Field(500, ge=1)
     flush_interval_s: float = Field(2.0, gt=0)
     # Every served row is spooled to local disk before the response (it survives the replica being

@@ -35,6 +35,26 @@ class RetrainingStep:
 
 
 @dataclass(frozen=True)
+class OnlineStep:
+    """What the online gate did about the candidate in this pass: promote, retire or wait, and the
+    paired evidence it decided on (metric values on the same labelled rows, one-sided p-values)."""
+
+    candidate_version: str
+    champion_version: str
+    mode: str  # shadow | canary
+    action: Literal["promote", "retire", "wait"]
+    reason: str
+    metric: str
+    pairs: int
+    champion: float | None
+    candidate: float | None
+    p_better: float | None
+    p_worse: float | None
+    looks: int  # looks spent so far (of gate.online.looks)
+    error_rows: int  # rows the candidate failed to score live
+
+
+@dataclass(frozen=True)
 class MonitorPass:
     model_version: str  # the champion checked against
     windows: list[WindowSummary]  # traffic windows checked in this pass
@@ -47,6 +67,7 @@ class MonitorPass:
     retraining: RetrainingStep
     seconds: dict[str, float]  # detect, submit
     reports: list[dict] = field(default_factory=list)  # the drift_reports rows this pass wrote
+    online: OnlineStep | None = None  # the online gate's step, while a candidate is set
 
     @property
     def submission_id(self) -> str | None:

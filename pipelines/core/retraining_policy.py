@@ -1,6 +1,7 @@
 """Pure decisions of the retraining loop: what happened to each attempt, and what to do next.
 
-Every attempt for a champion is an event log (submitted, then promoted, refused or failed); the
+Every attempt for a champion is an event log (submitted, then promoted, refused or failed; with the
+online gate on, candidate in between: its version is scored on live traffic until promoted or refused); the
 monitor folds it, then asks `plan_retraining` whether to submit, wait, or report the loop degraded.
 
 After drift: a refused candidate is not a live job: the loop tries again once `retry.after_rows` new
@@ -24,12 +25,13 @@ from typing import Literal
 from pipelines.core.config import LearningConfig, RetryConfig
 
 SUBMITTED, PROMOTED, REFUSED, FAILED = "submitted", "promoted", "refused", "failed"
+CANDIDATE = "candidate"  # passed the offline gate; the online gate decides (then promoted or refused)
 # why an attempt ran: drift (the first after a trigger), retry (after a refused or failed one), learn
 # (more labelled rows of the regime), release (a code change), manual
 DRIFT, RETRY, LEARN, RELEASE, MANUAL = "drift", "retry", "learn", "release", "manual"
 TRIGGERS = (DRIFT, RETRY, LEARN, RELEASE, MANUAL)
 DEGRADED, RECOVERED = "degraded", "recovered"  # events about the champion, not about one attempt
-OUTCOMES = (PROMOTED, REFUSED, FAILED)
+OUTCOMES = (CANDIDATE, PROMOTED, REFUSED, FAILED)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,11 @@ def plan_retraining(
     if attempts and attempts[-1].outcome == SUBMITTED:
         last = attempts[-1]
         return RetrainingPlan("wait", f"attempt {last.number} ({last.submission_id}) is still running")
+    if attempts and attempts[-1].outcome == CANDIDATE:
+        last = attempts[-1]
+        return RetrainingPlan(
+            "wait", f"attempt {last.number}'s version {last.candidate_version} is on live traffic (the online gate)"
+        )
     number = len(attempts) + 1
     drift_plan = _after_drift([a for a in attempts if a.trigger != LEARN], triggered, training_rows, retry, number)
     if triggered or drift_plan.action != "none" or learning is None or not learning.enabled or regime.start is None:

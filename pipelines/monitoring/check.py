@@ -19,6 +19,7 @@ from pipelines.core.loop_outcomes import MonitorPass
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring import html_report, reports
 from pipelines.monitoring.champion import Champion, load_champion
+from pipelines.monitoring.online_gate import online_step
 from pipelines.monitoring.reports import RANK
 from pipelines.monitoring.retraining import retraining_step
 from pipelines.training.detectors import DetectorResult, performance_check
@@ -182,6 +183,7 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> MonitorPass:
         reports.window_decisions(config, champion.version), monitor.debounce.k, monitor.debounce.n
     )
     detected = time.perf_counter()
+    online = online_step(config, champion) if submit else None  # before retraining: it may end an attempt
     retraining = retraining_step(config, champion, began, submit)
     checked = found if recorded else []
     return MonitorPass(
@@ -196,6 +198,7 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> MonitorPass:
         retraining=retraining,
         seconds={"detect": round(detected - started, 2), "submit": round(time.perf_counter() - detected, 2)},
         reports=[{k: (str(v) if isinstance(v, datetime) else v) for k, v in r.items()} for r in checked],
+        online=online,
     )
 
 
@@ -209,6 +212,9 @@ def describe(outcome: MonitorPass) -> str:
     if performance:
         worse = sum(bool(w.drift) for w in performance)
         line += f"; performance: {worse} of {len(performance)} labelled windows below the test score"
+    if outcome.online is not None:
+        step = outcome.online
+        line += f"; candidate v{step.candidate_version}: {step.action} ({step.reason})"
     retraining = outcome.retraining
     if retraining.action == "submit":
         verb = "submitted" if retraining.submitted else "already submitted"

@@ -28,9 +28,9 @@ ATTEMPT_SCHEMA = pa.schema(
         pa.field("champion_version", pa.string(), nullable=False),
         pa.field("attempt", pa.int32(), nullable=False),  # 0: an event about the champion (degraded, recovered)
         pa.field("submission_id", pa.string()),
-        pa.field(
-            "event", pa.string(), nullable=False
-        ),  # submitted | promoted | refused | failed | degraded | recovered
+        # submitted | candidate | promoted | refused | failed; about the champion: degraded | recovered |
+        # online_promoted | online_retired (a candidate set by hand, decided by the online gate)
+        pa.field("event", pa.string(), nullable=False),
         pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("tune", pa.bool_()),
         pa.field("training_rows", pa.int64()),
@@ -82,7 +82,8 @@ def record_events(config: LakeloopConfig, events: list[dict]) -> None:
         delta.tables(config).attempts.append(pa.Table.from_pylist(events, schema=ATTEMPT_SCHEMA), merge_schema=True)
 
 
-def _event(champion: ChampionInfo, event: str, attempt: int = 0, **fields) -> dict:
+def attempt_event(champion: ChampionInfo, event: str, attempt: int = 0, **fields) -> dict:
+    """A row of the attempts table: an event of attempt `attempt` (0: about the champion)."""
     return {
         "champion_name": champion.name,
         "champion_version": champion.version,
@@ -94,7 +95,8 @@ def _event(champion: ChampionInfo, event: str, attempt: int = 0, **fields) -> di
 
 
 def job_outcome(config: LakeloopConfig, submission_id: str) -> tuple[str, str, str | None] | None:
-    """(promoted | refused | failed, reason, candidate version) of a finished attempt; None while it runs."""
+    """(promoted | candidate | refused | failed, reason, candidate version) of a finished attempt; None
+    while it runs."""
     state = jobs(config).state(submission_id)
     if state is None:
         return retraining_policy.FAILED, "the Jobs API does not know this job (was the cluster restarted?)", None
@@ -111,8 +113,9 @@ def job_outcome(config: LakeloopConfig, submission_id: str) -> tuple[str, str, s
     if not found:
         return retraining_policy.FAILED, "the job succeeded but registered no model version", None
     version = found[0]
-    outcome = (
-        retraining_policy.PROMOTED if version.tags.get("lakeloop.gate") == "promoted" else retraining_policy.REFUSED
+    gate = version.tags.get("lakeloop.gate")
+    outcome = {"promoted": retraining_policy.PROMOTED, retraining_policy.CANDIDATE: retraining_policy.CANDIDATE}.get(
+        gate or "", retraining_policy.REFUSED
     )
     return outcome, version.tags.get("lakeloop.gate_reason", ""), str(version.version)
 
@@ -127,7 +130,7 @@ def reconcile(config: LakeloopConfig, champion: ChampionInfo, events: list[dict]
         ):
             kind, reason, candidate = outcome
             found.append(
-                _event(
+                attempt_event(
                     champion,
                     kind,
                     attempt.number,
@@ -203,7 +206,7 @@ def retraining_step(
     if plan_now.action == "submit" and submit:
         submission, submitted = submit_retraining(config, champion, plan_now, start)
         new.append(
-            _event(
+            attempt_event(
                 champion,
                 retraining_policy.SUBMITTED,
                 plan_now.attempt,
@@ -217,10 +220,12 @@ def retraining_step(
         )
     degraded, _ = retraining_policy.health(events)
     if plan_now.action == "degraded" and not degraded:
-        new.append(_event(champion, retraining_policy.DEGRADED, reason=plan_now.reason))
+        new.append(attempt_event(champion, retraining_policy.DEGRADED, reason=plan_now.reason))
     elif degraded and plan_now.action == "none":
         new.append(
-            _event(champion, retraining_policy.RECOVERED, reason=plan_now.reason or "recent windows no longer drift")
+            attempt_event(
+                champion, retraining_policy.RECOVERED, reason=plan_now.reason or "recent windows no longer drift"
+            )
         )
     record_events(config, new)
     if any(e["event"] in (retraining_policy.DEGRADED, retraining_policy.RECOVERED) for e in new):

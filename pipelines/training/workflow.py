@@ -36,7 +36,7 @@ from pipelines.core.code_fingerprint import CodeManifest
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import Trained
 from pipelines.core.gate import GateDecision, decide
-from pipelines.core.retraining_policy import MANUAL
+from pipelines.core.retraining_policy import CANDIDATE, MANUAL
 from pipelines.training import families, plots, ray_train
 from pipelines.training.code_version import MANIFEST_ARTIFACT, current_manifest, family_code
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
@@ -84,10 +84,17 @@ class TrainOutcome:
     trigger_id: str | None = None  # the monitor's submission id, when the monitor asked for this run
     trigger: str = MANUAL  # why it ran: drift, retry, learn, release, manual
     fingerprint: str = ""  # the code's (core/code_fingerprint), tagged on the run and the version
+    online_candidate: bool = False  # passed the offline gate and went to the online one (gate.online)
 
     def summary(self, config: LakeloopConfig) -> str:
         metric = config.gate.metric
-        verdict = "promoted to champion" if self.promoted else "not promoted (challenger)"
+        verdict = (
+            "promoted to champion"
+            if self.promoted
+            else f"the online candidate (@{config.gate.online.alias})"
+            if self.online_candidate
+            else "not promoted (challenger)"
+        )
         tables = " + ".join(f"{t['uri']} version {t['version']}" for t in self.lineage["tables"])
         return (
             f"model {config.mlflow.registered_model} version {self.model_version}: test {metric} "
@@ -254,10 +261,10 @@ def _gate(
     scores: dict,
     tags: dict[str, str],
     check: Check | None = None,
-) -> tuple[str, ChampionState, dict | None, GateDecision]:
+) -> tuple[str, ChampionState, dict | None, GateDecision, bool]:
     """Score the champion on the same rows, register the candidate (with `tags`), and apply the gate's
     decision; a candidate that passes it must then pass `check` (a release's smoke stage) before it is
-    promoted."""
+    promoted, or, with the online gate on, becomes the online candidate (the last value: True)."""
     compared = registry.state()  # what the gate compares against, and what promotion must still find
     champion_scores = _champion_metrics(registry, compared.version, test, config)
     if champion_scores:
@@ -268,9 +275,27 @@ def _gate(
         failed = check(version, test[config.dataset.feature_names])
         if failed:
             decision = GateDecision(False, failed)
+    if decision.promote and _goes_online(config, compared, check):
+        return version, compared, champion_scores, _nominate(config, registry, version, decision), True
     decision = registry.promote(version, compared, decision)
     mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
-    return version, compared, champion_scores, decision
+    return version, compared, champion_scores, decision, False
+
+
+def _goes_online(config: LakeloopConfig, compared: ChampionState, check: Check | None) -> bool:
+    """A candidate that passed the offline gate goes to the online gate when it is on and there is a
+    champion to compare with live; a release (`check`: its smoke stage) is promoted offline."""
+    return config.gate.online.mode != "off" and compared.version is not None and check is None
+
+
+def _nominate(config: LakeloopConfig, registry: Registry, version: str, passed: GateDecision) -> GateDecision:
+    """The online gate's first stage: the version becomes the candidate alias, not the champion."""
+    online = config.gate.online
+    reason = f"passed the offline gate ({passed.reason}); the online candidate ({online.mode})"
+    registry.nominate(online.alias, version, online.mode, online.canary_percent, passed.reason)
+    registry.tag_version(version, {"lakeloop.gate": CANDIDATE, "lakeloop.gate_reason": reason})
+    mlflow.set_tags({"lakeloop.promoted": "false", "lakeloop.gate_reason": reason, "lakeloop.online": online.mode})
+    return GateDecision(False, reason)
 
 
 def train_and_register(
@@ -343,7 +368,7 @@ def _train_and_register(
             mlflow.log_param("resumed_from_epoch", trained.resumed_from_epoch)
             model, test, scores = _evaluate(config, prepared, trained)
             clock.lap("evaluate")
-            model_version, compared, champion_scores, decision = _gate(
+            model_version, compared, champion_scores, decision, online = _gate(
                 config, registry, model, test, scores, tags, check
             )
             clock.lap("gate")
@@ -356,6 +381,7 @@ def _train_and_register(
         champion_metrics=champion_scores,
         promoted=decision.promote,
         reason=decision.reason,
+        online_candidate=online,
         lineage=asdict(prepared.lineage),
         family=trained.estimator.family,
         hyperparams=trained.params,

@@ -49,6 +49,17 @@ def test_a_running_attempt_is_waited_for() -> None:
     assert plan.action == "wait" and "still running" in plan.reason
 
 
+def test_an_online_candidate_is_waited_for_then_its_online_outcome_counts() -> None:
+    events = [event(1, "submitted", 1), event(1, "candidate", 5, candidate_version="7")]
+    plan = plan_retraining(fold_attempts(events), True, 5000, RETRY)
+    assert plan.action == "wait" and "version 7 is on live traffic" in plan.reason
+    retired = fold_attempts([*events, event(1, "refused", 9, reason="online gate: worse", candidate_version="7")])
+    assert retired[0].outcome == "refused"
+    assert plan_retraining(retired, True, 5000, RETRY).action == "submit"  # a retry, as after an offline refusal
+    events += [event(1, "promoted", 9, candidate_version="7"), event(0, "online_retired", 10, candidate_version="8")]
+    assert [a.outcome for a in fold_attempts(events)] == ["promoted"]  # events about the champion are no attempt
+
+
 def test_a_refused_attempt_is_retried_only_after_enough_new_rows_and_then_tunes() -> None:
     waiting = plan_retraining([refused(1, 1000)], True, 1199, RETRY)
     assert waiting.action == "wait" and "1 more training rows" in waiting.reason

@@ -1,0 +1,261 @@
+"""The online gate's second stage, one step of a monitor pass: while a candidate is set
+(gate.online.alias), pair the labelled rows both models scored (the served log and the shadow log,
+by request id and row), test the candidate against the champion on gate.metric, and promote it
+through the registry's compare-and-set, retire it, or wait for more pairs.
+
+Only labels received since the candidate was nominated count, and a look is spent only when the
+pairs grew past `min_pairs` since the last one (core/paired_evidence spends alpha over the looks). A
+candidate that failed to score `max_error_rows` rows live is retired whatever its evidence. Each
+decision goes to the candidate's version tags and, for the retraining attempt that produced it, to
+the retraining_attempts table (promoted or refused)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.adapters import delta
+from pipelines.adapters.prediction_log import (
+    ERROR,
+    KEY,
+    LABEL,
+    MODEL_VERSION,
+    OUTPUT,
+    RECEIVED_AT,
+    REQUEST_ID,
+    SERVED_AT,
+)
+from pipelines.adapters.registry import (
+    ONLINE_EVIDENCE_TAG,
+    ONLINE_LOOKS_TAG,
+    ONLINE_MODE_TAG,
+    ONLINE_REASON_TAG,
+    ONLINE_SINCE_TAG,
+    ONLINE_TAG,
+    Registry,
+)
+from pipelines.core import metrics, retraining_policy
+from pipelines.core.config import LakeloopConfig
+from pipelines.core.loop_outcomes import OnlineStep
+from pipelines.core.model_output import PREDICTION_COLUMN
+from pipelines.core.paired_evidence import PairedEvidence, mcnemar, paired_bootstrap, verdict
+from pipelines.core.service_retries import with_retries
+from pipelines.monitoring.champion import ChampionInfo
+from pipelines.monitoring.retraining import attempt_event, attempt_events, record_events
+from pipelines.training.fitted_model import probability_columns
+from pipelines.training.labelled_feedback import label_problem, standing_labels
+
+log = logging.getLogger(__name__)
+
+
+def labelled_pairs(config: LakeloopConfig, champion: str, candidate: str, since: datetime) -> pd.DataFrame:
+    """The labelled rows both versions scored, one per (request id, row): the label and each version's
+    output (JSON), from labels received since `since`."""
+    columns = [*KEY, LABEL, "champion_output", "candidate_output"]
+    tables = delta.tables(config)
+    feedback = tables.feedback.read(filter=pc.field(RECEIVED_AT) >= pa.scalar(since, pa.timestamp("us", tz="UTC")))
+    if feedback is None or feedback.num_rows == 0:
+        return pd.DataFrame(columns=columns)
+    labels = standing_labels(feedback).to_pandas()
+    labels = labels[[label_problem(config.dataset, value) is None for value in labels[LABEL]]]
+    if labels.empty:
+        return pd.DataFrame(columns=columns)
+    wanted = pc.field(REQUEST_ID).isin(pa.array(labels[REQUEST_ID].unique())) & pc.field(MODEL_VERSION).isin(
+        [champion, candidate]
+    )
+    outputs = [tables.predictions.read([*KEY, MODEL_VERSION, OUTPUT], wanted)]
+    if tables.shadow.exists():
+        shadow = tables.shadow.read([*KEY, MODEL_VERSION, OUTPUT], wanted & pc.field(ERROR).is_null())
+        outputs.append(shadow)
+    found = [t.to_pandas() for t in outputs if t is not None and t.num_rows]
+    if not found:
+        return pd.DataFrame(columns=columns)
+    scored = pd.concat(found).dropna(subset=[OUTPUT]).drop_duplicates([*KEY, MODEL_VERSION])
+    by = {v: scored[scored[MODEL_VERSION] == v].drop(columns=[MODEL_VERSION]) for v in (champion, candidate)}
+    pairs = labels[[*KEY, LABEL]].merge(by[champion], on=KEY).merge(by[candidate], on=KEY, suffixes=("_a", "_b"))
+    pairs = pairs.rename(columns={f"{OUTPUT}_a": "champion_output", f"{OUTPUT}_b": "candidate_output"})
+    return pairs[columns].reset_index(drop=True)
+
+
+def evidence(config: LakeloopConfig, pairs: pd.DataFrame, seed: int = 0) -> PairedEvidence:
+    """gate.metric of both models on the paired rows, with McNemar's exact test for accuracy and a
+    paired bootstrap for every other metric."""
+    dataset, metric = config.dataset, config.gate.metric
+    champion, candidate = (_outputs(pairs[c]) for c in ("champion_output", "candidate_output"))
+    if metric == "accuracy":
+        truth = pairs[LABEL].astype(str).to_numpy()
+        return mcnemar(
+            champion[PREDICTION_COLUMN].astype(str).to_numpy() == truth,
+            candidate[PREDICTION_COLUMN].astype(str).to_numpy() == truth,
+        )
+    if dataset.task == "classification":
+        targets = dataset.encode_labels(pairs[LABEL])
+        columns = probability_columns(dataset)
+        outputs = [frame[columns].to_numpy(float) for frame in (champion, candidate)]
+        score: Callable[[np.ndarray, np.ndarray], float] = lambda t, p: metrics.classification(t, p)[metric]
+    else:
+        targets = pairs[LABEL].astype(float).to_numpy()
+        outputs = [frame[PREDICTION_COLUMN].to_numpy(float) for frame in (champion, candidate)]
+        score = lambda t, p: metrics.regression(t, p)[metric]
+    rounds = config.gate.online.bootstrap_rounds
+    return paired_bootstrap(metric, score, targets, outputs[0], outputs[1], rounds, seed)
+
+
+def _outputs(column: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame.from_records([json.loads(text) for text in column])
+
+
+def error_rows(config: LakeloopConfig, candidate: str, since: datetime) -> tuple[int, str]:
+    """Rows the candidate failed to score live since `since`, and the first reason."""
+    shadow = delta.tables(config).shadow
+    if not shadow.exists():
+        return 0, ""
+    failed = shadow.read(
+        [ERROR],
+        (pc.field(MODEL_VERSION) == candidate)
+        & pc.field(ERROR).is_valid()
+        & (pc.field(SERVED_AT) >= pa.scalar(since, pa.timestamp("us", tz="UTC"))),
+    )
+    if failed is None or failed.num_rows == 0:
+        return 0, ""
+    return failed.num_rows, str(failed.column(ERROR)[0].as_py())
+
+
+def online_step(config: LakeloopConfig, champion: ChampionInfo) -> OnlineStep | None:
+    """One look at the candidate, if one is set; applies the decision (promote, retire) it reaches."""
+    online = config.gate.online
+    registry = Registry.from_config(config)
+    candidate = with_retries(
+        "reading the online candidate", config.monitor.retries, lambda: registry.version_by_alias(online.alias)
+    )
+    _close_stale_attempts(config, champion, None if candidate is None else str(candidate.version))
+    if candidate is None or str(candidate.version) == champion.version:
+        return None
+    version, tags = str(candidate.version), candidate.tags
+    since = datetime.fromtimestamp(float(tags.get(ONLINE_SINCE_TAG) or candidate.creation_timestamp / 1000), UTC)
+    looks = int(tags.get(ONLINE_LOOKS_TAG) or 0)
+    step = _decide(config, champion, version, tags.get(ONLINE_MODE_TAG) or "shadow", since, looks, tags)
+    _apply(config, registry, champion, step)
+    return step
+
+
+def _decide(
+    config: LakeloopConfig, champion: ChampionInfo, version: str, mode: str, since: datetime, looks: int, tags: dict
+) -> OnlineStep:
+    online = config.gate.online
+    errors, first_error = error_rows(config, version, since)
+    pairs = labelled_pairs(config, champion.version, version, since)
+    found = evidence(config, pairs) if len(pairs) else None
+    last = json.loads(tags.get(ONLINE_EVIDENCE_TAG) or "null") or {}
+    new_look = found is not None and found.pairs >= online.min_pairs and found.pairs > int(last.get("pairs") or 0)
+    if errors >= online.max_error_rows:
+        action, reason = "retire", f"failed to score {errors} live rows (gate.online.max_error_rows): {first_error}"
+    elif found is None:
+        action, reason = "wait", f"no labelled row scored by both versions {champion.version} and {version} yet"
+    elif not new_look:
+        action, reason = (
+            "wait",
+            f"{found.pairs} labelled pairs (a look needs at least {online.min_pairs} and more than the last)",
+        )
+    else:
+        decided = verdict(found, online.alpha, online.min_pairs, online.max_pairs, online.looks)
+        looks += 1
+        action, reason = decided.action, decided.reason
+        if action == "wait" and looks >= online.looks:
+            action, reason = "retire", f"{reason}; no significant gain in {looks} looks (gate.online.looks)"
+    return OnlineStep(
+        candidate_version=version,
+        champion_version=champion.version,
+        mode=mode,
+        action=action,  # type: ignore[arg-type]
+        reason=f"online gate ({mode}): {reason}",
+        metric=found.metric if found else config.gate.metric,
+        pairs=found.pairs if found else 0,
+        champion=_finite(found.champion) if found else None,
+        candidate=_finite(found.candidate) if found else None,
+        p_better=found.p_better if found else None,
+        p_worse=found.p_worse if found else None,
+        looks=looks,
+        error_rows=errors,
+    )
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _apply(config: LakeloopConfig, registry: Registry, champion: ChampionInfo, step: OnlineStep) -> None:
+    """Tag the evidence; promote through the compare-and-set (a rival monitor's promotion of the same
+    candidate, or any move of the champion, makes this one a no-op) or retire; record the outcome."""
+    evidence_tag = json.dumps({k: v for k, v in vars(step).items() if k not in ("reason",)})
+    registry.tag_version(step.candidate_version, {ONLINE_LOOKS_TAG: str(step.looks), ONLINE_EVIDENCE_TAG: evidence_tag})
+    if step.action == "wait":
+        return
+    if step.action == "promote":
+        compared = registry.state()
+        if compared.version != champion.version:  # promoted or moved by someone else since this pass began
+            log.info("online gate: the champion moved to %s during the pass; not promoting", compared.version)
+            return
+        refused = registry.replace_champion(step.candidate_version, compared)
+        if refused:
+            log.info("online gate: %s", refused)
+            return
+        registry.tag_version(
+            step.candidate_version,
+            {"lakeloop.gate": "promoted", "lakeloop.gate_reason": step.reason, ONLINE_TAG: "promoted"},
+        )
+        registry.delete_alias(config.gate.online.alias)
+        registry.tag_version(step.candidate_version, {ONLINE_REASON_TAG: step.reason[:4000]})
+    else:
+        registry.retire(config.gate.online.alias, step.candidate_version, step.reason)
+    outcome = retraining_policy.PROMOTED if step.action == "promote" else retraining_policy.REFUSED
+    _record_outcome(config, champion, step.candidate_version, outcome, step.reason)
+    log.warning("online gate: %s version %s: %s", step.action, step.candidate_version, step.reason)
+
+
+def _record_outcome(config: LakeloopConfig, champion: ChampionInfo, version: str, outcome: str, reason: str) -> None:
+    """The retraining attempt that produced `version`, if any, ends with `outcome`; a candidate set by
+    hand (`lakeloop model shadow`) is recorded as an event about the champion."""
+    attempts = [
+        a
+        for a in retraining_policy.fold_attempts(attempt_events(config, champion))
+        if a.candidate_version == version and a.outcome == retraining_policy.CANDIDATE
+    ]
+    kind = "online_promoted" if outcome == retraining_policy.PROMOTED else "online_retired"
+    events = [_attempt_event(champion, a, outcome, reason) for a in attempts] or [
+        attempt_event(champion, kind, candidate_version=version, reason=reason[:4000])
+    ]
+    record_events(config, events)
+
+
+def _close_stale_attempts(config: LakeloopConfig, champion: ChampionInfo, candidate: str | None) -> None:
+    """An attempt whose version is no longer the candidate (the alias was moved or removed by hand)
+    is refused, so the retraining loop does not wait for it for ever."""
+    stale = [
+        a
+        for a in retraining_policy.fold_attempts(attempt_events(config, champion))
+        if a.outcome == retraining_policy.CANDIDATE and a.candidate_version != candidate
+    ]
+    reason = f"no longer the online candidate (@{config.gate.online.alias} was moved or removed)"
+    record_events(config, [_attempt_event(champion, a, retraining_policy.REFUSED, reason) for a in stale])
+
+
+def _attempt_event(champion: ChampionInfo, attempt: retraining_policy.Attempt, outcome: str, reason: str) -> dict:
+    return attempt_event(
+        champion,
+        outcome,
+        attempt.number,
+        submission_id=attempt.submission_id,
+        tune=attempt.tune,
+        training_rows=attempt.training_rows,
+        candidate_version=attempt.candidate_version,
+        reason=reason[:4000],
+        trigger=attempt.trigger,
+    )

@@ -1,0 +1,167 @@
+"""A replica with an online candidate (shadow or canary), on the real replica class with an injected
+model source and real local Delta logs, no cluster: who answers, what lands in the shadow log, and a
+candidate that fails live never failing a client."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipelines.adapters import delta
+from pipelines.adapters.prediction_log import ERROR, MODEL_VERSION, REQUEST_ID, ROLE
+from pipelines.adapters.registry import ModelRef
+from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.scenarios.synthetic import EXAMPLE_ROW
+from serve.app import Pending, in_canary
+from serve.schemas import RecordValidator
+from tests.fakes import FakeSource, UnbatchedServer
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+@pytest.fixture
+def server(config: LakeloopConfig, source: FakeSource) -> Iterator[UnbatchedServer]:
+    replica = UnbatchedServer(config.model_dump_json(), source)
+    yield replica
+    replica.close()
+
+
+def _candidate(source: FakeSource, server: UnbatchedServer, mode: str, percent: float = 0.0) -> None:
+    source.candidate = ModelRef("m", "2", "candidate", "run2", online_mode=mode, canary_percent=percent)
+    assert server.candidates.check()  # loaded and warmed, as the watcher's next poll would
+
+
+def _requests(config: LakeloopConfig, n: int) -> list[Pending]:
+    columns = RecordValidator(config.dataset, 10).columns([EXAMPLE_ROW, EXAMPLE_ROW])
+    return [Pending(uuid.uuid4().hex, columns) for _ in range(n)]
+
+
+def _serve(server: UnbatchedServer, requests: list[Pending]) -> list:
+    """Each request as its own batch, each followed by the shadow scoring it queued (as a replica's
+    event loop runs it between requests)."""
+
+    async def run() -> list:
+        answered = []
+        for request in requests:
+            answered.append((await server.score_requests([request]))[0])
+            await asyncio.gather(*server._shadow_tasks)
+        return answered
+
+    return asyncio.run(run())
+
+
+def _logged(config: LakeloopConfig, server: UnbatchedServer, table: str) -> list[dict]:
+    server.close()  # commits what is spooled
+    read = getattr(delta.tables(config), table).read()
+    return [] if read is None else read.to_pylist()
+
+
+def test_without_a_candidate_nothing_is_scored_in_shadow(config, server) -> None:
+    answered = _serve(server, _requests(config, 5))
+    assert {model.ref.version for model, _ in answered} == {"1"}
+    assert server.shadow.snapshot()["accepted"] == 0
+
+
+def test_in_shadow_the_champion_answers_and_the_candidate_rows_share_the_request_ids(config, source, server) -> None:
+    _candidate(source, server, "shadow")
+    requests = _requests(config, 20)
+    answered = _serve(server, requests)
+    assert {answer[0]["prediction"] for _, answer in answered} == {"1"}  # FakePredictor answers its version
+    served, shadow = _logged(config, server, "predictions"), _logged(config, server, "shadow")
+    assert {r[MODEL_VERSION] for r in served} == {"1"} and len(served) == 40
+    assert {(r[REQUEST_ID], r["row"]) for r in shadow} == {(r[REQUEST_ID], r["row"]) for r in served}
+    assert {(r[MODEL_VERSION], r[ROLE], r["prediction"], r[ERROR]) for r in shadow} == {("2", "candidate", "2", None)}
+
+
+def test_a_canary_answers_its_share_and_the_champion_scores_those_rows_in_shadow(config, source, server) -> None:
+    _candidate(source, server, "canary", 50.0)
+    requests = _requests(config, 60)
+    answered = _serve(server, requests)
+    by_request = {r.request_id: model.ref.version for r, (model, _) in zip(requests, answered, strict=True)}
+    assert by_request == {r.request_id: "2" if in_canary(r.request_id, 50.0) else "1" for r in requests}
+    assert set(by_request.values()) == {"1", "2"}
+    shadow = _logged(config, server, "shadow")
+    assert {(r[REQUEST_ID], r[MODEL_VERSION], r[ROLE]) for r in shadow} == {
+        (rid, "1" if version == "2" else "2", "champion" if version == "2" else "candidate")
+        for rid, version in by_request.items()
+    }
+
+
+@pytest.mark.parametrize("mode", ["shadow", "canary"])
+def test_a_candidate_that_raises_live_fails_no_request_and_its_errors_are_logged(config, source, server, mode) -> None:
+    source.failing_live.add("2")
+    _candidate(source, server, mode, 100 - 1e-9)
+    answered = _serve(server, _requests(config, 10))
+    assert all(not isinstance(answer, Exception) and answer[0]["prediction"] == "1" for _, answer in answered)
+    shadow = _logged(config, server, "shadow")
+    assert len(shadow) == 20
+    assert all(r[MODEL_VERSION] == "2" and r["prediction"] is None and "cannot score" in r[ERROR] for r in shadow)
+
+
+def test_the_candidate_is_dropped_when_its_alias_is_removed(config, source, server) -> None:
+    _candidate(source, server, "shadow")
+    source.candidate = None
+    server.candidates.check()
+    assert server.candidates.current is None and server.describe_candidate() is None
+    _serve(server, _requests(config, 3))
+    assert server.shadow.snapshot()["accepted"] == 0
+
+
+def test_a_full_shadow_queue_drops_shadow_work_not_answers(config, source, server) -> None:
+    tight = config.model_copy(
+        update={
+            "gate": config.gate.model_copy(
+                update={"online": config.gate.online.model_copy(update={"max_shadow_batches": 1})}
+            )
+        }
+    )
+    server.config = tight
+    _candidate(source, server, "shadow")
+
+    async def run() -> list:
+        first = server.score_requests(_requests(config, 1))
+        second = server.score_requests(_requests(config, 1))
+        return await asyncio.gather(first, second)  # the second batch finds the first's shadow work queued
+
+    answers = asyncio.run(run())
+    assert all(not isinstance(a[0][1], Exception) for a in answers)
+    assert server.shadow.snapshot()["accepted"] == 2  # one batch of 2 rows scored in shadow, one dropped
+
+
+def test_the_canary_share_of_5000_server_request_ids_is_inside_the_binomial_99_interval() -> None:
+    from serve.access import Access
+
+    access = Access.of(None, None, "m")
+    chosen = sum(in_canary(access.new_request_id(), 10.0) for _ in range(5000))
+    low, high = stats.binom.interval(0.99, 5000, 0.10)
+    assert low <= chosen <= high, chosen
+
+
+def test_the_same_request_id_always_lands_on_the_same_side() -> None:
+    ids = [uuid.uuid4().hex for _ in range(200)]
+    assert [in_canary(i, 30.0) for i in ids] == [in_canary(i, 30.0) for i in ids]
+    assert Counter(in_canary(i, 30.0) for i in ids)[True] > 0
+
+
+def test_online_gate_config_is_validated(raw_config: dict) -> None:
+    from pipelines.core.errors import ConfigError
+
+    raw_config["gate"] = {"online": {"mode": "shadow", "min_pairs": 500, "max_pairs": 100}}
+    with pytest.raises(ConfigError, match="min_pairs"):
+        parse_config(raw_config)
+    raw_config["gate"] = {"online": {"alias": "champion"}}
+    with pytest.raises(ConfigError, match="gate.online.alias"):
+        parse_config(raw_config)
+    raw_config["gate"] = {"online": {"mode": "canary", "canary_percent": 100}}
+    with pytest.raises(ConfigError, match="canary_percent"):
+        parse_config(raw_config)
+    assert np.isclose(parse_config({**raw_config, "gate": {}}).gate.online.alpha, 0.05)
