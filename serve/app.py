@@ -472,7 +472,7 @@ class ModelServer:
     def _count_roles(self, answered: list[Answered], candidate: LoadedModel, candidate_failures: int) -> None:
         for by, answer in answered:
             if not isinstance(answer, Exception):
-                self.metrics.scored_rows("candidate" if by is candidate else "champion", "served", len(answer))
+                self.metrics.scored_rows(_role(candidate) if by is candidate else "champion", "served", len(answer))
         if candidate_failures:
             self.metrics.candidate_errors.inc(candidate_failures, {"model": self.config.mlflow.registered_model})
 
@@ -491,11 +491,11 @@ class ModelServer:
             if isinstance(answer, Exception):
                 continue  # a 422: nothing was served to compare with
             if i in failed:  # the candidate already failed this canary request: its shadow row is the error
-                work.append((candidate, self.candidates.alias, request, failed[i]))
+                work.append((candidate, _role(candidate), request, failed[i]))
             elif by is candidate:
                 work.append((champion, "champion", request, None))
             else:
-                work.append((candidate, self.candidates.alias, request, None))
+                work.append((candidate, _role(candidate), request, None))
         if len(self._shadow_tasks) >= self.config.gate.online.max_shadow_batches:
             self.metrics.shadow_dropped.inc(
                 sum(_rows(r.columns) for _, _, r, _ in work), {"model": self.config.mlflow.registered_model}
@@ -517,7 +517,7 @@ class ModelServer:
                 output = by_request.get(request.request_id, error)
                 rows += _shadow_rows(model, role, request, output, self.config)
                 if isinstance(output, Scored):
-                    self.metrics.scored_rows("champion" if role == "champion" else "candidate", "shadow", len(output))
+                    self.metrics.scored_rows(role, "shadow", len(output))
         if not rows:
             return
         try:
@@ -632,6 +632,7 @@ class ModelServer:
         ref = candidate.ref
         return {
             "alias": ref.alias,
+            "role": _role(candidate),
             "version": ref.version,
             "mode": ref.online_mode or "shadow",
             "canary_percent": ref.canary_percent if ref.online_mode == "canary" else 0.0,
@@ -678,6 +679,12 @@ class ModelServer:
         self.predictions.close()
         self.feedback.close()
         self.shadow.close()
+
+
+def _role(candidate: LoadedModel) -> str:
+    """What the second model is, in the shadow log and GET /model: the online candidate, or the guard
+    (the champion a promotion replaced, kept in shadow to roll back to)."""
+    return "guard" if candidate.ref.online_state == "guard" else "candidate"
 
 
 def _shadow_rows(

@@ -13,7 +13,7 @@ each carries the application, deployment and replica tags; Ray prefixes every na
     lakeloop_log_lost_rows_total      counter: spooled rows removed (from under the spool) before their commit
     lakeloop_log_broken               gauge: 1 while the log cannot write or its flush thread is gone (unready)
     lakeloop_model_rows_total         counter: while an online candidate is set, rows scored by role
-                                      (champion | candidate) and how (served | shadow)
+                                      (champion | candidate | guard) and how (served | shadow)
     lakeloop_candidate_errors_total   counter: requests the online candidate failed (the client still gets an answer)
     lakeloop_shadow_dropped_rows_total counter: rows not scored in shadow (the replica's shadow queue was full)
 

@@ -53,14 +53,16 @@ FAMILY_TAG = "lakeloop.family"  # the model family a version was trained as (tra
 TRIGGER_KIND_TAG = "lakeloop.trigger"  # why it was trained: drift, retry, learn, release, manual
 FINGERPRINT_TAG = "lakeloop.code_fingerprint"  # the code, model configuration and pins it was trained with
 # The online gate, on a candidate's version: how replicas score it (shadow | canary) and the canary's
-# share; when it became the candidate; the looks spent; its state (candidate | promoted | retired),
-# the reason, and the last evidence (JSON).
+# share; when it became the candidate; the looks spent; its state (candidate | promoted | retired, or
+# for a replaced champion kept in shadow after a promotion: guard | kept | restored), the reason, and
+# the last evidence (JSON).
 ONLINE_MODE_TAG, CANARY_TAG, ONLINE_SINCE_TAG = (
     "lakeloop.online_mode",
     "lakeloop.canary_percent",
     "lakeloop.online_since",
 )
 ONLINE_TAG, ONLINE_REASON_TAG = "lakeloop.online", "lakeloop.online_reason"
+GUARD = "guard"
 ONLINE_LOOKS_TAG, ONLINE_EVIDENCE_TAG = "lakeloop.online_looks", "lakeloop.online_evidence"
 
 
@@ -86,6 +88,7 @@ class ModelRef:
     fingerprint: str = ""  # the code it was trained with (FINGERPRINT_TAG)
     online_mode: str = ""  # an online candidate: shadow or canary (ONLINE_MODE_TAG)
     canary_percent: float = 0.0
+    online_state: str = ""  # candidate, or guard: the replaced champion after a promotion (ONLINE_TAG)
 
 
 class _PyfuncPredictor:
@@ -171,6 +174,7 @@ class Registry:
             version.tags.get(FINGERPRINT_TAG, ""),
             version.tags.get(ONLINE_MODE_TAG, ""),
             float(version.tags.get(CANARY_TAG) or 0.0),
+            version.tags.get(ONLINE_TAG, ""),
         )
 
     def load(self, ref: ModelRef) -> Predictor:
@@ -347,7 +351,7 @@ class Registry:
 
     def nominate(self, alias: str, version: str, mode: str, canary_percent: float, reason: str) -> None:
         """Make `version` the online candidate (`alias`), scored by the replicas in `mode`; its looks
-        start again from 0."""
+        and evidence start again (a version can be a candidate more than once: as the guard later)."""
         self.tag_version(
             version,
             {
@@ -355,15 +359,23 @@ class Registry:
                 CANARY_TAG: f"{canary_percent:g}",
                 ONLINE_SINCE_TAG: str(time.time()),
                 ONLINE_LOOKS_TAG: "0",
+                ONLINE_EVIDENCE_TAG: "null",
                 ONLINE_TAG: "candidate",
                 ONLINE_REASON_TAG: reason[:4000],
             },
         )
         self.set_alias(alias, version)
 
-    def retire(self, alias: str, version: str, reason: str) -> None:
-        """The candidate leaves: the alias is removed (if it still points at `version`) and the reason kept."""
-        self.tag_version(version, {ONLINE_TAG: "retired", ONLINE_REASON_TAG: reason[:4000]})
+    def guard(self, alias: str, replaced: str, reason: str) -> None:
+        """After a promotion, the replaced champion becomes `alias` in shadow: the guard the monitor
+        compares the new champion with, to roll back a promotion that is worse live."""
+        self.nominate(alias, replaced, "shadow", 0.0, reason)
+        self.tag_version(replaced, {ONLINE_TAG: GUARD})
+
+    def retire(self, alias: str, version: str, reason: str, state: str = "retired") -> None:
+        """The candidate (or guard) leaves: the alias is removed (if it still points at `version`), the
+        state and reason kept."""
+        self.tag_version(version, {ONLINE_TAG: state, ONLINE_REASON_TAG: reason[:4000]})
         current = self.version_by_alias(alias)
         if current is not None and str(current.version) == str(version):
             self.delete_alias(alias)

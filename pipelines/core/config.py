@@ -372,6 +372,10 @@ class OnlineGateConfig(StrictModel):
     min_pairs: int = Field(200, ge=10)  # labelled rows both models scored, before any decision
     max_pairs: int = Field(3000, ge=10)  # no significant gain by then: retired
     max_error_rows: int = Field(20, ge=1)  # rows the candidate failed to score live before it is retired
+    # After a promotion (online or offline, with the online gate on) the replaced champion keeps
+    # scoring in shadow as the guard for this many labelled pairs: if it is significantly better
+    # live, the champion is rolled back. 0: no guard.
+    rollback_pairs: int = Field(1000, ge=0)
     bootstrap_rounds: int = Field(500, ge=100)  # the paired bootstrap's resamples (metrics other than accuracy)
     max_shadow_batches: int = Field(8, ge=1)  # per replica, waiting for shadow scoring; more are dropped
 

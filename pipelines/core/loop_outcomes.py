@@ -36,13 +36,14 @@ class RetrainingStep:
 
 @dataclass(frozen=True)
 class OnlineStep:
-    """What the online gate did about the candidate in this pass: promote, retire or wait, and the
-    paired evidence it decided on (metric values on the same labelled rows, one-sided p-values)."""
+    """What the online gate did in this pass about the candidate (promote, retire or wait) or the guard
+    (rollback, keep or wait), and the paired evidence it decided on (the metric of each on the same
+    labelled rows, one-sided p-values: p_better small when the candidate or guard is the better)."""
 
     candidate_version: str
     champion_version: str
-    mode: str  # shadow | canary
-    action: Literal["promote", "retire", "wait"]
+    mode: str  # shadow | canary, or guard: the replaced champion in shadow after a promotion
+    action: Literal["promote", "retire", "wait", "rollback", "keep"]
     reason: str
     metric: str
     pairs: int
@@ -52,6 +53,7 @@ class OnlineStep:
     p_worse: float | None
     looks: int  # looks spent so far (of gate.online.looks)
     error_rows: int  # rows the candidate failed to score live
+    applied: bool = False  # this pass did it (False for a wait, or when a rival monitor acted first)
 
 
 @dataclass(frozen=True)

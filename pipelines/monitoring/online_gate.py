@@ -7,13 +7,19 @@ Only labels received since the candidate was nominated count, and a look is spen
 pairs grew past `min_pairs` since the last one (core/paired_evidence spends alpha over the looks). A
 candidate that failed to score `max_error_rows` rows live is retired whatever its evidence. Each
 decision goes to the candidate's version tags and, for the retraining attempt that produced it, to
-the retraining_attempts table (promoted or refused)."""
+the retraining_attempts table (promoted or refused).
+
+Automatic rollback: a promotion (online, or offline with the gate on) leaves the replaced champion
+as the alias in shadow, the guard. The same paired test then asks whether the guard is better than
+the new champion live; if so the champion is rolled back through the registry's rollback path
+(event `rolled_back`), and after `rollback_pairs` pairs without that the guard ends (`guard_ended`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -33,12 +39,15 @@ from pipelines.adapters.prediction_log import (
     SERVED_AT,
 )
 from pipelines.adapters.registry import (
+    GUARD,
     ONLINE_EVIDENCE_TAG,
     ONLINE_LOOKS_TAG,
     ONLINE_MODE_TAG,
     ONLINE_REASON_TAG,
     ONLINE_SINCE_TAG,
     ONLINE_TAG,
+    PREVIOUS,
+    ChampionState,
     Registry,
 )
 from pipelines.core import metrics, retraining_policy
@@ -129,7 +138,7 @@ def error_rows(config: LakeloopConfig, candidate: str, since: datetime) -> tuple
 
 
 def online_step(config: LakeloopConfig, champion: ChampionInfo) -> OnlineStep | None:
-    """One look at the candidate, if one is set; applies the decision (promote, retire) it reaches."""
+    """One look at the candidate (or the guard), if one is set; applies the decision it reaches."""
     online = config.gate.online
     registry = Registry.from_config(config)
     candidate = with_retries(
@@ -138,38 +147,45 @@ def online_step(config: LakeloopConfig, champion: ChampionInfo) -> OnlineStep | 
     _close_stale_attempts(config, champion, None if candidate is None else str(candidate.version))
     if candidate is None or str(candidate.version) == champion.version:
         return None
-    version, tags = str(candidate.version), candidate.tags
+    tags = candidate.tags
     since = datetime.fromtimestamp(float(tags.get(ONLINE_SINCE_TAG) or candidate.creation_timestamp / 1000), UTC)
-    looks = int(tags.get(ONLINE_LOOKS_TAG) or 0)
-    step = _decide(config, champion, version, tags.get(ONLINE_MODE_TAG) or "shadow", since, looks, tags)
-    _apply(config, registry, champion, step)
-    return step
+    mode = GUARD if tags.get(ONLINE_TAG) == GUARD else tags.get(ONLINE_MODE_TAG) or "shadow"
+    step = _decide(config, champion, str(candidate.version), mode, since, tags)
+    return replace(step, applied=_apply(config, registry, champion, step))
+
+
+# A candidate's verdicts are the actions; for a guard (the replaced champion, in shadow) "the candidate
+# is better" means the new champion is worse live: roll back; "worse" or no gain means keep it.
+GUARD_ACTIONS = {"promote": "rollback", "retire": "keep", "wait": "wait"}
 
 
 def _decide(
-    config: LakeloopConfig, champion: ChampionInfo, version: str, mode: str, since: datetime, looks: int, tags: dict
+    config: LakeloopConfig, champion: ChampionInfo, version: str, mode: str, since: datetime, tags: dict
 ) -> OnlineStep:
-    online = config.gate.online
+    online, guard = config.gate.online, mode == GUARD
     errors, first_error = error_rows(config, version, since)
     pairs = labelled_pairs(config, champion.version, version, since)
     found = evidence(config, pairs) if len(pairs) else None
     last = json.loads(tags.get(ONLINE_EVIDENCE_TAG) or "null") or {}
+    looks = int(tags.get(ONLINE_LOOKS_TAG) or 0)
     new_look = found is not None and found.pairs >= online.min_pairs and found.pairs > int(last.get("pairs") or 0)
     if errors >= online.max_error_rows:
         action, reason = "retire", f"failed to score {errors} live rows (gate.online.max_error_rows): {first_error}"
     elif found is None:
         action, reason = "wait", f"no labelled row scored by both versions {champion.version} and {version} yet"
     elif not new_look:
-        action, reason = (
-            "wait",
-            f"{found.pairs} labelled pairs (a look needs at least {online.min_pairs} and more than the last)",
-        )
+        needed = max(online.min_pairs, int(last.get("pairs") or 0) + 1)
+        action, reason = "wait", f"{found.pairs} labelled pairs; the next look at {needed}"
     else:
-        decided = verdict(found, online.alpha, online.min_pairs, online.max_pairs, online.looks)
+        most = max(online.rollback_pairs, online.min_pairs) if guard else online.max_pairs
+        decided = verdict(found, online.alpha, online.min_pairs, most, online.looks)
         looks += 1
         action, reason = decided.action, decided.reason
         if action == "wait" and looks >= online.looks:
             action, reason = "retire", f"{reason}; no significant gain in {looks} looks (gate.online.looks)"
+    if guard:
+        action = GUARD_ACTIONS[action]
+        reason = f"guard of the promotion of version {champion.version}: {reason}"
     return OnlineStep(
         candidate_version=version,
         champion_version=champion.version,
@@ -191,33 +207,73 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _apply(config: LakeloopConfig, registry: Registry, champion: ChampionInfo, step: OnlineStep) -> None:
-    """Tag the evidence; promote through the compare-and-set (a rival monitor's promotion of the same
-    candidate, or any move of the champion, makes this one a no-op) or retire; record the outcome."""
-    evidence_tag = json.dumps({k: v for k, v in vars(step).items() if k not in ("reason",)})
+def _apply(config: LakeloopConfig, registry: Registry, champion: ChampionInfo, step: OnlineStep) -> bool:
+    """Tag the evidence, then act: promote or roll back through the compare-and-set (a rival monitor
+    that acted first, or any move of the champion since this pass began, makes it a no-op), retire the
+    candidate or end the guard; record what was done. Returns whether this pass acted."""
+    evidence_tag = json.dumps({k: v for k, v in vars(step).items() if k != "reason"})
     registry.tag_version(step.candidate_version, {ONLINE_LOOKS_TAG: str(step.looks), ONLINE_EVIDENCE_TAG: evidence_tag})
     if step.action == "wait":
-        return
-    if step.action == "promote":
+        return False
+    alias = config.gate.online.alias
+    if step.action in ("promote", "rollback"):
         compared = registry.state()
-        if compared.version != champion.version:  # promoted or moved by someone else since this pass began
-            log.info("online gate: the champion moved to %s during the pass; not promoting", compared.version)
-            return
-        refused = registry.replace_champion(step.candidate_version, compared)
+        if compared.version != champion.version:
+            log.info("online gate: the champion moved to %s during the pass; nothing done", compared.version)
+            return False
+        refused = (
+            _promote(config, registry, compared, step)
+            if step.action == "promote"
+            else _roll_back(registry, alias, step)
+        )
         if refused:
             log.info("online gate: %s", refused)
-            return
-        registry.tag_version(
-            step.candidate_version,
-            {"lakeloop.gate": "promoted", "lakeloop.gate_reason": step.reason, ONLINE_TAG: "promoted"},
-        )
-        registry.delete_alias(config.gate.online.alias)
-        registry.tag_version(step.candidate_version, {ONLINE_REASON_TAG: step.reason[:4000]})
+            return False
     else:
-        registry.retire(config.gate.online.alias, step.candidate_version, step.reason)
-    outcome = retraining_policy.PROMOTED if step.action == "promote" else retraining_policy.REFUSED
-    _record_outcome(config, champion, step.candidate_version, outcome, step.reason)
+        registry.retire(alias, step.candidate_version, step.reason, "kept" if step.action == "keep" else "retired")
+    if step.mode == GUARD:
+        kind = "rolled_back" if step.action == "rollback" else "guard_ended"
+        record_events(
+            config, [attempt_event(champion, kind, candidate_version=step.candidate_version, reason=step.reason)]
+        )
+    else:
+        outcome = retraining_policy.PROMOTED if step.action == "promote" else retraining_policy.REFUSED
+        _record_outcome(config, champion, step.candidate_version, outcome, step.reason)
     log.warning("online gate: %s version %s: %s", step.action, step.candidate_version, step.reason)
+    return True
+
+
+def _promote(config: LakeloopConfig, registry: Registry, compared: ChampionState, step: OnlineStep) -> str | None:
+    """The candidate becomes the champion; the replaced one stays in shadow as the guard (unless
+    gate.online.rollback_pairs is 0)."""
+    refused = registry.replace_champion(step.candidate_version, compared)
+    if refused:
+        return refused
+    registry.tag_version(
+        step.candidate_version,
+        {
+            "lakeloop.gate": "promoted",
+            "lakeloop.gate_reason": step.reason[:4000],
+            ONLINE_TAG: "promoted",
+            ONLINE_REASON_TAG: step.reason[:4000],
+        },
+    )
+    online = config.gate.online
+    if online.rollback_pairs and compared.version:
+        registry.guard(online.alias, compared.version, f"replaced by version {step.candidate_version} (online gate)")
+    else:
+        registry.delete_alias(online.alias)
+    return None
+
+
+def _roll_back(registry: Registry, alias: str, step: OnlineStep) -> str | None:
+    """The champion goes back to the guard (it must still be @previous: the registry's rollback path)."""
+    previous = registry.version_by_alias(PREVIOUS)
+    if previous is None or str(previous.version) != step.candidate_version:
+        return f"cannot roll back to version {step.candidate_version}: @{PREVIOUS} is {previous and previous.version}"
+    registry.rollback()
+    registry.retire(alias, step.candidate_version, step.reason, "restored")
+    return None
 
 
 def _record_outcome(config: LakeloopConfig, champion: ChampionInfo, version: str, outcome: str, reason: str) -> None:

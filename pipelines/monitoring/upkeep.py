@@ -20,7 +20,7 @@ def maintained_tables(config: LakeloopConfig) -> list[delta.Table]:
     tables = delta.tables(config)
     if config.maintenance.tables:
         return [tables.named(name) for name in config.maintenance.tables]
-    return [tables.predictions, tables.feedback, tables.labelled, tables.drift_reports]
+    return [tables.predictions, tables.shadow, tables.feedback, tables.labelled, tables.drift_reports]
 
 
 def _unread_since(config: LakeloopConfig, table: delta.Table):

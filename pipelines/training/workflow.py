@@ -279,6 +279,9 @@ def _gate(
         return version, compared, champion_scores, _nominate(config, registry, version, decision), True
     decision = registry.promote(version, compared, decision)
     mlflow.set_tags({"lakeloop.promoted": str(decision.promote).lower(), "lakeloop.gate_reason": decision.reason})
+    online = config.gate.online
+    if decision.promote and compared.version and online.mode != "off" and online.rollback_pairs:
+        registry.guard(online.alias, compared.version, f"replaced by version {version} (offline gate)")
     return version, compared, champion_scores, decision, False
 
 

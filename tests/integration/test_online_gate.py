@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from pipelines import model as model_step
 from pipelines.adapters import delta
 from pipelines.adapters.local_services import free_port
 from pipelines.adapters.prediction_log import MODEL_VERSION
-from pipelines.adapters.registry import ONLINE_TAG, Registry
+from pipelines.adapters.registry import ONLINE_TAG, ChampionState, Registry
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.monitoring.champion import champion_info
 from pipelines.monitoring.online_gate import online_step
@@ -113,9 +114,42 @@ def test_a_better_canary_is_promoted_and_every_logged_row_says_which_model_answe
     assert helpers.wait_for(lambda: delta.tables(models).shadow.count() >= 350, 30)  # 150 before this test
     logged = delta.tables(models).predictions.read(["request_id", MODEL_VERSION]).to_pylist()
     assert all(answered[r["request_id"]] == r[MODEL_VERSION] for r in logged if r["request_id"] in answered)
-    step = online_step(models, champion_info(models))
-    assert step is not None and step.action == "promote", step
+    epoch = registry.state().epoch
+    with ThreadPoolExecutor(2) as pool:  # two monitors deciding at once
+        steps = list(pool.map(lambda _: online_step(models, champion_info(models)), range(2)))
+    assert [s.applied for s in steps].count(True) == 1, steps  # promoted once (the other found it moved, or
+    step = next(s for s in steps if s.applied)  # read the alias after the promotion and saw the guard)
+    assert step.action == "promote"
     assert step.p_better < 0.05 / 3 and step.candidate > step.champion
+    assert registry.state() == ChampionState("1", epoch + 1)
+    events = delta.tables(models).attempts.read().to_pylist()
+    assert [e["candidate_version"] for e in events if e["event"] == "online_promoted"] == ["1"]
+    guard = registry.version_by_alias(models.gate.online.alias)  # the replaced champion stays in shadow
+    assert guard.version == "2" and guard.tags[ONLINE_TAG] == "guard"
+    again = online_step(models, champion_info(models))  # a second monitor: the candidate is decided, the guard waits
+    assert again is not None and (again.mode, again.action, again.pairs) == ("guard", "wait", 0)
+    assert helpers.wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "1", 60)
+
+
+def test_a_promotion_that_is_worse_live_is_rolled_back_by_its_guard(models: LakeloopConfig, endpoint: str) -> None:
+    """A promotion as the workflow makes it with the online gate on (the compare-and-set, then the
+    replaced champion as the guard in shadow), of a model that is worse live."""
+    registry = Registry.from_config(models)
+    replaced = registry.state()
+    assert replaced.version == "1" and registry.replace_champion("2", replaced) is None
+    registry.guard(models.gate.online.alias, "1", "replaced by version 2")
+    assert helpers.wait_for(lambda: _candidate_on(endpoint, "1"), 60, ignore=(httpx.TransportError,))
+    assert httpx.get(f"{endpoint}/model").json()["candidate"]["role"] == "guard"
+    before = delta.tables(models).shadow.count()
+    served = _labelled_traffic(models, endpoint, 150, seed=23)
+    assert {row.version for row in served} == {"2"}
+    assert helpers.wait_for(lambda: delta.tables(models).shadow.count() >= before + 150, 30)
+    assert helpers.wait_for(lambda: delta.tables(models).feedback.count() >= 500, 30)
+    step = online_step(models, champion_info(models))
+    assert step is not None and (step.mode, step.action) == ("guard", "rollback"), step
     assert registry.state().version == "1" and registry.version_by_alias(models.gate.online.alias) is None
-    assert online_step(models, champion_info(models)) is None  # decided once; a second monitor finds nothing to do
+    events = delta.tables(models).attempts.read().to_pylist()
+    assert [(e["champion_version"], e["candidate_version"]) for e in events if e["event"] == "rolled_back"] == [
+        ("2", "1")
+    ]
     assert helpers.wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "1", 60)

@@ -80,6 +80,7 @@ def test_in_shadow_the_champion_answers_and_the_candidate_rows_share_the_request
     assert {r[MODEL_VERSION] for r in served} == {"1"} and len(served) == 40
     assert {(r[REQUEST_ID], r["row"]) for r in shadow} == {(r[REQUEST_ID], r["row"]) for r in served}
     assert {(r[MODEL_VERSION], r[ROLE], r["prediction"], r[ERROR]) for r in shadow} == {("2", "candidate", "2", None)}
+    assert server.describe_candidate()["role"] == "candidate"
 
 
 def test_a_canary_answers_its_share_and_the_champion_scores_those_rows_in_shadow(config, source, server) -> None:
