@@ -4,6 +4,7 @@ down, no endpoint) says so, and the others still show."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +13,7 @@ import httpx
 import pyarrow.compute as pc
 
 from pipelines.adapters import delta, local_services, ray_serve
-from pipelines.adapters.registry import Registry, mlflow_errors
+from pipelines.adapters.registry import ONLINE_EVIDENCE_TAG, ONLINE_MODE_TAG, ONLINE_TAG, Registry, mlflow_errors
 from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.monitoring import reports, retraining
@@ -55,6 +56,58 @@ def _champion_line(champion: dict) -> str:
     if champion.get("fingerprint"):
         line += f", code {champion['fingerprint']}"
     return line
+
+
+def _online(config: LakeloopConfig) -> dict:
+    """The online gate: its mode, the candidate (or guard) with the last evidence, and the newest
+    decision the monitor took on live evidence."""
+    online = config.gate.online
+    with mlflow_errors(config.mlflow.tracking_uri):
+        candidate = Registry.from_config(config).version_by_alias(online.alias)
+    shown: dict = {"mode": online.mode, "alias": online.alias, "candidate": None, "last_decision": None}
+    if candidate is not None:
+        tags = candidate.tags
+        shown["candidate"] = {
+            "version": str(candidate.version),
+            "role": tags.get(ONLINE_TAG) or "candidate",
+            "mode": tags.get(ONLINE_MODE_TAG) or "shadow",
+            "evidence": json.loads(tags.get(ONLINE_EVIDENCE_TAG) or "null"),
+        }
+    table = delta.tables(config).attempts.read()
+    if table is not None:
+        decided = [e for e in table.sort_by("at").to_pylist() if (e.get("reason") or "").startswith("online gate")]
+        if decided:
+            last = decided[-1]
+            shown["last_decision"] = {
+                k: str(last[k]) if k == "at" else last[k]
+                for k in ("event", "candidate_version", "champion_version", "reason", "at")
+            }
+    return shown
+
+
+def _shown(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def _online_lines(online: dict) -> list[str]:
+    if "error" in online:
+        return [f"online gate  {online['error']}"]
+    lines = [f"online gate  {online['mode']}"]
+    candidate = online["candidate"]
+    if candidate:
+        seen = candidate["evidence"] or {}
+        lines[0] += f"; @{online['alias']}: version {candidate['version']} ({candidate['role']}, {candidate['mode']})"
+        if seen.get("pairs"):
+            lines[0] += (
+                f": {seen['metric']} {_shown(seen['candidate'])} vs the champion's {_shown(seen['champion'])} on "
+                f"{seen['pairs']} labelled pairs (p {seen['p_better']:.3g} better, {seen['p_worse']:.3g} worse)"
+            )
+    last = online["last_decision"]
+    if last:
+        lines.append(
+            f"             last: {last['event']} version {last['candidate_version']} at {last['at']}: {last['reason']}"
+        )
+    return lines
 
 
 def _serving(serve_config: Path) -> dict:
@@ -141,6 +194,7 @@ def gather(config: LakeloopConfig, serve_config: Path) -> dict:
         "serving": lambda: _serving(serve_config),
         "drift": lambda: _drift(config),
         "retraining": lambda: _retraining(config),
+        "online": lambda: _online(config),
         "tables": lambda: _tables(config),
     }
     status = {}
@@ -186,6 +240,7 @@ def describe(status: dict) -> str:
         ] or ["retraining   none yet"]
         upcoming = retraining["next"]
         lines.append(f"next         {upcoming['action']}" + (f": {upcoming['reason']}" if upcoming["reason"] else ""))
+    lines += _online_lines(status["online"])
     tables = status["tables"]
     if isinstance(tables, dict):
         lines.append(f"tables       {tables['error']}")

@@ -21,6 +21,7 @@ from pipelines.adapters.prediction_log import MODEL_VERSION
 from pipelines.adapters.registry import ONLINE_TAG, ChampionState, Registry
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.monitoring.champion import champion_info
+from pipelines.monitoring.loop_status import describe, gather
 from pipelines.monitoring.online_gate import online_step
 from pipelines.scenarios import endpoint as shipped_endpoint
 from pipelines.scenarios import synthetic
@@ -129,6 +130,10 @@ def test_a_better_canary_is_promoted_and_every_logged_row_says_which_model_answe
     again = online_step(models, champion_info(models))  # a second monitor: the candidate is decided, the guard waits
     assert again is not None and (again.mode, again.action, again.pairs) == ("guard", "wait", 0)
     assert helpers.wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "1", 60)
+    status = gather(models, helpers.ROOT / "conf" / "serve.yaml")
+    assert status["online"]["candidate"]["role"] == "guard"
+    assert status["online"]["last_decision"]["event"] == "online_promoted"
+    assert "@candidate: version 2 (guard, shadow)" in describe(status)
 
 
 def test_a_promotion_that_is_worse_live_is_rolled_back_by_its_guard(models: LakeloopConfig, endpoint: str) -> None:
@@ -153,3 +158,5 @@ def test_a_promotion_that_is_worse_live_is_rolled_back_by_its_guard(models: Lake
         ("2", "1")
     ]
     assert helpers.wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "1", 60)
+    shown = describe(gather(models, helpers.ROOT / "conf" / "serve.yaml"))
+    assert "last: rolled_back version 1" in shown and "guard of the promotion of version 2" in shown
