@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from pipelines.core.config import OnlineGateConfig
 from pipelines.core.metrics import greater_is_better
 
 
@@ -113,3 +114,24 @@ def verdict(evidence: PairedEvidence, alpha: float, min_pairs: int, max_pairs: i
     if evidence.pairs >= max_pairs:
         return OnlineVerdict("retire", f"{seen}: no significant gain within {max_pairs} (p={evidence.p_better:.4g})")
     return OnlineVerdict("wait", f"{seen}: not yet significant (p={evidence.p_better:.4g} > {level:.4g})")
+
+
+def next_look(
+    evidence: PairedEvidence | None, online: OnlineGateConfig, looks: int, last_pairs: int, max_pairs: int
+) -> tuple[OnlineVerdict, int]:
+    """What a monitor pass decides with the evidence it has: a look is spent (and the looks count
+    returned grows) only when the pairs reached `min_pairs` and grew since the last look (`last_pairs`),
+    so passes with no new labels cannot spend the false-promotion rate; at the last planned look a
+    candidate with no significant gain is retired."""
+    if evidence is None or evidence.pairs == 0:
+        return OnlineVerdict("wait", "no labelled row scored by both models yet"), looks
+    if evidence.pairs < online.min_pairs or evidence.pairs <= last_pairs:
+        needed = max(online.min_pairs, last_pairs + 1)
+        return OnlineVerdict("wait", f"{evidence.pairs} labelled pairs; the next look at {needed}"), looks
+    decided = verdict(evidence, online.alpha, online.min_pairs, max_pairs, online.looks)
+    looks += 1
+    if decided.action == "wait" and looks >= online.looks:
+        return OnlineVerdict(
+            "retire", f"{decided.reason}; no significant gain in {looks} looks (gate.online.looks)"
+        ), looks
+    return decided, looks

@@ -54,7 +54,7 @@ from pipelines.core import metrics, retraining_policy
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.loop_outcomes import OnlineStep
 from pipelines.core.model_output import PREDICTION_COLUMN
-from pipelines.core.paired_evidence import PairedEvidence, mcnemar, paired_bootstrap, verdict
+from pipelines.core.paired_evidence import PairedEvidence, mcnemar, next_look, paired_bootstrap
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring.champion import ChampionInfo
 from pipelines.monitoring.retraining import attempt_event, attempt_events, record_events
@@ -108,7 +108,7 @@ def evidence(config: LakeloopConfig, pairs: pd.DataFrame, seed: int = 0) -> Pair
         targets = dataset.encode_labels(pairs[LABEL])
         columns = probability_columns(dataset)
         outputs = [frame[columns].to_numpy(float) for frame in (champion, candidate)]
-        score: Callable[[np.ndarray, np.ndarray], float] = lambda t, p: metrics.classification(t, p)[metric]
+        score: Callable[[np.ndarray, np.ndarray], float] = lambda t, p: metrics.classification_metric(metric, t, p)
     else:
         targets = pairs[LABEL].astype(float).to_numpy()
         outputs = [frame[PREDICTION_COLUMN].to_numpy(float) for frame in (champion, candidate)]
@@ -168,21 +168,12 @@ def _decide(
     found = evidence(config, pairs) if len(pairs) else None
     last = json.loads(tags.get(ONLINE_EVIDENCE_TAG) or "null") or {}
     looks = int(tags.get(ONLINE_LOOKS_TAG) or 0)
-    new_look = found is not None and found.pairs >= online.min_pairs and found.pairs > int(last.get("pairs") or 0)
     if errors >= online.max_error_rows:
         action, reason = "retire", f"failed to score {errors} live rows (gate.online.max_error_rows): {first_error}"
-    elif found is None:
-        action, reason = "wait", f"no labelled row scored by both versions {champion.version} and {version} yet"
-    elif not new_look:
-        needed = max(online.min_pairs, int(last.get("pairs") or 0) + 1)
-        action, reason = "wait", f"{found.pairs} labelled pairs; the next look at {needed}"
     else:
         most = max(online.rollback_pairs, online.min_pairs) if guard else online.max_pairs
-        decided = verdict(found, online.alpha, online.min_pairs, most, online.looks)
-        looks += 1
+        decided, looks = next_look(found, online, looks, int(last.get("pairs") or 0), most)
         action, reason = decided.action, decided.reason
-        if action == "wait" and looks >= online.looks:
-            action, reason = "retire", f"{reason}; no significant gain in {looks} looks (gate.online.looks)"
     if guard:
         action = GUARD_ACTIONS[action]
         reason = f"guard of the promotion of version {champion.version}: {reason}"

@@ -86,3 +86,24 @@ def test_too_few_pairs_wait_and_bad_settings_are_refused() -> None:
     assert verdict(evidence, ALPHA, 50, MAX_PAIRS, LOOKS).action == "promote"
     with pytest.raises(ValueError, match="alpha"):
         verdict(evidence, 1.5, MIN_PAIRS, MAX_PAIRS, LOOKS)
+
+
+def test_a_look_is_spent_only_when_the_pairs_grew_past_min_pairs_and_the_last_look_retires() -> None:
+    from pipelines.core.config import OnlineGateConfig
+    from pipelines.core.paired_evidence import PairedEvidence, next_look
+
+    online = OnlineGateConfig(min_pairs=100, max_pairs=1000, looks=2)
+    undecided = PairedEvidence("roc_auc", 150, 0.80, 0.81, 0.3, 0.7)
+    assert next_look(None, online, 0, 0, 1000)[0].action == "wait"
+    assert next_look(PairedEvidence("roc_auc", 99, 0.8, 0.9, 0.001, 0.99), online, 0, 0, 1000)[1] == 0
+    decided, looks = next_look(undecided, online, 0, 0, 1000)
+    assert (decided.action, looks) == ("wait", 1)
+    assert next_look(undecided, online, 1, 150, 1000)[1] == 1  # no new pairs since the last look: none spent
+        next_look(undecided, online, 1, 150, 1000)[0],
+        1,
+    )  # no new pairs
+    assert "next look at 151" in next_look(undecided, online, 1, 150, 1000)[0].reason
+    grown = PairedEvidence("roc_auc", 200, 0.80, 0.81, 0.3, 0.7)
+    final, looks = next_look(grown, online, 1, 150, 1000)
+    assert (final.action, looks) == ("retire", 2) and "no significant gain in 2 looks" in final.reason
+    assert next_look(PairedEvidence("roc_auc", 200, 0.8, 0.9, 0.001, 0.99), online, 0, 0, 1000)[0].action == "promote"
