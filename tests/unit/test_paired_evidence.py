@@ -99,9 +99,6 @@ def test_a_look_is_spent_only_when_the_pairs_grew_past_min_pairs_and_the_last_lo
     decided, looks = next_look(undecided, online, 0, 0, 1000)
     assert (decided.action, looks) == ("wait", 1)
     assert next_look(undecided, online, 1, 150, 1000)[1] == 1  # no new pairs since the last look: none spent
-        next_look(undecided, online, 1, 150, 1000)[0],
-        1,
-    )  # no new pairs
     assert "next look at 151" in next_look(undecided, online, 1, 150, 1000)[0].reason
     grown = PairedEvidence("roc_auc", 200, 0.80, 0.81, 0.3, 0.7)
     final, looks = next_look(grown, online, 1, 150, 1000)
