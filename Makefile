@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.batch_inference
 	$(BIN)/python -m benchmarks.drift_stats
+	$(BIN)/python -m benchmarks.online_gate
 	$(BIN)/python -m benchmarks.loop
 	$(BIN)/python -m benchmarks.recovery
 	$(BIN)/python -m benchmarks.learning_curve

@@ -1,6 +1,6 @@
 """Recovery after abrupt concept drift: the loop left alone, against what else a team could run.
 
-    python -m benchmarks.recovery [--streams churn,sea] [--calm-rows 6000] [--drift-rows 3000]
+    python -m benchmarks.recovery [--streams churn,sea] [--calm-rows 6000] [--drift-rows 3000] [--online-mode shadow]
 
 Each stream runs on the real embedded stack (an `mlflow server`, a Ray head with the Jobs API, a
 Serve endpoint): a champion trained on 4,000 rows of the old concept, then a labelled stream
@@ -71,7 +71,7 @@ STREAMS = {
 }
 
 
-def stream_config(stream: Stream, root: Path, tracking_uri: str, gcs: str, jobs_api: str):
+def stream_config(stream: Stream, root: Path, tracking_uri: str, gcs: str, jobs_api: str, online_mode: str = "off"):
     import yaml
 
     from pipelines.core.config import parse_config
@@ -83,6 +83,7 @@ def stream_config(stream: Stream, root: Path, tracking_uri: str, gcs: str, jobs_
     raw["ray"]["dashboard"] = jobs_api
     raw["serving"]["poll_interval_s"] = 1.0
     raw["serving"]["prediction_log"].update(flush_interval_s=0.5)
+    raw["gate"]["online"]["mode"] = online_mode
     if stream.name == "sea":
         raw["dataset"].update(label="label", features=[{"name": f, "kind": "numeric"} for f in stream.features])
         raw["gate"].update(metric="accuracy", thresholds={"accuracy": 0.7})
@@ -137,6 +138,7 @@ def run_stream(
     serve_port: int,
     calm_rows: int,
     drift_rows: int,
+    online_mode: str = "off",
 ) -> dict:
     from ray import serve
 
@@ -147,7 +149,7 @@ def run_stream(
     from pipelines.scenarios.traffic import LabelledStream
     from pipelines.training.workflow import train_and_register
 
-    config = stream_config(stream, workdir / stream.name, tracking_uri, gcs, jobs_api)
+    config = stream_config(stream, workdir / stream.name, tracking_uri, gcs, jobs_api, online_mode)
     delta.tables(config).events.append(stream.table(4000, 1))
     first = train_and_register(config)
     app = endpoint.variant(config, f"recovery-{stream.name}", f"/{stream.name}")
@@ -165,7 +167,7 @@ def run_stream(
         calm_triggers += bool(result.check.triggered)
         jobs += [result.job] if result.job else []
     drift_at = len(served)
-    recovered_at, submitted_with = None, None
+    recovered_at, submitted_with, trained_with = None, None, 0
     for seed in range(drift_rows // DRIFT_ROUND):
         frames.append(stream.rows(DRIFT_ROUND, 2000 + seed, drifted=True))
         labelled_before = loop.labelled
@@ -173,8 +175,9 @@ def run_stream(
         served += result.served
         if result.job:
             jobs.append(result.job)
-            if result.swapped and recovered_at is None:
-                recovered_at, submitted_with = len(served), labelled_before + len(result.served) - drift_at
+            trained_with = labelled_before + len(result.served) - drift_at  # post-drift rows when submitted
+        if result.swapped and recovered_at is None:  # the job's promotion, or the online gate's
+            recovered_at, submitted_with = len(served), trained_with
         if recovered_at is not None and len(served) - recovered_at >= AFTER_RECOVERY:
             break
     loop_seconds = time.perf_counter() - started
@@ -212,6 +215,7 @@ def run_stream(
         "jobs": [asdict(j) for j in jobs],
         "loop_seconds": round(loop_seconds, 1),
         "failed_requests": loop.stream.failed,
+        "online_mode": online_mode,
     }
     if recovered_at is None:
         result.update(recovered=False, prequential=_segments(predictions, labels, drift_at, None))
@@ -289,6 +293,9 @@ def main() -> None:
     parser.add_argument("--streams", default="churn,sea")
     parser.add_argument("--calm-rows", type=int, default=6000)
     parser.add_argument("--drift-rows", type=int, default=3000)
+    parser.add_argument(
+        "--online-mode", choices=("off", "shadow", "canary"), default="off", help="gate.online.mode for every stream"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
@@ -317,6 +324,7 @@ def main() -> None:
                             port,
                             args.calm_rows,
                             args.drift_rows,
+                            args.online_mode,
                         )
                     )
                     print(report(results[-1:]), flush=True)

@@ -105,6 +105,28 @@ def _drift(data: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _online_gate(data: dict) -> list[tuple[str, str, str, str]]:
+    pooled, alpha, kinds = data["pooled"], data["alpha"], data["summary"]
+    rate = pooled["online_false"] / max(pooled["not_better"], 1)
+    offline = pooled["offline_false"] / max(pooled["not_better"], 1)
+    better = kinds["better"]["rows_to_promote"]
+    return [
+        (
+            "online gate",
+            f"false promotions of {pooled['not_better']} candidates not better live "
+            f"(offline gate alone: {offline:.2f})",
+            f"{rate:.3f} (95% upper bound {data['false_promotion_upper_95']:.3f})",
+            "met" if rate <= alpha else "MISSED",
+        ),
+        (
+            "online gate",
+            f"better candidates after a concept change promoted ({kinds['better']['trials']} trials)",
+            f"{len(better)}, after at most {max(better, default=0)} labelled rows",
+            "",
+        ),
+    ]
+
+
 def _loop(data: dict) -> list[tuple[str, str, str, str]]:
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in data["stages"].items())
     return [("loop", "drifted traffic checked -> new model serving", f"{data['total_s']:.0f} s ({stages})", "")]
@@ -239,6 +261,7 @@ SECTIONS = {
     "training": _training,
     "batch_inference": _batch,
     "drift_stats": _drift,
+    "online_gate": _online_gate,
     "loop": _loop,
     "recovery": _recovery,
     "learning_curve": _learning_curve,

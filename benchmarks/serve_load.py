@@ -3,7 +3,9 @@
     python -m benchmarks.serve_load [--seconds 8] [--concurrency 1 8 32]
 
 Servers: lakeloop's Serve app as shipped (HAProxy ingress, conf/serve.yaml's deployment options,
-request validation, @serve.batch, Delta prediction logging); the same app with a fixed 5 ms batch
+request validation, @serve.batch, Delta prediction logging), and the same with a second version of
+the model set as the online candidate in shadow (every request scored twice, the shadow rows logged
+too); the same app with a fixed 5 ms batch
 wait (the setting before batching stopped waiting when nothing else is queued), behind Ray's default
 Python proxy, with two replicas from the start, and with smaller batches (the alternatives the
 shipped defaults are chosen against); a no-op deployment with the shipped options behind the same
@@ -21,12 +23,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import RECORD, ROOT, call_ms, registered_model, tree_cpu_jiffies, user_frames, write_result
 from benchmarks.http_load import load, require_wrk
+from pipelines.adapters.registry import Registry
 from pipelines.scenarios import synthetic
 
 # The shipped configuration and the alternatives its defaults were chosen against.
@@ -37,8 +41,10 @@ SERVE_MODES = {
     "serve (HAProxy, 2 replicas from the start)": {"min_replicas": 2},
     "serve (HAProxy, max_batch_size 8)": {"max_batch_size": 8},
     "no-op Serve deployment (HAProxy, shipped options)": {"noop": True},
+    "serve (HAProxy, shipped, a candidate in shadow)": {"shadow": True},
 }
 SHIPPED, NOOP = "serve (HAProxy, shipped)", "no-op Serve deployment (HAProxy, shipped options)"
+SHADOW = "serve (HAProxy, shipped, a candidate in shadow)"
 MLFLOW1, BARE = "mlflow models serve (1 worker)", "bare FastAPI/uvicorn (1 worker)"
 BODY = json.dumps({"dataframe_records": [RECORD]})
 
@@ -161,15 +167,36 @@ def serve_child(mode: str, tracking_uri: str, seconds: float, concurrencies: lis
         app = endpoint.variant(config, "bench", "/", **overrides)
         url = endpoint.deploy(config, f"http://{context.dashboard_url}", free_port(), app, main=False)
         _wait_until_up(url, "/health")
+        if variant.get("shadow"):
+            _shadow_candidate(config, url)
 
         def running() -> int:
             deployments = serve.status().applications["bench"].deployments
             return sum(d.replica_states.get("RUNNING", 0) for d in deployments.values())
 
-        rows = sweep(mode, f"{url}/invocations", concurrencies, seconds, running)
+        try:
+            rows = sweep(mode, f"{url}/invocations", concurrencies, seconds, running)
+        finally:
+            if variant.get("shadow"):  # the registered model is shared with the other servers
+                Registry.from_config(config).delete_alias(config.gate.online.alias)
         serve.shutdown()
         ray.shutdown()
     return rows
+
+
+def _shadow_candidate(config, url: str) -> None:
+    """A copy of the champion's version as the online candidate in shadow, once the replica has it."""
+    import httpx
+
+    registry = Registry.from_config(config)
+    champion = registry.state().version
+    copied = registry.client.copy_model_version(f"models:/{registry.name}/{champion}", registry.name)
+    registry.nominate(config.gate.online.alias, str(copied.version), "shadow", 0.0, "serve_load benchmark")
+    deadline = time.monotonic() + 120
+    while (httpx.get(f"{url}/model", timeout=10).json().get("candidate") or {}).get("version") != str(copied.version):
+        if time.monotonic() > deadline:
+            raise SystemExit("the replica never loaded the shadow candidate")
+        time.sleep(0.5)
 
 
 def process_server(
@@ -256,6 +283,16 @@ def _ratios(rows: list[dict], low: int, high: int) -> list[tuple[str, float, str
             "< 1",
         ),
         (f"c={high}: req/s vs the no-op deployment", at(SHIPPED, high)["rps"] / at(NOOP, high)["rps"], ">= 0.4"),
+        (
+            f"c={high}: req/s, a candidate in shadow vs none",
+            at(SHADOW, high)["rps"] / at(SHIPPED, high)["rps"],
+            ">= 0.85",
+        ),
+        (
+            f"c={low}: p50 ms added by a candidate in shadow",
+            at(SHADOW, low)["p50_ms"] - at(SHIPPED, low)["p50_ms"],
+            "<= 0.3",
+        ),
     ]
 
 
@@ -281,7 +318,7 @@ def main() -> None:
         print("pyfunc predict", predict, flush=True)
         for number in range(args.rounds):
             # The first round runs every alternative; later ones only what the ratios need.
-            modes = list(SERVE_MODES) if number == 0 else [SHIPPED, NOOP]
+            modes = list(SERVE_MODES) if number == 0 else [SHIPPED, NOOP, SHADOW]
             rows = [row for mode in modes for row in _serve_rows(mode, model.tracking_uri, seconds, concurrencies)]
             rows += _mlflow_rows(model.local_dir, 1, concurrencies, seconds)
             if number == 0:

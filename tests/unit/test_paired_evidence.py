@@ -104,3 +104,17 @@ def test_a_look_is_spent_only_when_the_pairs_grew_past_min_pairs_and_the_last_lo
     final, looks = next_look(grown, online, 1, 150, 1000)
     assert (final.action, looks) == ("retire", 2) and "no significant gain in 2 looks" in final.reason
     assert next_look(PairedEvidence("roc_auc", 200, 0.8, 0.9, 0.001, 0.99), online, 0, 0, 1000)[0].action == "promote"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_rank_auc_equals_scikit_learns_with_ties_and_duplicates(seed: int) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.core.metrics import binary_auc
+
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500) + 0.3 * targets, 1)  # coarse: many ties
+    rows = rng.integers(0, 500, 500)  # a bootstrap resample: duplicated rows
+    assert binary_auc(targets[rows], scores[rows]) == pytest.approx(roc_auc_score(targets[rows], scores[rows]))
+    assert np.isnan(binary_auc(np.ones(5), scores[:5]))
