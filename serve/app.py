@@ -35,15 +35,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipelines.adapters import delta
 from pipelines.adapters.log_spool import Check, LogSpool, SpoolRefused
 from pipelines.adapters.prediction_log import (
-    ERROR,
     FEEDBACK_SCHEMA,
-    OUTPUT,
-    PREDICTION,
-    ROLE,
+    SHADOW_SCHEMA,
     feedback_row,
     prediction_rows,
     predictions_schema,
-    shadow_schema,
 )
 from pipelines.adapters.ray_serve import FEEDBACK_KEY_ENV, api_key_digest, api_key_from_env
 from pipelines.adapters.registry import ModelRef, Predictor, Registry
@@ -63,6 +59,7 @@ from serve.schemas import (
     predict_request_model,
     prediction_check,
 )
+from serve.shadow_scoring import ShadowScorer, ShadowWork
 
 log = logging.getLogger("lakeloop.serve")
 ROUTES = ("/invocations", "/predict", "/feedback", "/health", "/model", "/docs", "/openapi.json")
@@ -394,13 +391,12 @@ class ModelServer:
             owner,
             feedback_check(dataset, serving.max_rows_per_request, self.access.issued),
         )
-        self.shadow = _spool(
-            self.config, log_config.shadow_table, shadow_schema(dataset), owner, prediction_check(dataset)
-        )
-        self._shadow_tasks: set[asyncio.Task] = set()
+        # shadow rows hold no client input (the model's output only): nothing to check when adopted
+        self.shadow = _spool(self.config, log_config.shadow_table, SHADOW_SCHEMA, owner, lambda row: None)
         self._size_batches()
         self.metrics = ServingMetrics(self.config.mlflow.registered_model, self.config.dataset.task == "classification")
         self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
+        self.shadow_scorer = ShadowScorer(self.shadow, self.metrics, self.config.gate.online.max_shadow_batches).start()
         self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
         self.candidates = ModelWatcher(source, self.config, alias=self.config.gate.online.alias, optional=True)
         # Serve routes to a replica once its constructor returns. A replica that took traffic before
@@ -484,65 +480,18 @@ class ModelServer:
         answered: list[Answered],
         failed: dict[int, str],
     ) -> None:
-        """Queue the shadow scoring of this batch (at most gate.online.max_shadow_batches wait per
-        replica; a batch past that is dropped and counted, never delays an answer)."""
-        work: list[tuple[LoadedModel, str, Pending, str | None]] = []  # model, role, request, known error
+        """Queue the shadow scoring of this batch: each answered request by the model that did not
+        answer it (serve/shadow_scoring.py scores it off the request path)."""
+        work = []
         for i, (request, (by, answer)) in enumerate(zip(requests, answered, strict=True)):
             if isinstance(answer, Exception):
                 continue  # a 422: nothing was served to compare with
-            if i in failed:  # the candidate already failed this canary request: its shadow row is the error
-                work.append((candidate, _role(candidate), request, failed[i]))
-            elif by is candidate:
-                work.append((champion, "champion", request, None))
-            else:
-                work.append((candidate, _role(candidate), request, None))
-        if len(self._shadow_tasks) >= self.config.gate.online.max_shadow_batches:
-            self.metrics.shadow_dropped.inc(
-                sum(_rows(r.columns) for _, _, r, _ in work), {"model": self.config.mlflow.registered_model}
+            other = champion if by is candidate and i not in failed else candidate
+            role = "champion" if other is champion else _role(candidate)
+            work.append(
+                ShadowWork(other.ref, other.predictor, role, request.request_id, request.columns, failed.get(i))
             )
-            return
-        task = asyncio.get_running_loop().create_task(self._score_shadow(work))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
-
-    async def _score_shadow(self, work: list[tuple[LoadedModel, str, Pending, str | None]]) -> None:
-        rows: list[dict] = []
-        models = {role: model for model, role, _, _ in work}  # the champion, the candidate (by its alias)
-        for role, model in models.items():
-            mine = [(request, error) for _, r, request, error in work if r == role]
-            scored = [request for request, error in mine if error is None]
-            outputs = await self._shadow_outputs(model, [r.columns for r in scored]) if scored else []
-            by_request = dict(zip((r.request_id for r in scored), outputs, strict=True))
-            for request, error in mine:
-                output = by_request.get(request.request_id, error)
-                rows += _shadow_rows(model, role, request, output, self.config)
-                if isinstance(output, Scored):
-                    self.metrics.scored_rows(role, "shadow", len(output))
-        if not rows:
-            return
-        try:
-            self.shadow.add(rows)
-        except SpoolRefused:  # the served log refuses requests in this state; shadow rows are only evidence
-            self.metrics.shadow_dropped.inc(len(rows), {"model": self.config.mlflow.registered_model})
-
-    async def _shadow_outputs(self, model: LoadedModel, requests: list[dict[str, np.ndarray]]) -> list[Scored | str]:
-        """Each request's output from `model` (in a thread: the event loop keeps answering), or why it
-        failed; a failed batch is scored request by request, as on the request path."""
-        try:
-            output = await asyncio.to_thread(
-                model.predictor.predict_columns, {n: np.concatenate([r[n] for r in requests]) for n in requests[0]}
-            )
-        except Exception:  # noqa: BLE001 - isolate the request that caused it, below
-            outputs: list[Scored | str] = []
-            for columns in requests:
-                try:
-                    outputs.append(await asyncio.to_thread(model.predictor.predict_columns, columns))
-                except Exception as exc:  # noqa: BLE001 - logged as the row's error, counted
-                    outputs.append(f"{type(exc).__name__}: {exc}")
-                    self.metrics.candidate_errors.inc(1, {"model": self.config.mlflow.registered_model})
-            return outputs
-        bounds = np.cumsum([0, *map(_rows, requests)]).tolist()
-        return [output.slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.shadow_scorer.submit(work)
 
     async def _predict_each(
         self, model: LoadedModel, requests: list[dict[str, np.ndarray]]
@@ -676,6 +625,7 @@ class ModelServer:
         self.reporter.stop()
         self.watcher.stop()
         self.candidates.stop()
+        self.shadow_scorer.stop()
         self.predictions.close()
         self.feedback.close()
         self.shadow.close()
@@ -685,27 +635,6 @@ def _role(candidate: LoadedModel) -> str:
     """What the second model is, in the shadow log and GET /model: the online candidate, or the guard
     (the champion a promotion replaced, kept in shadow to roll back to)."""
     return "guard" if candidate.ref.online_state == "guard" else "candidate"
-
-
-def _shadow_rows(
-    model: LoadedModel, role: str, request: Pending, output: Scored | str, config: LakeloopConfig
-) -> list[dict]:
-    """A request's rows as `model` scored them in shadow (`output`), or with the reason it could not."""
-    failed = isinstance(output, str)
-    rows = prediction_rows(
-        request.request_id,
-        model.ref.name,
-        model.ref.version,
-        datetime.now(UTC),
-        _as_lists(request.columns),
-        [{}] * _rows(request.columns) if failed else output.rows(),
-        config.dataset,
-    )
-    for row in rows:
-        row[ROLE], row[ERROR] = role, output[:2000] if failed else None
-        if failed:
-            row[PREDICTION] = row[OUTPUT] = None
-    return rows
 
 
 def build_deployment(config: LakeloopConfig, access: Access):

@@ -104,6 +104,9 @@ class ServingMetrics:
     def scored_rows(self, role: str, how: str, rows: int) -> None:
         self.role_rows.inc(rows, {"model": self.model_name, "role": role, "how": how})
 
+    def dropped_shadow_rows(self, rows: int) -> None:
+        self.shadow_dropped.inc(rows, {"model": self.model_name})
+
     def unknown_categories(self, output: Scored) -> None:
         """What the model counted while encoding (lakeloop models count; other pyfuncs do not)."""
         for feature, count in output.unknown.items():

@@ -42,14 +42,37 @@ def predictions_schema(dataset: DatasetConfig) -> pa.Schema:
     )
 
 
-def shadow_schema(dataset: DatasetConfig) -> pa.Schema:
-    """The predictions' columns, plus the alias the shadow model followed (`role`: the candidate, or the
-    champion while a canary answered) and, when it failed to score the row, why (`error`, output null)."""
-    return (
-        predictions_schema(dataset)
-        .append(pa.field(ROLE, pa.string(), nullable=False))
-        .append(pa.field(ERROR, pa.string()))
-    )
+SHADOW_SCHEMA = pa.schema(
+    [
+        pa.field(REQUEST_ID, pa.string(), nullable=False),
+        pa.field(ROW, pa.int32(), nullable=False),
+        pa.field(SERVED_AT, UTC_MICROS, nullable=False),
+        pa.field(MODEL_NAME, pa.string(), nullable=False),
+        pa.field(MODEL_VERSION, pa.string(), nullable=False),
+        pa.field(PREDICTION, pa.string()),
+        pa.field(OUTPUT, pa.string()),
+        pa.field(ROLE, pa.string(), nullable=False),  # candidate, guard, or champion (a canary answered)
+        pa.field(ERROR, pa.string()),  # why the model could not score the row (output null)
+    ]
+)  # no features: the served row in `predictions` (same request id and row) holds them
+
+
+def shadow_row(
+    request_id: str, row: int, model_name: str, version: str, served_at: datetime, output: dict | str, role: str
+) -> dict:
+    """One row as a model scored it in shadow (`output`), or the reason it could not (a string)."""
+    failed = isinstance(output, str)
+    return {
+        REQUEST_ID: request_id,
+        ROW: row,
+        SERVED_AT: served_at,
+        MODEL_NAME: model_name,
+        MODEL_VERSION: version,
+        PREDICTION: None if failed else str(output.get(PREDICTION)),
+        OUTPUT: None if failed else json.dumps(output, default=str),
+        ROLE: role,
+        ERROR: output[:2000] if failed else None,
+    }
 
 
 FEEDBACK_SCHEMA = pa.schema(

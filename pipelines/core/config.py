@@ -380,7 +380,7 @@ class OnlineGateConfig(StrictModel):
     # live, the champion is rolled back. 0: no guard.
     rollback_pairs: int = Field(1000, ge=0)
     bootstrap_rounds: int = Field(500, ge=100)  # the paired bootstrap's resamples (metrics other than accuracy)
-    max_shadow_batches: int = Field(8, ge=1)  # per replica, waiting for shadow scoring; more are dropped
+    max_shadow_batches: int = Field(1024, ge=1)  # per replica, waiting for shadow scoring; more are dropped
 
     @model_validator(mode="after")
     def _pairs(self) -> OnlineGateConfig:

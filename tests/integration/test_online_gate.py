@@ -180,8 +180,8 @@ def test_a_candidate_that_raises_fails_no_request_is_reported_and_retired(
 
     assert helpers.wait_for(reported, 60, ignore=(httpx.TransportError,))  # it never loads: warm-up fails
     served_before = delta.tables(models).predictions.count()
-    _labelled_traffic(models, endpoint, 120, seed=24)  # asserts no request failed
-    assert helpers.wait_for(lambda: delta.tables(models).predictions.count() >= served_before + 120, 30)
+    _labelled_traffic(models, endpoint, 200, seed=24)  # asserts no request failed
+    assert helpers.wait_for(lambda: delta.tables(models).predictions.count() >= served_before + 200, 30)
     step = online_step(models, champion_info(models))
     assert step is not None and step.action == "retire" and step.applied, step
     assert "no replica scored it" in step.reason

@@ -46,17 +46,14 @@ def _requests(config: LakeloopConfig, n: int) -> list[Pending]:
 
 
 def _serve(server: UnbatchedServer, requests: list[Pending]) -> list:
-    """Each request as its own batch, each followed by the shadow scoring it queued (as a replica's
-    event loop runs it between requests)."""
+    """Each request as its own batch, then wait until the shadow thread has scored what they queued."""
 
     async def run() -> list:
-        answered = []
-        for request in requests:
-            answered.append((await server.score_requests([request]))[0])
-            await asyncio.gather(*server._shadow_tasks)
-        return answered
+        return [(await server.score_requests([request]))[0] for request in requests]
 
-    return asyncio.run(run())
+    answered = asyncio.run(run())
+    server.shadow_scorer.join()
+    return answered
 
 
 def _logged(config: LakeloopConfig, server: UnbatchedServer, table: str) -> list[dict]:
@@ -117,25 +114,27 @@ def test_the_candidate_is_dropped_when_its_alias_is_removed(config, source, serv
     assert server.shadow.snapshot()["accepted"] == 0
 
 
-def test_a_full_shadow_queue_drops_shadow_work_not_answers(config, source, server) -> None:
-    tight = config.model_copy(
-        update={
-            "gate": config.gate.model_copy(
-                update={"online": config.gate.online.model_copy(update={"max_shadow_batches": 1})}
-            )
-        }
-    )
-    server.config = tight
-    _candidate(source, server, "shadow")
+def test_a_full_shadow_queue_drops_shadow_work_and_counts_it(config, source) -> None:
+    from serve.metrics import ServingMetrics
+    from serve.shadow_scoring import ShadowScorer, ShadowWork
 
-    async def run() -> list:
-        first = server.score_requests(_requests(config, 1))
-        second = server.score_requests(_requests(config, 1))
-        return await asyncio.gather(first, second)  # the second batch finds the first's shadow work queued
-
-    answers = asyncio.run(run())
-    assert all(not isinstance(a[0][1], Exception) for a in answers)
-    assert server.shadow.snapshot()["accepted"] == 2  # one batch of 2 rows scored in shadow, one dropped
+    server = UnbatchedServer(config.model_dump_json(), source)
+    try:
+        _candidate(source, server, "shadow")
+        metrics = ServingMetrics("m", True)
+        scorer = ShadowScorer(server.shadow, metrics, max_waiting=1)  # not started: nothing drains yet
+        candidate = server.candidates.current
+        work = [
+            ShadowWork(candidate.ref, candidate.predictor, "candidate", r.request_id, r.columns)
+            for r in _requests(config, 2)
+        ]
+        assert scorer.submit(work[:1]) and not scorer.submit(work[1:])  # the second waits for a full queue: dropped
+        scorer.start()
+        scorer.join()
+        assert server.shadow.snapshot()["accepted"] == 2  # the first request's 2 rows only
+    finally:
+        scorer.stop()
+        server.close()
 
 
 def test_the_canary_share_of_5000_server_request_ids_is_inside_the_binomial_99_interval() -> None:
