@@ -27,30 +27,25 @@ def feature_field(name: str, kind: str) -> pa.Field:
     return pa.field(name, pa.float64() if kind == "numeric" else pa.string())
 
 
+# Which row of which request, when, by which model: the head of both the served and the shadow log.
+SCORED_BY = [
+    pa.field(REQUEST_ID, pa.string(), nullable=False),
+    pa.field(ROW, pa.int32(), nullable=False),
+    pa.field(SERVED_AT, UTC_MICROS, nullable=False),
+    pa.field(MODEL_NAME, pa.string(), nullable=False),
+    pa.field(MODEL_VERSION, pa.string(), nullable=False),
+]
+ANSWER = [pa.field(PREDICTION, pa.string()), pa.field(OUTPUT, pa.string())]  # output: the row's whole answer, JSON
+
+
 def predictions_schema(dataset: DatasetConfig) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field(REQUEST_ID, pa.string(), nullable=False),
-            pa.field(ROW, pa.int32(), nullable=False),
-            pa.field(SERVED_AT, UTC_MICROS, nullable=False),
-            pa.field(MODEL_NAME, pa.string(), nullable=False),
-            pa.field(MODEL_VERSION, pa.string(), nullable=False),
-            *(feature_field(f.name, f.kind) for f in dataset.features),
-            pa.field(PREDICTION, pa.string()),
-            pa.field(OUTPUT, pa.string()),  # the full model output for the row, as JSON
-        ]
-    )
+    return pa.schema([*SCORED_BY, *(feature_field(f.name, f.kind) for f in dataset.features), *ANSWER])
 
 
 SHADOW_SCHEMA = pa.schema(
     [
-        pa.field(REQUEST_ID, pa.string(), nullable=False),
-        pa.field(ROW, pa.int32(), nullable=False),
-        pa.field(SERVED_AT, UTC_MICROS, nullable=False),
-        pa.field(MODEL_NAME, pa.string(), nullable=False),
-        pa.field(MODEL_VERSION, pa.string(), nullable=False),
-        pa.field(PREDICTION, pa.string()),
-        pa.field(OUTPUT, pa.string()),
+        *SCORED_BY,
+        *ANSWER,
         pa.field(ROLE, pa.string(), nullable=False),  # candidate, guard, or champion (a canary answered)
         pa.field(ERROR, pa.string()),  # why the model could not score the row (output null)
     ]

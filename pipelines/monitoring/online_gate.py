@@ -57,7 +57,7 @@ from pipelines.core.model_output import PREDICTION_COLUMN
 from pipelines.core.paired_evidence import PairedEvidence, mcnemar, next_look, paired_bootstrap
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring.champion import ChampionInfo
-from pipelines.monitoring.retraining import attempt_event, attempt_events, record_events
+from pipelines.monitoring.retraining import attempt_event, attempt_events, outcome_event, record_events
 from pipelines.training.fitted_model import probability_columns
 from pipelines.training.labelled_feedback import label_problem, standing_labels
 
@@ -299,7 +299,7 @@ def _record_outcome(config: LakeloopConfig, champion: ChampionInfo, version: str
         if a.candidate_version == version and a.outcome == retraining_policy.CANDIDATE
     ]
     kind = "online_promoted" if outcome == retraining_policy.PROMOTED else "online_retired"
-    events = [_attempt_event(champion, a, outcome, reason) for a in attempts] or [
+    events = [outcome_event(champion, a, outcome, reason, a.candidate_version) for a in attempts] or [
         attempt_event(champion, kind, candidate_version=version, reason=reason[:4000])
     ]
     record_events(config, events)
@@ -314,18 +314,6 @@ def _close_stale_attempts(config: LakeloopConfig, champion: ChampionInfo, candid
         if a.outcome == retraining_policy.CANDIDATE and a.candidate_version != candidate
     ]
     reason = f"no longer the online candidate (@{config.gate.online.alias} was moved or removed)"
-    record_events(config, [_attempt_event(champion, a, retraining_policy.REFUSED, reason) for a in stale])
-
-
-def _attempt_event(champion: ChampionInfo, attempt: retraining_policy.Attempt, outcome: str, reason: str) -> dict:
-    return attempt_event(
-        champion,
-        outcome,
-        attempt.number,
-        submission_id=attempt.submission_id,
-        tune=attempt.tune,
-        training_rows=attempt.training_rows,
-        candidate_version=attempt.candidate_version,
-        reason=reason[:4000],
-        trigger=attempt.trigger,
+    record_events(
+        config, [outcome_event(champion, a, retraining_policy.REFUSED, reason, a.candidate_version) for a in stale]
     )

@@ -129,20 +129,25 @@ def reconcile(config: LakeloopConfig, champion: ChampionInfo, events: list[dict]
             and (outcome := job_outcome(config, attempt.submission_id)) is not None
         ):
             kind, reason, candidate = outcome
-            found.append(
-                attempt_event(
-                    champion,
-                    kind,
-                    attempt.number,
-                    submission_id=attempt.submission_id,
-                    tune=attempt.tune,
-                    training_rows=attempt.training_rows,
-                    candidate_version=candidate,
-                    reason=reason,
-                    trigger=attempt.trigger,
-                )
-            )
+            found.append(outcome_event(champion, attempt, kind, reason, candidate))
     return found
+
+
+def outcome_event(
+    champion: ChampionInfo, attempt: retraining_policy.Attempt, kind: str, reason: str, candidate: str | None
+) -> dict:
+    """The event that ends (or moves on) an attempt: its outcome, reason and candidate version."""
+    return attempt_event(
+        champion,
+        kind,
+        attempt.number,
+        submission_id=attempt.submission_id,
+        tune=attempt.tune,
+        training_rows=attempt.training_rows,
+        candidate_version=candidate,
+        reason=reason[:4000],
+        trigger=attempt.trigger,
+    )
 
 
 def training_rows(config: LakeloopConfig) -> int:
