@@ -609,7 +609,8 @@ class ModelServer:
                 "shadow": self.shadow.snapshot(),
             },
             "replica": _replica_tag(),
-            "node_id": ray.get_runtime_context().get_node_id(),
+            # outside Ray (a test of the replica class) asking for the context would start a cluster
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         }
         if not self.can_log():
             body.update(health="degraded", health_reason=f"cannot log: {self.predictions.snapshot()['last_error']}")
