@@ -470,7 +470,7 @@ class ModelServer:
             if not isinstance(answer, Exception):
                 self.metrics.scored_rows(_role(candidate) if by is candidate else "champion", "served", len(answer))
         if candidate_failures:
-            self.metrics.candidate_errors.inc(candidate_failures, {"model": self.config.mlflow.registered_model})
+            self.metrics.candidate_failed(candidate_failures)
 
     def _shadow_after(
         self,

@@ -104,6 +104,9 @@ class ServingMetrics:
     def scored_rows(self, role: str, how: str, rows: int) -> None:
         self.role_rows.inc(rows, {"model": self.model_name, "role": role, "how": how})
 
+    def candidate_failed(self, requests: int) -> None:
+        self.candidate_errors.inc(requests, {"model": self.model_name})
+
     def dropped_shadow_rows(self, rows: int) -> None:
         self.shadow_dropped.inc(rows, {"model": self.model_name})
 

@@ -132,7 +132,7 @@ class ShadowScorer:
             failed += isinstance(output, str)
             rows += shadow_rows(item, output)  # type: ignore[arg-type]
         if failed:
-            self.metrics.candidate_errors.inc(failed, {"model": self.metrics.model_name})
+            self.metrics.candidate_failed(failed)
         self.metrics.scored_rows(work[0].role, "shadow", len(rows))  # one counter call per role and pass
         return rows
 
