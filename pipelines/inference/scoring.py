@@ -29,6 +29,11 @@ import pandas as pd
 import pyarrow as pa
 import ray
 import ray.data
+from ray.data._internal.logical.interfaces import LogicalPlan
+from ray.data._internal.logical.operators.from_operators import FromArrow
+from ray.data._internal.stats import DatasetStats
+from ray.data.block import BlockMetadataWithSchema
+from ray.data.dataset import MaterializedDataset
 
 from pipelines.adapters import delta
 from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
@@ -68,8 +73,10 @@ def _as_dataset(
 ) -> ray.data.Dataset:
     if isinstance(source, ray.data.Dataset):
         return source
-    if isinstance(source, pd.DataFrame):
-        return ray.data.from_pandas(source)
+    if isinstance(source, pd.DataFrame):  # blocks made here: from_pandas sends a task of one CPU per block
+        table = pa.Table.from_pandas(source, preserve_index=False)
+        size = config.batch_inference.batch_size
+        return ray.data.from_blocks([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
     if isinstance(source, str):
         table = delta.tables(config).named(source)
         opened = table.open(version)
@@ -105,15 +112,18 @@ class ScoringPool:
 
     def score(self, data: ray.data.Dataset) -> ray.data.Dataset:
         outputs: list[ray.ObjectRef] = []
+        metadata: list[ray.ObjectRef] = []
         in_flight: list[ray.ObjectRef] = []
         for bundle in data.iter_internal_ref_bundles():
             for block in bundle.block_refs:
                 if len(in_flight) >= 2 * len(self.actors):
                     _, in_flight = ray.wait(in_flight, num_returns=1)
-                scored = self.actors[len(outputs) % len(self.actors)].score.remote(block)
+                actor = self.actors[len(outputs) % len(self.actors)]
+                scored, described = actor.score.options(num_returns=2).remote(block)
                 outputs.append(scored)
+                metadata.append(described)
                 in_flight.append(scored)
-        return ray.data.from_arrow_refs(outputs)
+        return _materialized(outputs, ray.get(metadata))
 
     def stop(self) -> None:
         for actor in self.actors:
@@ -178,12 +188,25 @@ def _score_in_driver(predictor, data: ray.data.Dataset, resolved: ResolvedModel,
         settings.cpus_per_actor,
         ray.available_resources().get("CPU", 0.0),
     )
-    outputs = [
-        ray.put(score_block(predictor, ray.get(block), resolved.name, resolved.version, features, settings.batch_size))
-        for bundle in data.iter_internal_ref_bundles()
-        for block in bundle.block_refs
-    ]
-    return ray.data.from_arrow_refs(outputs)
+    outputs, metadata = [], []
+    for bundle in data.iter_internal_ref_bundles():
+        for block in bundle.block_refs:
+            rows = ray.get(block)
+            scored = score_block(predictor, rows, resolved.name, resolved.version, features, settings.batch_size)
+            outputs.append(ray.put(scored))
+            metadata.append(BlockMetadataWithSchema.from_block(scored))
+    return _materialized(outputs, metadata)
+
+
+def _materialized(blocks: list[ray.ObjectRef], metadata: list[BlockMetadataWithSchema]) -> ray.data.Dataset:
+    """A Dataset of scored blocks whose metadata is already known. `ray.data.from_arrow_refs` sends a
+    task of one CPU per block to read it, and with Serve's replicas and the pool's actors holding the
+    CPUs those tasks never started (a CI run hung there): each block's metadata comes with it
+    instead, into the same logical plan from_arrow_refs builds (Ray Data's internal operator, pinned
+    with Ray in constraints.txt)."""
+    context = ray.data.DataContext.get_current().copy()
+    plan = LogicalPlan(FromArrow(blocks, metadata), context)
+    return MaterializedDataset(plan, context, DatasetStats(metadata={"FromArrow": metadata}, parent=None))
 
 
 _MODELS: dict[tuple[str, str, str], object] = {}  # the last model this driver loaded (a version never changes)

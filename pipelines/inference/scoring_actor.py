@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import ray
+from ray.data.block import BlockMetadataWithSchema
 
 from pipelines.adapters.prediction_log import MODEL_NAME, MODEL_VERSION
 
@@ -102,5 +103,7 @@ class ScoringActor:
         """Answers once the actor has started (it had a CPU) and holds the model."""
         return True
 
-    def score(self, block: pa.Table | pd.DataFrame) -> pa.Table:
-        return score_block(self.predictor, block, self.name, self.version, self.features, self.batch_size)
+    def score(self, block: pa.Table | pd.DataFrame) -> tuple[pa.Table, BlockMetadataWithSchema]:
+        """The scored block and its Ray Data metadata (two returns: the driver reads only the second)."""
+        scored = score_block(self.predictor, block, self.name, self.version, self.features, self.batch_size)
+        return scored, BlockMetadataWithSchema.from_block(scored)

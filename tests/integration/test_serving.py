@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -362,6 +363,38 @@ def test_a_pool_that_cannot_start_is_stopped_and_the_driver_scores_the_input(
         return list_actors(filters=[("class_name", "=", "ScoringActor"), ("state", "!=", "DEAD")])
 
     assert helpers.wait_for(lambda: not scoring_actors(), 30), scoring_actors()
+
+
+def test_the_pool_scores_a_frame_while_every_cpu_is_held(registered: LakeloopConfig) -> None:
+    """Serve's replicas and the pool's actor hold every CPU, so no Ray Data task can start: a DataFrame
+    input and the pool's output need none (ray.data.from_arrow_refs's one-CPU metadata tasks hung a CI
+    run here, after the pool took the last free half CPU)."""
+    from pipelines.inference import scoring
+
+    settings = registered.batch_inference.model_copy(update={"inline_rows": 0, "min_actors": 1, "max_actors": 1})
+    pooled = registered.model_copy(update={"batch_inference": settings})
+    table = DeltaTable(delta.tables(registered).events.uri).to_pandas().head(300)
+    scoring.release_pools()
+    spare = math.floor((ray.available_resources().get("CPU", 0.0) - settings.cpus_per_actor) * 1e4) / 1e4
+    holder = ray.remote(num_cpus=spare)(Holder).remote() if spare > 0 else None
+    try:
+        if holder is not None:
+            ray.get(holder.ready.remote(), timeout=60)
+        scored = predict(table, config=pooled).to_pandas().sort_values("customer_id")
+        assert scoring.warm_pools(), "the pool did not start: the test did not hold the CPUs it meant to"
+    finally:
+        scoring.release_pools()
+        if holder is not None:
+            ray.kill(holder)
+    inline = predict(table, config=registered).to_pandas().sort_values("customer_id")
+    np.testing.assert_allclose(scored["probability_1"], inline["probability_1"], rtol=1e-6)
+
+
+class Holder:
+    """An actor that only holds the CPUs it was given."""
+
+    def ready(self) -> bool:
+        return True
 
 
 def rows_of(frame: pd.DataFrame) -> list[dict]:

@@ -42,9 +42,10 @@ def test_a_scoring_actor_scores_arrow_and_pandas_blocks_alike() -> None:
     features = list(EXAMPLE_ROW)
     frame = pd.DataFrame([EXAMPLE_ROW] * 5)
     actor = ScoringActor([FakePredictor("3")], b"", "m", "3", features, threads=1, batch_size=2)
-    from_arrow, from_pandas = actor.score(pa.Table.from_pandas(frame)), actor.score(frame)
+    (from_arrow, _), (from_pandas, described) = actor.score(pa.Table.from_pandas(frame)), actor.score(frame)
     assert from_arrow.equals(from_pandas) and from_pandas.num_rows == 5
     assert from_pandas.column("model_version").to_pylist() == ["3"] * 5
+    assert described.num_rows == 5 and described.schema.names == from_pandas.column_names  # no task reads it
 
 
 def test_a_users_modules_travel_to_the_actors_as_an_archive(tmp_path) -> None:
