@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import mlflow
 import pandas as pd
+import pyarrow.compute as pc
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -40,7 +42,8 @@ from pipelines.adapters.local_services import (
     start_mlflow_server,
     stop_pid,
 )
-from pipelines.adapters.prediction_log import REQUEST_ID, ROW
+from pipelines.adapters.log_spool import SEGMENT_SUFFIX
+from pipelines.adapters.prediction_log import MODEL_VERSION, REQUEST_ID, ROW
 from pipelines.adapters.registry import ModelRef, Registry
 from pipelines.core.config import LakeloopConfig, MonitorConfig, RayConfig, parse_config
 from pipelines.core.gate import GateDecision
@@ -320,29 +323,38 @@ def test_fuzzing_the_running_app_gets_no_5xx_and_refused_requests_log_nothing(st
     assert logged == scored  # rows of refused requests were not logged, rows of scored ones were
 
 
+def kill_replicas(stack: Stack, count: int, give_up_s: float, after_kill=lambda: None) -> list[tuple[float, int]]:
+    """A replica SIGKILLed every 10 s (or as soon as the last victim's replacement is serving, which
+    takes longer here: it loads the model before Serve routes to it) until `count` kills; `after_kill`
+    runs right after each. Returns (time, pid) of each kill."""
+    kills: list[tuple[float, int]] = []
+    skipped = 0
+    give_up = time.monotonic() + give_up_s
+    while len(kills) < count and time.monotonic() < give_up:
+        time.sleep(10 if not skipped else 1)  # the fault's schedule: one kill every 10 s at most
+        # Serve's API can still list the last victim as RUNNING until its health check notices
+        # (CI saw that pid again): only live processes not yet killed count as replicas.
+        killed = {pid for _, pid in kills}
+        pids = [p for p in replica_pids(stack, running_only=True) if p not in killed and alive(p)]
+        if len(pids) < 2:  # the last kill's replacement is not up yet: never kill the only replica
+            skipped += 1
+            continue
+        victim = random.Random(len(kills)).choice(pids)
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:  # it died between the check and the kill: look again
+            skipped += 1
+            continue
+        skipped = 0
+        kills.append((time.monotonic(), victim))
+        after_kill()
+    return kills
+
+
 def test_killing_a_replica_every_10_s_under_load_loses_no_row(stack: Stack, monitor) -> None:
-    """A replica SIGKILLed every 10 s (or as soon as its last victim's replacement is serving, which
-    takes longer here: it loads the model before Serve routes to it) until 8 kills, under 4 clients."""
-    kills, skipped = [], 0
+    """8 replica kills under 4 clients."""
     with Load(stack.url, clients=4) as load:
-        give_up = time.monotonic() + 400
-        while len(kills) < 8 and time.monotonic() < give_up:
-            time.sleep(10 if not skipped else 1)  # the fault's schedule: one kill every 10 s at most
-            # Serve's API can still list the last victim as RUNNING until its health check notices
-            # (CI saw that pid again): only live processes not yet killed count as replicas.
-            killed = {pid for _, pid in kills}
-            pids = [p for p in replica_pids(stack, running_only=True) if p not in killed and alive(p)]
-            if len(pids) < 2:  # the last kill's replacement is not up yet: never kill the only replica
-                skipped += 1
-                continue
-            victim = random.Random(len(kills)).choice(pids)
-            try:
-                os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:  # it died between the check and the kill: look again
-                skipped += 1
-                continue
-            skipped = 0
-            kills.append((time.monotonic(), victim))
+        kills = kill_replicas(stack, 8, 400)
         time.sleep(10)  # load after the last kill
     figures = {
         "kills": len(kills),
@@ -358,6 +370,87 @@ def test_killing_a_replica_every_10_s_under_load_loses_no_row(stack: Stack, moni
     assert figures["kills"] >= 8
     assert figures["rows_lost"] == 0 and figures["rows_duplicated"] == 0
     assert figures["failed_pct"] <= 0.5
+
+
+def spooled_rows(stack: Stack, table_uri: str) -> set[tuple[str, int]]:
+    """(request id, row) of every row in the table's spool segments on this node now: rows a replica
+    wrote to disk and had not committed yet (a line cut short by a kill is not a row)."""
+    found: set[tuple[str, int]] = set()
+    for segment in (stack.config.spool_dir / delta.table_key(table_uri)).glob(f"*/*{SEGMENT_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):  # committed and deleted meanwhile
+            for line in segment.read_bytes().splitlines():
+                with contextlib.suppress(ValueError):
+                    row = json.loads(line)
+                    found.add((row[REQUEST_ID], row[ROW]))
+    return found
+
+
+def registered_copy_of_the_champion(stack: Stack) -> str:
+    """A new version of the champion's run (a candidate that loads and scores like it)."""
+    config = stack.config
+    champion = MlflowClient(config.mlflow.tracking_uri).get_model_version_by_alias(
+        config.mlflow.registered_model, config.serving.alias
+    )
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    return str(mlflow.register_model(f"runs:/{champion.run_id}/model", config.mlflow.registered_model).version)
+
+
+def test_replicas_killed_in_shadow_lose_no_logged_row_of_either_role(stack: Stack, monitor) -> None:
+    """A candidate in shadow (`lakeloop model shadow`) and 3 replica kills under 4 clients: every
+    answered row lands in the predictions table once, and every candidate row a replica had spooled
+    (read from the spool right after each kill) lands in the shadow table once. Shadow rows are scored
+    after the answer: a killed replica's last ~20 ms of answers, and a replacement's answers before
+    it has loaded the candidate, have none (counted)."""
+    two_live_replicas(stack)
+    version = registered_copy_of_the_champion(stack)
+    shadow_uri = stack.config.storage.resolve(stack.config.serving.prediction_log.shadow_table)
+    shadow = lakeloop("model", "shadow", version, env=stack.env)
+    assert shadow.returncode == 0, shadow.stderr[-3000:]
+
+    def candidate_everywhere() -> bool:  # 8 answers from 2 replicas picked at random: both, almost surely
+        described = [httpx.get(f"{stack.url}/model", timeout=10).json().get("candidate") or {} for _ in range(8)]
+        return all(c.get("version") == version for c in described)
+
+    try:
+        assert wait_for(candidate_everywhere, 120, every=1.0), "the replicas did not load the candidate"
+        spooled: set[tuple[str, int]] = set()
+        with Load(stack.url, clients=4, seed=3) as load:
+            kills = kill_replicas(stack, 3, 200, lambda: spooled.update(spooled_rows(stack, shadow_uri)))
+            time.sleep(10)  # load after the last kill
+        served = load.served()
+        figures = {
+            "kills": len(kills),
+            "requests": len(load.answers),
+            "failed": len(load.failed()),
+            **check_every_served_row_logged(stack, served),
+        }
+
+        def candidate_rows() -> pd.DataFrame:
+            table = delta.Table(shadow_uri).read([REQUEST_ID, ROW], pc.field(MODEL_VERSION) == version)
+            return pd.DataFrame(columns=[REQUEST_ID, ROW]) if table is None else table.to_pandas()
+
+        def landed() -> set[tuple[str, int]]:
+            return set(candidate_rows().itertuples(index=False, name=None))
+
+        wait_for(lambda: spooled <= landed(), 120, every=1.0)
+        rows = candidate_rows()
+        answered = rows[rows[REQUEST_ID].isin(served)]
+        figures.update(
+            shadow_rows_in_spools_at_kills=len(spooled),
+            shadow_spooled_lost=len(spooled - landed()),
+            shadow_rows_duplicated=len(rows) - len(rows.drop_duplicates()),
+            shadow_rows_missing=figures["rows_served"] - len(answered.drop_duplicates()),
+            shadow_missing_pct=round(100 * (1 - len(answered.drop_duplicates()) / max(figures["rows_served"], 1)), 2),
+        )
+    finally:
+        retired = lakeloop("model", "retire", env=stack.env)
+    record("shadow_replica_kills", figures)
+    assert retired.returncode == 0, retired.stderr[-3000:]
+    assert figures["kills"] == 3 and figures["shadow_rows_in_spools_at_kills"] > 0
+    assert figures["rows_lost"] == 0 and figures["rows_duplicated"] == 0
+    assert figures["shadow_spooled_lost"] == 0 and figures["shadow_rows_duplicated"] == 0
+    assert figures["shadow_missing_pct"] < 2  # only the rows a replica answered just before its kill (0.11% here)
+    assert figures["failed"] <= 0.005 * figures["requests"]
 
 
 @contextlib.contextmanager
