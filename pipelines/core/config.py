@@ -379,6 +379,9 @@ class OnlineGateConfig(StrictModel):
     # scoring in shadow as the guard for this many labelled pairs: if it is significantly better
     # live, the champion is rolled back. 0: no guard.
     rollback_pairs: int = Field(1000, ge=0)
+    # When the champion is below its floor (gate.thresholds[gate.metric]) on the paired rows, a candidate
+    # significantly not worse than it by this much (of gate.metric) or more is promoted too. 0: only better.
+    failing_champion_margin: float = Field(0.01, ge=0)
     bootstrap_rounds: int = Field(500, ge=100)  # the paired bootstrap's resamples (metrics other than accuracy)
     max_shadow_batches: int = Field(1024, ge=1)  # per replica, waiting for shadow scoring; more are dropped
 

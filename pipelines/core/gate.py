@@ -15,7 +15,7 @@ class GateDecision:
     reason: str
 
 
-def _threshold_failures(candidate: dict[str, float], thresholds: dict[str, float]) -> list[str]:
+def threshold_failures(candidate: dict[str, float], thresholds: dict[str, float]) -> list[str]:
     failures = []
     for metric, bound in thresholds.items():
         value = candidate.get(metric)
@@ -43,8 +43,8 @@ def decide(
     (it is failing), `gate.when_champion_fails` decides whether beating it is good enough."""
     metric = gate.metric
     ours = candidate.get(metric)
-    failures = _threshold_failures(candidate, gate.thresholds)
-    champion_failures = _threshold_failures(champion, gate.thresholds) if champion else []
+    failures = threshold_failures(candidate, gate.thresholds)
+    champion_failures = threshold_failures(champion, gate.thresholds) if champion else []
     if failures:
         lenient = gate.when_champion_fails == "promote_better" and champion_failures
         if lenient and ours is not None and math.isfinite(ours) and math.isfinite(champion.get(metric, math.nan)):

@@ -53,6 +53,7 @@ class OnlineStep:
     p_worse: float | None
     looks: int  # looks spent so far (of gate.online.looks)
     error_rows: int  # rows the candidate failed to score live
+    p_not_worse: float | None = None  # the champion below its floor: small when not worse by the margin
     applied: bool = False  # this pass did it (False for a wait, or when a rival monitor acted first)
 
 

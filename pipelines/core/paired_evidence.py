@@ -6,6 +6,11 @@ under "equally good" each such row is a fair coin. For every other metric, a pai
 resample the rows, score both models on the same resample, and count how often the candidate's gain
 is not positive. Both give one-sided p-values in each direction.
 
+When the champion is failing (below its floor on the paired rows, after drift), a candidate that
+is significantly not worse than it by a margin is promoted too (a non-inferiority test: the bootstrap
+counts resamples where the candidate lost the margin or more); a promotion is then false when the
+candidate is worse by the margin or more.
+
 The decision looks at the evidence more than once (after every monitor pass), so each look spends an
 equal share of the false-promotion rate (Bonferroni over the planned looks): however the looks fall,
 as long as there are at most `looks` of them, a candidate no better than the champion is promoted with
@@ -15,7 +20,7 @@ probability at most `alpha`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
@@ -32,6 +37,10 @@ class PairedEvidence:
     candidate: float
     p_better: float  # one-sided: small when the candidate is better
     p_worse: float  # one-sided: small when the candidate is worse
+    # with a non-inferiority margin (the champion below its floor): small when the candidate is not
+    # worse than the champion by `margin` or more
+    p_not_worse: float | None = None
+    margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,10 +78,12 @@ def paired_bootstrap(
     candidate_output: np.ndarray,
     rounds: int = 2000,
     seed: int = 0,
+    margin: float | None = None,
 ) -> PairedEvidence:
     """`score(targets, outputs) -> metric value` on the paired rows and on `rounds` resamples of them
     (the same resample for both models). p-values count resamples where the gain is not positive
-    (or not negative), with the usual +1 so that none is ever 0."""
+    (or not negative), with the usual +1 so that none is ever 0; with a `margin`, p_not_worse counts
+    those where the candidate lost `margin` or more."""
     targets, champion_output, candidate_output = map(np.asarray, (targets, champion_output, candidate_output))
     if not len(targets) == len(champion_output) == len(candidate_output):
         raise ValueError("both models must be scored on the same rows")
@@ -85,14 +96,40 @@ def paired_bootstrap(
     gains = gains[np.isfinite(gains)]  # a resample with one class has no AUC
     if not len(gains):
         return PairedEvidence(metric, len(targets), float("nan"), float("nan"), 1.0, 1.0)
+
+    def p_value(count: int) -> float:
+        return float((count + 1) / (len(gains) + 1))
+
     return PairedEvidence(
         metric,
         len(targets),
         float(score(targets, champion_output)),
         float(score(targets, candidate_output)),
-        float((np.sum(gains <= 0) + 1) / (len(gains) + 1)),
-        float((np.sum(gains >= 0) + 1) / (len(gains) + 1)),
+        p_value(np.sum(gains <= 0)),
+        p_value(np.sum(gains >= 0)),
+        None if margin is None else p_value(np.sum(gains <= -margin)),
+        margin or 0.0,
     )
+
+
+def _share_right(_: np.ndarray, correct: np.ndarray) -> float:
+    return float(np.mean(correct))
+
+
+def not_worse_by(
+    evidence: PairedEvidence,
+    margin: float,
+    champion_correct: np.ndarray,
+    candidate_correct: np.ndarray,
+    rounds: int,
+    seed: int = 0,
+) -> PairedEvidence:
+    """McNemar's evidence on accuracy with a non-inferiority p-value added: a paired bootstrap of the
+    accuracy difference (McNemar's test has no margin)."""
+    rows = np.ones(len(champion_correct), bool)
+    champion, candidate = np.asarray(champion_correct, bool), np.asarray(candidate_correct, bool)
+    shifted = paired_bootstrap("accuracy", _share_right, rows, champion, candidate, rounds, seed, margin)
+    return replace(evidence, p_not_worse=shifted.p_not_worse, margin=margin)
 
 
 def verdict(evidence: PairedEvidence, alpha: float, min_pairs: int, max_pairs: int, looks: int) -> OnlineVerdict:
@@ -109,6 +146,14 @@ def verdict(evidence: PairedEvidence, alpha: float, min_pairs: int, max_pairs: i
         return OnlineVerdict("wait", f"{seen}: fewer than {min_pairs}")
     if evidence.p_better <= level:
         return OnlineVerdict("promote", f"{seen}: better, p={evidence.p_better:.4g} <= {level:.4g}")
+    if evidence.p_not_worse is not None and evidence.p_not_worse <= level:
+        return OnlineVerdict(
+            "promote",
+            (
+                f"{seen}: the champion is below its floor and the candidate is not worse by "
+                f"{evidence.margin:g} or more, p={evidence.p_not_worse:.4g} <= {level:.4g}"
+            ),
+        )
     if evidence.p_worse <= level:
         return OnlineVerdict("retire", f"{seen}: worse, p={evidence.p_worse:.4g} <= {level:.4g}")
     if evidence.pairs >= max_pairs:

@@ -1,7 +1,9 @@
 """The online gate's second stage, one step of a monitor pass: while a candidate is set
 (gate.online.alias), pair the labelled rows both models scored (the served log and the shadow log,
 by request id and row), test the candidate against the champion on gate.metric, and promote it
-through the registry's compare-and-set, retire it, or wait for more pairs.
+through the registry's compare-and-set (when it is better, or when the champion is below its floor
+and the candidate is not worse by gate.online.failing_champion_margin), retire it, or wait for more
+pairs.
 
 Only labels received since the candidate was nominated count, and a look is spent only when the
 pairs grew past `min_pairs` since the last one (core/paired_evidence spends alpha over the looks). A
@@ -52,9 +54,10 @@ from pipelines.adapters.registry import (
 )
 from pipelines.core import metrics, retraining_policy
 from pipelines.core.config import LakeloopConfig
+from pipelines.core.gate import threshold_failures
 from pipelines.core.loop_outcomes import OnlineStep
 from pipelines.core.model_output import PREDICTION_COLUMN
-from pipelines.core.paired_evidence import PairedEvidence, mcnemar, next_look, paired_bootstrap
+from pipelines.core.paired_evidence import PairedEvidence, mcnemar, next_look, not_worse_by, paired_bootstrap
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring.champion import ChampionInfo
 from pipelines.monitoring.retraining import attempt_event, attempt_events, outcome_event, record_events
@@ -93,17 +96,19 @@ def labelled_pairs(config: LakeloopConfig, champion: str, candidate: str, since:
     return pairs[columns].reset_index(drop=True)
 
 
-def evidence(config: LakeloopConfig, pairs: pd.DataFrame, seed: int = 0) -> PairedEvidence:
+def evidence(config: LakeloopConfig, pairs: pd.DataFrame, seed: int = 0, guard: bool = False) -> PairedEvidence:
     """gate.metric of both models on the paired rows, with McNemar's exact test for accuracy and a
-    paired bootstrap for every other metric."""
-    dataset, metric = config.dataset, config.gate.metric
+    paired bootstrap for every other metric; when the champion is below its floor there (and this is
+    not a guard's look), with the non-inferiority p-value at gate.online.failing_champion_margin."""
+    dataset, metric, online = config.dataset, config.gate.metric, config.gate.online
     champion, candidate = (_outputs(pairs[c]) for c in ("champion_output", "candidate_output"))
+    rounds = online.bootstrap_rounds
     if metric == "accuracy":
         truth = pairs[LABEL].astype(str).to_numpy()
-        return mcnemar(
-            champion[PREDICTION_COLUMN].astype(str).to_numpy() == truth,
-            candidate[PREDICTION_COLUMN].astype(str).to_numpy() == truth,
-        )
+        right = [frame[PREDICTION_COLUMN].astype(str).to_numpy() == truth for frame in (champion, candidate)]
+        found = mcnemar(*right)
+        margin = None if guard else _failing_margin(config, found.champion)
+        return found if margin is None else not_worse_by(found, margin, *right, rounds, seed)
     if dataset.task == "classification":
         targets = dataset.encode_labels(pairs[LABEL])
         columns = probability_columns(dataset)
@@ -113,8 +118,19 @@ def evidence(config: LakeloopConfig, pairs: pd.DataFrame, seed: int = 0) -> Pair
         targets = pairs[LABEL].astype(float).to_numpy()
         outputs = [frame[PREDICTION_COLUMN].to_numpy(float) for frame in (champion, candidate)]
         score = lambda t, p: metrics.regression(t, p)[metric]
-    rounds = config.gate.online.bootstrap_rounds
-    return paired_bootstrap(metric, score, targets, outputs[0], outputs[1], rounds, seed)
+    found = paired_bootstrap(metric, score, targets, outputs[0], outputs[1], rounds, seed)
+    margin = None if guard else _failing_margin(config, found.champion)
+    if margin is None:
+        return found
+    return paired_bootstrap(metric, score, targets, outputs[0], outputs[1], rounds, seed, margin)
+
+
+def _failing_margin(config: LakeloopConfig, champion: float) -> float | None:
+    """The non-inferiority margin, when the champion's live metric fails gate.metric's floor."""
+    gate = config.gate
+    floor = {gate.metric: gate.thresholds[gate.metric]} if gate.metric in gate.thresholds else {}
+    failing = floor and threshold_failures({gate.metric: champion}, floor)
+    return gate.online.failing_champion_margin if failing and gate.online.failing_champion_margin > 0 else None
 
 
 def _outputs(column: pd.Series) -> pd.DataFrame:
@@ -179,7 +195,7 @@ def _decide(
     online, guard = config.gate.online, mode == GUARD
     errors, first_error = error_rows(config, version, since)
     pairs = labelled_pairs(config, champion.version, version, since)
-    found = evidence(config, pairs) if len(pairs) else None
+    found = evidence(config, pairs, guard=guard) if len(pairs) else None
     last = json.loads(tags.get(ONLINE_EVIDENCE_TAG) or "null") or {}
     looks = int(tags.get(ONLINE_LOOKS_TAG) or 0)
     unscored = found is None and _unscored_rows(config, version, since + timedelta(seconds=online.load_timeout_s))
@@ -214,6 +230,7 @@ def _decide(
         p_worse=found.p_worse if found else None,
         looks=looks,
         error_rows=errors,
+        p_not_worse=found.p_not_worse if found else None,
     )
 
 

@@ -165,3 +165,34 @@ def test_online_gate_config_is_validated(raw_config: dict) -> None:
     with pytest.raises(ConfigError, match="canary_percent"):
         parse_config(raw_config)
     assert np.isclose(parse_config({**raw_config, "gate": {}}).gate.online.alpha, 0.05)
+
+
+def test_the_margin_applies_only_when_the_champion_is_below_its_floor_and_never_to_a_guard(
+    config: LakeloopConfig,
+) -> None:
+    import json
+
+    import pandas as pd
+
+    from pipelines.adapters.prediction_log import LABEL
+    from pipelines.monitoring.online_gate import evidence
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 400)
+
+    def outputs(accuracy: float) -> list[str]:
+        right = rng.random(len(labels)) < accuracy
+        return [json.dumps({"prediction": int(y if r else 1 - y)}) for y, r in zip(labels, right, strict=True)]
+
+    pairs = pd.DataFrame({LABEL: labels, "champion_output": outputs(0.6), "candidate_output": outputs(0.6)})
+
+    def floor(thresholds: dict) -> LakeloopConfig:
+        return config.model_copy(
+            update={"gate": config.gate.model_copy(update={"metric": "accuracy", "thresholds": thresholds})}
+        )
+
+    below = evidence(floor({"accuracy": 0.7}), pairs)
+    assert below.p_not_worse is not None and below.margin == config.gate.online.failing_champion_margin
+    assert evidence(floor({"accuracy": 0.7}), pairs, guard=True).p_not_worse is None  # a rollback needs better
+    assert evidence(floor({"accuracy": 0.5}), pairs).p_not_worse is None  # the champion passes its floor
+    assert evidence(floor({}), pairs).p_not_worse is None  # no floor for gate.metric

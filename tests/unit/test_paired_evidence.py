@@ -3,6 +3,8 @@ over seeded simulated traffic with repeated looks (pure: no services)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,54 @@ def test_the_rank_auc_equals_scikit_learns_with_ties_and_duplicates(seed: int) -
     rows = rng.integers(0, 500, 500)  # a bootstrap resample: duplicated rows
     assert binary_auc(targets[rows], scores[rows]) == pytest.approx(roc_auc_score(targets[rows], scores[rows]))
     assert np.isnan(binary_auc(np.ones(5), scores[:5]))
+
+
+def _promoted_by_margin(rng: np.random.Generator, champion_rate: float, candidate_rate: float, trials: int) -> int:
+    """Candidates promoted at one look with a 0.05 non-inferiority margin, over seeded comparisons of
+    600 labelled pairs with independent errors."""
+    from pipelines.core.paired_evidence import not_worse_by
+
+    promoted = 0
+    for trial in range(trials):
+        champion, candidate = rng.random(600) < champion_rate, rng.random(600) < candidate_rate
+        evidence = not_worse_by(mcnemar(champion, candidate), 0.05, champion, candidate, rounds=300, seed=trial)
+        promoted += verdict(evidence, ALPHA, MIN_PAIRS, MAX_PAIRS, 1).action == "promote"
+    return promoted
+
+
+def test_against_a_failing_champion_a_candidate_worse_by_the_margin_is_promoted_at_most_alpha_of_the_time() -> None:
+    """The non-inferiority look's false promotions are candidates worse by the margin or more: at the
+    boundary (worse by exactly 0.05) at most alpha, plus three binomial standard deviations."""
+    trials = 300
+    at_boundary = _promoted_by_margin(np.random.default_rng(5), 0.60, 0.55, trials)
+    assert at_boundary <= ALPHA * trials + 3 * np.sqrt(trials * ALPHA * (1 - ALPHA))
+    assert _promoted_by_margin(np.random.default_rng(6), 0.60, 0.50, trials) <= 2  # worse by twice the margin
+
+
+def test_against_a_failing_champion_an_equal_candidate_is_promoted_by_the_margin() -> None:
+    """Without the margin an equal candidate is promoted only by chance (about alpha); with it, most
+    of the time (sd of the difference ~0.028 at 600 pairs: the margin is ~1.8 sd)."""
+    from pipelines.core.paired_evidence import not_worse_by
+
+    rng, trials = np.random.default_rng(8), 200
+    assert _promoted_by_margin(rng, 0.60, 0.60, trials) >= 0.4 * trials
+    champion, candidate = rng.random(600) < 0.6, rng.random(600) < 0.6
+    plain = mcnemar(champion, candidate)
+    with_margin = not_worse_by(plain, 0.05, champion, candidate, rounds=300)
+    assert with_margin.p_not_worse <= with_margin.p_better == plain.p_better and plain.p_not_worse is None
+    assert "below its floor" in verdict(replace(with_margin, p_better=1.0, p_not_worse=0.0), ALPHA, 100, 1000, 1).reason
+
+
+def test_the_bootstrap_with_a_margin_counts_resamples_where_the_candidate_lost_that_much() -> None:
+    rng = np.random.default_rng(4)
+    targets = rng.integers(0, 2, 400).astype(float)
+    champion = targets + rng.normal(0, 0.3, 400)
+    candidate = targets + rng.normal(0, 0.32, 400)  # slightly worse
+
+    def rmse(y: np.ndarray, p: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((y - p) ** 2)))
+
+    loose = paired_bootstrap("rmse", rmse, targets, champion, candidate, rounds=300, margin=0.1)
+    tight = paired_bootstrap("rmse", rmse, targets, champion, candidate, rounds=300, margin=0.0)
+    assert loose.p_not_worse < 0.01 < tight.p_not_worse  # within 0.1 of its RMSE, surely; not better
+    assert loose.margin == 0.1 and paired_bootstrap("rmse", rmse, targets, champion, candidate, 100).p_not_worse is None
