@@ -15,7 +15,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.prediction_log import KEY, LABEL, RECEIVED_AT, REQUEST_ID, SERVED_AT, UPDATE, UTC_MICROS
 from pipelines.core import drift_policy
 from pipelines.core.config import LakeloopConfig
-from pipelines.core.loop_outcomes import MonitorPass
+from pipelines.core.loop_outcomes import MonitorPass, OnlineStep
 from pipelines.core.service_retries import with_retries
 from pipelines.monitoring import html_report, reports
 from pipelines.monitoring.champion import Champion, load_champion
@@ -149,7 +149,13 @@ def _check(
 MAX_PAGES_PER_PASS = 3
 
 
-def _pages(config: LakeloopConfig, champion: Champion, checked: list[Checked], performance: list[dict]) -> dict:
+def _pages(
+    config: LakeloopConfig,
+    champion: Champion,
+    checked: list[Checked],
+    performance: list[dict],
+    online: OnlineStep | None,
+) -> dict:
     """HTML reports (artifact path -> page) for the drifted windows of the pass and its newest one."""
     decided = [c for c in checked if c.results]
     drifted = [c for c in decided if any(r.is_drift for r in c.results)]
@@ -159,7 +165,7 @@ def _pages(config: LakeloopConfig, champion: Champion, checked: list[Checked], p
         start, end = c.reports[0]["window_start"], c.reports[0]["window_end"]
         span = f"{c.window.rows.shape[0]} rows served {start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S}"
         rows = c.window.rows[config.dataset.feature_names]
-        pages[reports.report_path(end)] = html_report.render(champion, rows, c.results, span, performance)
+        pages[reports.report_path(end)] = html_report.render(champion, rows, c.results, span, performance, online)
     return pages
 
 
@@ -174,8 +180,9 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> MonitorPass:
     checked, performance = _check(config, champion, traffic, labelled)
     found = [row for c in checked for row in c.reports] + performance
     recorded = bool(found) and reports.record(config, found, claim)
+    online = online_step(config, champion) if submit else None  # before retraining: it may end an attempt
     if recorded:
-        pages = _pages(config, champion, checked, performance)
+        pages = _pages(config, champion, checked, performance, online)
         with_retries(
             "logging drift to MLflow", monitor.retries, lambda: reports.log_to_mlflow(config, champion, found, pages)
         )
@@ -183,7 +190,6 @@ def run_once(config: LakeloopConfig, submit: bool = True) -> MonitorPass:
         reports.window_decisions(config, champion.version), monitor.debounce.k, monitor.debounce.n
     )
     detected = time.perf_counter()
-    online = online_step(config, champion) if submit else None  # before retraining: it may end an attempt
     retraining = retraining_step(config, champion, began, submit)
     checked = found if recorded else []
     return MonitorPass(

@@ -4,7 +4,8 @@ to the champion's monitor run in MLflow (artifacts `drift/report-<window end>.ht
 
 It shows the verdict of each detector, each feature's p-value next to its effect sizes, the reference
 and window distributions of every feature and of the model's score, and the labelled windows'
-performance checked in the same pass. The distributions are drawn from what the detectors compare:
+performance checked in the same pass, and the online gate's live comparison of that pass (the
+candidate against the champion on the same labelled rows). The distributions are drawn from what the detectors compare:
 numeric features with missing values filled by the reference median, categories by the reference
 vocabulary (plus "unseen" and "missing"). One PNG per page, embedded, so the page opens anywhere.
 """
@@ -21,6 +22,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from pipelines.core.loop_outcomes import OnlineStep
 from pipelines.monitoring.champion import Champion
 from pipelines.training.detectors import DetectorResult, model_score
 
@@ -38,10 +40,16 @@ img { max-width: 100%; }
 
 
 def render(
-    champion: Champion, rows: pd.DataFrame, results: list[DetectorResult], window: str, performance: list[dict]
+    champion: Champion,
+    rows: pd.DataFrame,
+    results: list[DetectorResult],
+    window: str,
+    performance: list[dict],
+    online: OnlineStep | None = None,
 ) -> str:
     """The page for one traffic window: `rows` its served rows, `results` the detectors' findings on
-    them, `window` its span in words, `performance` the labelled-window report rows of the pass."""
+    them, `window` its span in words, `performance` the labelled-window report rows of the pass,
+    `online` what the pass's online gate step found (None: no candidate was set)."""
     features = next((r for r in results if r.detector == "features"), None)
     title = f"Drift report: {champion.name} v{champion.version}, {window}"
     parts = [
@@ -58,6 +66,8 @@ def render(
         f"<img alt='distributions' src='data:image/png;base64,{_distributions(champion, rows)}'>",
         "<h2>Performance on labelled rows</h2>",
         _performance(performance),
+        "<h2>Live comparison (online gate)</h2>",
+        live_comparison(online),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -113,6 +123,37 @@ def _performance(performance: list[dict]) -> str:
             f"<td>{_verdict(report['is_drift'])}</td></tr>"
         )
     return "\n".join([*lines, "</table>"])
+
+
+def live_comparison(online: OnlineStep | None) -> str:
+    """The candidate (or the guard) against the champion on the same labelled rows: the metric of
+    each, the pairs, the one-sided p-values and the decision of this pass."""
+    if online is None:
+        return (
+            "<p class='muted'>No live comparison in this pass: no online candidate was set (gate.online), "
+            "or the monitor ran with --no-submit.</p>"
+        )
+    other = "guard (the replaced champion)" if online.mode == "guard" else f"candidate ({online.mode})"
+    rows = [
+        ("champion", online.champion_version, online.champion),
+        (other, online.candidate_version, online.candidate),
+    ]
+    lines = [f"<table><tr><th>model</th><th>version</th><th>{_e(online.metric)} on the paired rows</th></tr>"]
+    lines += [f"<tr><td>{_e(m)}</td><td>{_e(v)}</td><td>{_number(value)}</td></tr>" for m, v, value in rows]
+    lines.append("</table>")
+    facts = [
+        ("labelled pairs", online.pairs),
+        ("p (better)", _number(online.p_better)),
+        ("p (worse)", _number(online.p_worse)),
+        ("p (not worse by the margin; champion below its floor)", _number(online.p_not_worse)),
+        ("looks spent", online.looks),
+        ("rows it failed to score", online.error_rows),
+        ("decision", f"{online.action}{'' if online.applied or online.action == 'wait' else ' (not applied)'}"),
+    ]
+    lines.append("<table>")
+    lines += [f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>" for name, value in facts if value != ""]
+    lines += ["</table>", f"<p>{_e(online.reason)}</p>"]
+    return "\n".join(lines)
 
 
 def _span(start: datetime, end: datetime) -> str:

@@ -139,6 +139,7 @@ def test_a_champion_has_one_monitor_run_with_a_timeline_and_an_html_report(train
     assert runs[0].info.run_id in written.summary
     assert "<h1>Drift report: " in page and "data:image/png;base64," in page
     assert all(name in page for name in config.dataset.feature_names) and "jensen_shannon" in page
+    assert "<h2>Live comparison (online gate)</h2>" in page and "no online candidate was set" in page
 
 
 def test_detectors_saved_with_the_model_load_and_agree(trained: dict, tmp_path: Path) -> None:

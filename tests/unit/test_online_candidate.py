@@ -196,3 +196,34 @@ def test_the_margin_applies_only_when_the_champion_is_below_its_floor_and_never_
     assert evidence(floor({"accuracy": 0.7}), pairs, guard=True).p_not_worse is None  # a rollback needs better
     assert evidence(floor({"accuracy": 0.5}), pairs).p_not_worse is None  # the champion passes its floor
     assert evidence(floor({}), pairs).p_not_worse is None  # no floor for gate.metric
+
+
+def test_the_drift_report_shows_the_live_comparison_of_the_pass() -> None:
+    from pipelines.core.loop_outcomes import OnlineStep
+    from pipelines.monitoring.html_report import live_comparison
+
+    step = OnlineStep(
+        candidate_version="7",
+        champion_version="6",
+        mode="canary",
+        action="promote",
+        reason="online gate (canary): roc_auc 0.8512 vs the champion's 0.8011 on 412 labelled pairs: better <",
+        metric="roc_auc",
+        pairs=412,
+        champion=0.8011,
+        candidate=0.8512,
+        p_better=0.0012,
+        p_worse=0.998,
+        looks=2,
+        error_rows=0,
+        applied=True,
+    )
+    page = live_comparison(step)
+    assert "<td>candidate (canary)</td><td>7</td><td>0.851</td>" in page
+    assert "<td>champion</td><td>6</td><td>0.801</td>" in page
+    assert "<th>labelled pairs</th><td>412</td>" in page and "<th>p (better)</th><td>0.0012</td>" in page
+    assert "<th>decision</th><td>promote</td>" in page and "better &lt;" in page  # the reason, escaped
+    assert "not worse by the margin" not in page  # no margin look: the champion was not below its floor
+    rival = live_comparison(OnlineStep(**{**vars(step), "applied": False, "mode": "guard", "action": "rollback"}))
+    assert "guard (the replaced champion)" in rival and "rollback (not applied)" in rival
+    assert "no online candidate was set" in live_comparison(None)
