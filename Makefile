@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.serve_load
 	$(BIN)/python -m benchmarks.wide_pyfunc
 	$(BIN)/python -m benchmarks.preprocessing
+	$(BIN)/python -m benchmarks.point_in_time
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.batch_inference
 	$(BIN)/python -m benchmarks.drift_stats

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "tune": "pipelines.tune",
     "release": "pipelines.release",
     "model": "pipelines.model",
+    "features": "pipelines.features",
     "serve": "pipelines.deploy",
     "predict": "pipelines.predict",
     "monitor": "pipelines.monitor",

@@ -18,11 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=5000, help="rows to append (default: 5000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same rows")
     parser.add_argument("--drift", choices=synthetic.DRIFTS, default="none", help="drift scenario (default: none)")
+    parser.add_argument(
+        "--feature-tables",
+        action="store_true",
+        help="instead, append the rows as label_events plus the feature views customer_profile and daily_usage "
+        "(README: Feature tables)",
+    )
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.rows < 1:
         raise LakeloopError(f"--rows must be at least 1, got {args.rows}")
+    if args.feature_tables:
+        return _feature_tables(args, config)
     from pipelines.scenarios.demo_data import land_demo_rows
 
     landed = land_demo_rows(config, args.rows, args.seed, args.drift, args.table)
@@ -37,6 +45,20 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
             "seed": args.seed,
         },
     )
+
+
+def _feature_tables(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
+    from pipelines.adapters import delta
+    from pipelines.scenarios.feature_tables import TABLES, feature_tables
+
+    if args.drift != "none" or args.table:
+        raise LakeloopError("--feature-tables writes the three tables of the worked example: no --drift or --table")
+    generated = feature_tables(args.rows, args.seed)
+    versions = {
+        name: delta.tables(config).named(name).append(getattr(generated, part)) for part, name in TABLES.items()
+    }
+    written = ", ".join(f"{name} version {version}" for name, version in versions.items())
+    return StepResult(f"appended {args.rows} label events and their feature rows: {written}", {"versions": versions})
 
 
 def main(argv: list[str] | None = None) -> None:

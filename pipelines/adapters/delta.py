@@ -360,6 +360,14 @@ class Table:
             override_num_blocks=read_blocks(rows, cpus),
         )
 
+    def ray_overwrite(self, dataset) -> int:
+        """Replace the table's rows and schema with a Ray Dataset, written in parallel and committed once
+        as one new version (older versions stay readable); returns it."""
+        from ray.data import SaveMode
+
+        dataset.write_delta(self.uri, mode=SaveMode.OVERWRITE, storage_options=self._options or None)
+        return self.open().version()
+
     def ray_append(self, dataset) -> None:
         """Append a Ray Dataset, written in parallel and committed once by Ray Data's Delta sink."""
         dataset.write_delta(self.uri, storage_options=self._options or None)

@@ -521,6 +521,48 @@ class MaintenanceConfig(StrictModel):
     every_s: float | None = Field(3600, gt=0)  # None: the monitor loop never runs it
 
 
+class FeatureViewConfig(StrictModel):
+    """A feature table keyed by an entity: each row holds the entity's feature values as of its
+    event time, known from its created time (a late correction has a later created time)."""
+
+    name: str = Field(min_length=1)
+    table: str = Field(min_length=1)  # a Delta table under storage.root, or a path/URI
+    keys: list[str] = Field(min_length=1)  # the entity key, in both this table and the label events
+    event_time: str = Field(min_length=1)
+    created_time: str | None = None  # when the value became known (default: its event time)
+    ttl_s: float | None = Field(None, gt=0)  # older values count as missing
+    columns: list[str] = Field(min_length=1)  # the features it adds
+
+
+class LabelEventsConfig(StrictModel):
+    table: str = Field(min_length=1)  # entity keys, event time, label, and any request-time features
+    event_time: str = Field(min_length=1)
+
+
+class FeatureTablesConfig(StrictModel):
+    """Training sets built by joining label events to feature views point-in-time (`lakeloop features
+    build` writes one to dataset.table). No views: dataset.table is one wide table, as it always was."""
+
+    labels: LabelEventsConfig | None = None
+    views: list[FeatureViewConfig] = Field(default_factory=list)
+    buckets: int = Field(16, ge=1)  # the join's partitions, by a hash of each view's entity key
+    builds_table: str = "feature_builds"  # one row per build: the training set's version and its sources'
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureTablesConfig:
+        if self.views and self.labels is None:
+            raise ValueError("features.labels: the label event table is needed to join features.views")
+        names = [v.name for v in self.views]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"features.views: the name {', '.join(repeated)} is used twice")
+        columns = [c for v in self.views for c in v.columns]
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"features.views: the column {', '.join(twice)} comes from two views")
+        return self
+
+
 class LakeloopConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     dataset: DatasetConfig
@@ -533,6 +575,7 @@ class LakeloopConfig(StrictModel):
     batch_inference: BatchInferenceConfig = Field(default_factory=BatchInferenceConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    features: FeatureTablesConfig = Field(default_factory=FeatureTablesConfig)
 
     @model_validator(mode="after")
     def _gate_fits_the_task(self) -> LakeloopConfig:

@@ -16,6 +16,7 @@ from pipelines.adapters import delta, local_services, ray_serve
 from pipelines.adapters.registry import ONLINE_EVIDENCE_TAG, ONLINE_MODE_TAG, ONLINE_TAG, Registry, mlflow_errors
 from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import LakeloopConfig
+from pipelines.feature_tables.build import last_build
 from pipelines.monitoring import reports, retraining
 from pipelines.monitoring.champion import champion_info
 from pipelines.monitoring.reports import summaries
@@ -187,6 +188,32 @@ def _tables(config: LakeloopConfig) -> list[dict]:
     return found
 
 
+def _features(config: LakeloopConfig) -> dict:
+    """The feature views with their tables' current versions, and the newest training set build."""
+    tables = delta.tables(config)
+    views = []
+    for view in config.features.views:
+        table = tables.named(view.table)
+        views.append({"name": view.name, "table": table.uri, "version": table.version() if table.exists() else None})
+    return {"views": views, "last_build": last_build(config) if views else None}
+
+
+def _feature_lines(features: dict) -> list[str]:
+    if "error" in features:
+        return [f"features     {features['error']}"]
+    lines = [f"feature view {v['name']}: {v['table']} version {v['version']}" for v in features["views"]]
+    build = features["last_build"]
+    if features["views"]:
+        lines.append(
+            f"             last build: {build['training_set']} version {build['version']} ({build['rows']} rows) "
+            f"at {build['built_at']}, from "
+            + ", ".join(f"{uri} version {version}" for uri, version in build["sources"].items())
+            if build
+            else "             not built yet: lakeloop features build"
+        )
+    return lines
+
+
 def gather(config: LakeloopConfig, serve_config: Path) -> dict:
     parts: dict[str, Callable[[], object]] = {
         "stack": lambda: _stack(config),
@@ -195,6 +222,7 @@ def gather(config: LakeloopConfig, serve_config: Path) -> dict:
         "drift": lambda: _drift(config),
         "retraining": lambda: _retraining(config),
         "online": lambda: _online(config),
+        "features": lambda: _features(config),
         "tables": lambda: _tables(config),
     }
     status = {}
@@ -241,6 +269,7 @@ def describe(status: dict) -> str:
         upcoming = retraining["next"]
         lines.append(f"next         {upcoming['action']}" + (f": {upcoming['reason']}" if upcoming["reason"] else ""))
     lines += _online_lines(status["online"])
+    lines += _feature_lines(status["features"])
     tables = status["tables"]
     if isinstance(tables, dict):
         lines.append(f"tables       {tables['error']}")

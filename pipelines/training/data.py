@@ -28,6 +28,7 @@ from pipelines.core.splits import (
     epoch_micros,
     plan_split,
 )
+from pipelines.feature_tables.build import sources_of
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.validation import ValidationReport, validate_table
 
@@ -44,6 +45,9 @@ class Lineage:
     tables: list[TableVersion]  # every table read, each pinned at the version read
     rows: dict[str, int]  # per split
     policy: dict = field(default_factory=dict)  # how rows were split and weighted (SplitPlan.describe)
+    # a training set built by `lakeloop features build`: the label and feature tables it joined, at
+    # the versions it read (URI -> version)
+    feature_sources: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
         return " + ".join(f"{t.uri} version {t.version}" for t in self.tables)
@@ -147,7 +151,10 @@ def prepare(
     plan = split_plan(config, tables, regime_start)
     raw, train_statistics = read_splits(config, tables, plan)  # materialized: every split is in the object store
     rows = {name: ds.count() for name, ds in raw.items()}
-    lineage = Lineage([TableVersion(r.table_uri, r.version, r.fingerprint) for r in reports], rows, plan.describe())
+    feature_sources = {uri: v for r in reports for uri, v in sources_of(config, r.table_uri, r.version).items()}
+    lineage = Lineage(
+        [TableVersion(r.table_uri, r.version, r.fingerprint) for r in reports], rows, plan.describe(), feature_sources
+    )
     empty = [name for name, count in rows.items() if count == 0]
     if empty:
         raise ValidationFailed(

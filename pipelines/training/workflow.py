@@ -4,6 +4,7 @@ Tune search, which imports the plain fit: never the reverse)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import tempfile
@@ -134,6 +135,12 @@ def _log_lineage(lineage: Lineage) -> None:
             "schema_fingerprint": ",".join(t.schema_fingerprint for t in lineage.tables),
         }
     )
+    for uri, version in lineage.feature_sources.items():  # what a built training set was joined from
+        source = DeltaDatasetSource(path=uri, delta_table_version=version)
+        name = f"{Path(uri.rstrip('/')).name}@v{version}"
+        mlflow.log_input(MetaDataset(source=source, name=name, digest=str(version)), context="feature source")
+    if lineage.feature_sources:
+        mlflow.set_tag("lakeloop.feature_sources", json.dumps(lineage.feature_sources)[:5000])
     mlflow.log_params({f"rows_{k}": v for k, v in lineage.rows.items()})
     mlflow.log_params({f"split_{k}": v for k, v in lineage.policy.items() if v is not None})
     mlflow.set_tags(

@@ -193,3 +193,35 @@ def test_the_batch_pool_starts_with_the_actors_free_cpus_hold_beside_a_read_task
 ) -> None:
     pool = load_config(DEMO_CONFIG).batch_inference.model_copy(update={"min_actors": 1, "max_actors": 3})
     assert pool.starting_actors(free_cpus) == expected  # 0.5 CPU each, one CPU kept for a read task
+
+
+VIEW = {"name": "usage", "table": "daily_usage", "keys": ["customer_id"], "event_time": "day", "columns": ["calls"]}
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ({"views": [VIEW]}, "features.labels: the label event table is needed"),
+        (
+            {"labels": {"table": "l", "event_time": "t"}, "views": [VIEW, {**VIEW, "columns": ["x"]}]},
+            "the name usage is used twice",
+        ),
+        (
+            {"labels": {"table": "l", "event_time": "t"}, "views": [VIEW, {**VIEW, "name": "other"}]},
+            "the column calls comes from two views",
+        ),
+        ({"labels": {"table": "l", "event_time": "t"}, "views": [{**VIEW, "keys": []}]}, r"features\.views\.0\.keys"),
+        ({"labels": {"table": "l", "event_time": "t"}, "views": [{**VIEW, "ttl_s": 0}]}, r"features\.views\.0\.ttl_s"),
+    ],
+)
+def test_feature_views_that_cannot_be_joined_are_refused_by_name(
+    raw_config: dict, features: dict, message: str
+) -> None:
+    raw_config["features"] = features
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw_config)
+
+
+def test_without_feature_views_the_dataset_table_is_one_wide_table(raw_config: dict) -> None:
+    config = parse_config(raw_config)
+    assert config.features.views == [] and config.features.labels is None

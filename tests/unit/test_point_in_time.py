@@ -8,6 +8,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.core.point_in_time import ViewJoin, as_of_join
 
@@ -96,3 +98,82 @@ def test_missing_and_clashing_columns_are_named() -> None:
             "at",
             VIEW,
         )
+
+
+def _pairwise(events: pd.DataFrame, features: pd.DataFrame, event_time: str, view: ViewJoin) -> pd.DataFrame:
+    """The obvious join: every event paired with every row of its entity, the visible ones kept, the
+    best of them taken (memory grows with events x versions: a reference, not the product)."""
+    keys = list(view.keys)
+    side = features[[*keys, view.event_time, *view.columns]].rename(columns={view.event_time: "_seen"})
+    side["_created"] = features[view.created_time] if view.created_time else features[view.event_time]
+    left = events[[*keys, event_time]].assign(_row=range(len(events))).dropna(subset=[*keys, event_time])
+    pairs = left.merge(side.dropna(subset=[*keys, "_seen", "_created"]), on=keys)
+    at = pairs[event_time]
+    visible = (pairs["_seen"] <= at) & (pairs["_created"] <= at)
+    if view.ttl is not None:
+        visible &= at - pairs["_seen"] <= view.ttl
+    best = pairs[visible].sort_values(["_row", "_seen", "_created"], kind="stable").drop_duplicates("_row", keep="last")
+    joined = events.reset_index(drop=True).copy()
+    for column in view.columns:
+        joined[column] = best.set_index("_row")[column].reindex(range(len(events))).to_numpy()
+    return joined
+
+
+def _large(seed: int, events: int, entities: int, versions: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Feature rows with late corrections, ties on event time, null keys, times and values; events
+    for entities with and without features, some with a null key or time."""
+    rng = np.random.default_rng(seed)
+    rows = entities * versions
+    computed = rng.integers(0, 60, rows).astype("timedelta64[D]") + np.datetime64("2026-01-01")
+    late = rng.choice(np.array([0, 0, 0, 0, 6, 30, 24 * 5], "timedelta64[h]"), rows)  # corrections
+    features = pd.DataFrame(
+        {
+            "customer": rng.integers(0, entities, rows).astype(float),
+            "computed_at": pd.to_datetime(computed, utc=True),
+            "written_at": pd.to_datetime(computed + late, utc=True),
+            "spend": rng.normal(100, 30, rows).round(1),
+            "plan": rng.choice(["basic", "plus", "pro"], rows),
+        }
+    )
+    for column, share in (("customer", 0.01), ("computed_at", 0.01), ("written_at", 0.01), ("spend", 0.05)):
+        features.loc[rng.random(rows) < share, column] = None
+    at = pd.to_datetime(
+        np.datetime64("2026-01-01") + rng.integers(0, 70 * 24, events).astype("timedelta64[h]"), utc=True
+    )
+    frame = pd.DataFrame({"customer": rng.integers(0, int(entities * 1.2), events).astype(float), "at": at})
+    frame.loc[rng.random(events) < 0.01, "customer"] = None
+    frame.loc[rng.random(events) < 0.01, "at"] = None
+    return frame, features
+
+
+@pytest.mark.parametrize("ttl", [None, timedelta(days=7)])
+def test_a_100k_row_join_equals_the_pairwise_reference_exactly(ttl: timedelta | None) -> None:
+    events, features = _large(3, 100_000, 20_000, 10)
+    view = ViewJoin(("customer",), "computed_at", ("spend", "plan"), "written_at", ttl)
+    joined, expected = as_of_join(events, features, "at", view), _pairwise(events, features, "at", view)
+    pd.testing.assert_frame_equal(joined, expected)
+    found = joined["plan"].notna()
+    assert 0.2 < found.mean() < 0.95  # entities without features, nulls and (with a TTL) expiry all occur
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), ttl_days=st.one_of(st.none(), st.integers(0, 20)))
+def test_no_value_written_after_the_label_time_ever_reaches_a_training_row(seed: int, ttl_days: int | None) -> None:
+    events, features = _large(seed, 400, 40, 6)
+    features["row"] = np.arange(len(features))  # which feature row was taken
+    ttl = None if ttl_days is None else timedelta(days=ttl_days)
+    joined = as_of_join(events, features, "at", ViewJoin(("customer",), "computed_at", ("row",), "written_at", ttl))
+    taken = joined.dropna(subset=["row"])
+    source = features.iloc[taken["row"].astype(int).to_numpy()]
+    assert (source["written_at"].to_numpy() <= taken["at"].to_numpy()).all()
+    assert (source["computed_at"].to_numpy() <= taken["at"].to_numpy()).all()
+    assert (source["customer"].to_numpy() == taken["customer"].to_numpy()).all()
+    if ttl is not None:
+        assert (taken["at"].to_numpy() - source["computed_at"].to_numpy() <= np.timedelta64(ttl)).all()
+
+
+def test_a_key_of_another_type_is_refused_naming_the_key() -> None:
+    events = pd.DataFrame({"customer": ["1"], "at": [_day(1)]})
+    features = pd.DataFrame({"customer": [1], "computed_at": [_day(0)], "written_at": [_day(0)], "spend": [1.0]})
+    with pytest.raises(ValueError, match="key 'customer' is object in the events but int64 in the feature view"):
+        as_of_join(events, features, "at", VIEW)
