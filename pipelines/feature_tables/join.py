@@ -29,7 +29,10 @@ def bucket_of(frame: pd.DataFrame, keys: list[str], buckets: int) -> np.ndarray:
 
 def _split(block: pa.Table, keys: list[str], buckets: int) -> tuple[pa.Table, ...] | pa.Table:
     codes = bucket_of(block.select(keys).to_pandas(), keys, buckets)
-    parts = tuple(block.filter(pa.array(codes == b)) for b in range(buckets))
+    order = np.argsort(codes, kind="stable")  # one take, then a slice per bucket (not a filter per bucket)
+    grouped = block.take(pa.array(order))
+    bounds = np.searchsorted(codes[order], np.arange(buckets + 1))
+    parts = tuple(grouped.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(buckets))
     return parts if buckets > 1 else parts[0]
 
 

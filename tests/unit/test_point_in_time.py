@@ -146,14 +146,24 @@ def _large(seed: int, events: int, entities: int, versions: int) -> tuple[pd.Dat
     return frame, features
 
 
+@pytest.mark.parametrize("created", ["written_at", None])
 @pytest.mark.parametrize("ttl", [None, timedelta(days=7)])
-def test_a_100k_row_join_equals_the_pairwise_reference_exactly(ttl: timedelta | None) -> None:
+def test_a_100k_row_join_equals_the_pairwise_reference_exactly(ttl: timedelta | None, created: str | None) -> None:
     events, features = _large(3, 100_000, 20_000, 10)
-    view = ViewJoin(("customer",), "computed_at", ("spend", "plan"), "written_at", ttl)
+    view = ViewJoin(("customer",), "computed_at", ("spend", "plan"), created, ttl)
     joined, expected = as_of_join(events, features, "at", view), _pairwise(events, features, "at", view)
     pd.testing.assert_frame_equal(joined, expected)
     found = joined["plan"].notna()
     assert 0.2 < found.mean() < 0.95  # entities without features, nulls and (with a TTL) expiry all occur
+
+
+def test_an_integer_key_is_joined_as_it_is_and_equals_the_reference() -> None:
+    events, features = _large(4, 20_000, 4_000, 5)
+    events, features = events.dropna(subset=["customer"]), features.dropna(subset=["customer"])
+    events["customer"], features["customer"] = events["customer"].astype("int64"), features["customer"].astype("int64")
+    for created in ("written_at", None):
+        view = ViewJoin(("customer",), "computed_at", ("spend",), created)
+        pd.testing.assert_frame_equal(as_of_join(events, features, "at", view), _pairwise(events, features, "at", view))
 
 
 @settings(max_examples=60, deadline=None)
