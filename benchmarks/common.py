@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -243,6 +245,15 @@ def registered_model(workdir: Path, family: str = "xgboost", dataset=None, frame
         yield BenchModel(service.url, config.mlflow.registered_model, version, local)
     finally:
         stop_pid(process.pid)
+
+
+def child_json(module: str, args: list[str], what: str) -> dict:
+    """Run `python -m module *args` in a fresh process (from the repository root); its last line of
+    output, as JSON. A child that fails ends the benchmark with its stderr, naming `what`."""
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def timed(fn) -> tuple[float, object]:

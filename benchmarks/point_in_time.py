@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, local_ray, peak_memory, write_result
+from benchmarks.common import child_json, local_ray, peak_memory, write_result
 
 DAY_US = 86_400 * 1_000_000
 FILE_ROWS = 1_000_000  # labels and features are written in files of this many rows (Ray reads a block each)
@@ -157,15 +155,9 @@ def main() -> None:
             directory = Path(tmp)
             make_data(directory, labels, args.entities, args.versions)
             for number, engine in enumerate(ENGINES):
-                done = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.point_in_time", "--child", engine, "--data", tmp],
-                    cwd=ROOT,
-                    capture_output=True,
-                    text=True,
+                result = child_json(
+                    "benchmarks.point_in_time", ["--child", engine, "--data", tmp], f"{engine} at {labels} labels"
                 )
-                if done.returncode:
-                    raise SystemExit(f"{engine} at {labels} labels failed:\n{done.stderr[-3000:]}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
                 values = np.load(directory / f"values-{number}.npy")
                 reference = np.load(directory / "values-0.npy")
                 same = bool(np.array_equal(values, reference, equal_nan=True))

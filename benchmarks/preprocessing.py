@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, demo_config, local_ray, peak_memory, timed, write_result
+from benchmarks.common import child_json, demo_config, local_ray, peak_memory, timed, write_result
 
 CHUNK = 1_000_000
 
@@ -161,15 +160,9 @@ def main() -> None:
             uri = str(Path(tmp) / f"events_{size}")
             make_table(uri, size)
             for engine in engines:
-                done = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.preprocessing", "--child", engine, "--table", uri],
-                    cwd=ROOT,
-                    capture_output=True,
-                    text=True,
+                result = child_json(
+                    "benchmarks.preprocessing", ["--child", engine, "--table", uri], f"{engine} at {size} rows"
                 )
-                if done.returncode:
-                    raise SystemExit(f"{engine} at {size} rows failed:\n{done.stderr[-3000:]}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
                 assert result["rows"] == size, (engine, size, result["rows"])
                 rows.append({"engine": engine, "size": size, **result, "rows_per_s": size / result["seconds"]})
                 print(
