@@ -7,6 +7,8 @@ loopback by default): what it checked and when, and what it did about it.
     lakeloop_monitor_champion_version               gauge: the version checked against
     lakeloop_monitor_retraining_submissions_total   counter: retraining jobs this monitor submitted
     lakeloop_monitor_degraded                       gauge: 1 while the champion is marked degraded
+    lakeloop_monitor_online_decisions_total         counter: what the online gate did, by action (promote,
+                                                    retire, rollback, keep)
 
 `lakeloop monitor --once` (cron) exits before anyone could scrape it and exports nothing; its
 verdicts are in the drift_reports table and the MLflow timeline.
@@ -37,6 +39,9 @@ class MonitorMetrics:
             "lakeloop_monitor_retraining_submissions", "retraining jobs submitted", registry=self.registry
         )
         self.degraded = Gauge("lakeloop_monitor_degraded", "1 while the champion is degraded", registry=self.registry)
+        self.online = Counter(
+            "lakeloop_monitor_online_decisions", "online gate decisions applied", ["action"], registry=self.registry
+        )
 
     def serve(self, host: str, port: int) -> None:
         """Start the HTTP endpoint (a daemon thread)."""
@@ -53,6 +58,8 @@ class MonitorMetrics:
         if outcome.submitted:
             self.submissions.inc()
         self.degraded.set(1 if outcome.retraining.state == "degraded" else 0)
+        if outcome.online is not None and outcome.online.applied:
+            self.online.labels(outcome.online.action).inc()
         self.last_pass.labels("ok").set(time.time())
 
     def failed(self) -> None:

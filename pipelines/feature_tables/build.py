@@ -72,6 +72,34 @@ def _same_key_types(labels: pa.Schema, view: pa.Schema, keys: list[str], name: s
             )
 
 
+@dataclass(frozen=True)
+class PinnedView:
+    join: ViewJoin
+    table: delta.Table
+    version: int
+    columns: list[str]  # what the join reads of it
+
+
+def _pin_views(config: LakeloopConfig, label_schema: pa.Schema) -> list[PinnedView]:
+    """Every view's table at its current version, each checked (columns, key types) before any row
+    is read; and the dataset's columns checked against what the label table and the views provide."""
+    features, tables, pinned = config.features, delta.tables(config), []
+    for view in features.views:
+        join = view_join(view)
+        needed = list(dict.fromkeys([*join.keys, join.event_time, *filter(None, [join.created_time]), *join.columns]))
+        table = tables.named(view.table)
+        version, schema = _opened(table, needed, f"features.views '{view.name}'")
+        _same_key_types(label_schema, schema, view.keys, view.name)
+        pinned.append(PinnedView(join, table, version, needed))
+    provided = {*label_schema.names, *(c for view in features.views for c in view.columns)}
+    missing = [c for c in config.dataset.required_columns if c not in provided]
+    if missing:
+        raise ConfigError(
+            f"dataset column {', '.join(missing)}: neither features.labels.table nor any features.views provides it"
+        )
+    return pinned
+
+
 def build_training_set(config: LakeloopConfig) -> Build:
     features = config.features
     if not features.views or features.labels is None:
@@ -80,40 +108,30 @@ def build_training_set(config: LakeloopConfig) -> Build:
     source = tables.named(labels.table)
     keys = list(dict.fromkeys(k for view in features.views for k in view.keys))
     version, label_schema = _opened(source, [labels.event_time, *keys], "features.labels.table")
-    sources = {source.uri: version}
+    views = _pin_views(config, label_schema)
     data = source.ray_read(version)
-    for view in features.views:
-        join = view_join(view)
-        needed = list(dict.fromkeys([*join.keys, join.event_time, *filter(None, [join.created_time]), *join.columns]))
-        table = tables.named(view.table)
-        pinned, schema = _opened(table, needed, f"features.views '{view.name}'")
-        _same_key_types(label_schema, schema, view.keys, view.name)
-        sources[table.uri] = pinned
-        data = join_view(data, table.ray_read(pinned, needed), labels.event_time, join, features.buckets)
-    missing = [c for c in config.dataset.required_columns if c not in data.schema().names]
-    if missing:
-        raise ConfigError(
-            f"the joined training set lacks dataset column {', '.join(missing)}: neither features.labels.table "
-            "nor any features.views provides it"
+    for view in views:
+        data = join_view(
+            data, view.table.ray_read(view.version, view.columns), labels.event_time, view.join, features.buckets
         )
     target = tables.named(config.dataset.table)
     built = target.ray_overwrite(data)
-    rows = target.open(built).count()
-    tables.named(features.builds_table).append(
-        pa.Table.from_pylist(
-            [
-                {
-                    "training_set": target.uri,
-                    "version": built,
-                    "rows": rows,
-                    "sources": json.dumps(sources),
-                    "built_at": datetime.now(UTC),
-                }
-            ],
-            BUILD_SCHEMA,
-        )
+    build = Build(
+        target.uri, built, target.open(built).count(), {source.uri: version} | {v.table.uri: v.version for v in views}
     )
-    return Build(target.uri, built, rows, sources)
+    _record(config, build)
+    return build
+
+
+def _record(config: LakeloopConfig, build: Build) -> None:
+    row = {
+        "training_set": build.training_set,
+        "version": build.version,
+        "rows": build.rows,
+        "sources": json.dumps(build.sources),
+        "built_at": datetime.now(UTC),
+    }
+    delta.tables(config).named(config.features.builds_table).append(pa.Table.from_pylist([row], BUILD_SCHEMA))
 
 
 def sources_of(config: LakeloopConfig, training_set: str, version: int) -> dict[str, int]:

@@ -107,11 +107,17 @@ def test_a_run_on_the_training_set_logs_every_source_it_was_built_from(landed) -
     )
 
 
-def test_a_missing_column_or_a_key_of_another_type_is_refused_by_name(landed, tmp_path: Path) -> None:
+def test_a_missing_column_or_a_key_of_another_type_is_refused_by_name_before_a_build(landed, tmp_path: Path) -> None:
     config, _ = landed
+    training_set = delta.tables(config).named("training_set")
+    before = training_set.version()
     raw = json.loads(config.model_dump_json())
     raw["features"]["views"][1]["columns"] = [*USAGE_COLUMNS, "data_gb"]
     with pytest.raises(ConfigError, match=r"features.views 'usage' \(.*daily_usage\) has no column data_gb"):
+        build_training_set(parse_config(raw))
+    raw = json.loads(config.model_dump_json())
+    raw["features"]["views"][1]["columns"] = ["tenure_months", "monthly_charges"]
+    with pytest.raises(ConfigError, match="dataset column support_calls: neither features.labels.table nor any"):
         build_training_set(parse_config(raw))
     numbers = tmp_path / "numbered_profile"
     profile = delta.tables(config).named(TABLES["profile"]).read().to_pandas()
@@ -121,3 +127,4 @@ def test_a_missing_column_or_a_key_of_another_type_is_refused_by_name(landed, tm
     raw["features"]["views"][0]["table"] = str(numbers)
     with pytest.raises(ConfigError, match="key 'customer_id' is int64 in the view but string in features.labels"):
         build_training_set(parse_config(raw))
+    assert training_set.version() == before  # nothing written by a refused build

@@ -227,3 +227,23 @@ def test_the_drift_report_shows_the_live_comparison_of_the_pass() -> None:
     rival = live_comparison(OnlineStep(**{**vars(step), "applied": False, "mode": "guard", "action": "rollback"}))
     assert "guard (the replaced champion)" in rival and "rollback (not applied)" in rival
     assert "no online candidate was set" in live_comparison(None)
+
+
+def test_the_monitors_metrics_count_the_online_gates_applied_decisions_by_action() -> None:
+    from prometheus_client import generate_latest
+
+    from pipelines.adapters.prometheus import MonitorMetrics
+    from pipelines.core.loop_outcomes import MonitorPass, OnlineStep, RetrainingStep
+
+    quiet = RetrainingStep("ok", "none", "", None, False, 0, None)
+    metrics = MonitorMetrics()
+
+    def looked(action: str, applied: bool) -> MonitorPass:
+        step = OnlineStep("2", "1", "guard", action, "", "roc_auc", 300, 0.8, 0.7, 0.01, 0.99, 1, 0, applied=applied)
+        return MonitorPass("1", [], [], 0, 0, 0, False, False, quiet, {}, online=step)
+
+    for action, applied in (("rollback", True), ("rollback", False), ("wait", False)):
+        metrics.passed(looked(action, applied))
+    text = generate_latest(metrics.registry).decode()
+    assert 'lakeloop_monitor_online_decisions_total{action="rollback"} 1.0' in text  # a rival's rollback: not ours
+    assert 'action="wait"' not in text
