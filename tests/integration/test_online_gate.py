@@ -80,6 +80,13 @@ def _shadow_rows(config: LakeloopConfig, version: str) -> int:
     return 0 if table is None else table.column(MODEL_VERSION).to_pylist().count(version)
 
 
+def _landed(config: LakeloopConfig, rows: int) -> bool:
+    """The served rows, their labels and the other model's rows all committed (each log commits on
+    its own: pairs are made only of rows in all three)."""
+    tables = delta.tables(config)
+    return all(table.count() >= rows for table in (tables.predictions, tables.feedback, tables.shadow))
+
+
 def _nominate(config: LakeloopConfig, action: str, version: str, percent: float | None = None) -> None:
     model_step.run(argparse.Namespace(action=action, version=version, percent=percent), config)
 
@@ -92,7 +99,7 @@ def test_in_shadow_a_worse_candidate_is_retired_and_the_champion_answered_every_
     served = _labelled_traffic(models, endpoint, 150, seed=21)
     assert {row.version for row in served} == {"1"}  # in shadow the champion answers every request
     assert helpers.wait_for(lambda: _shadow_rows(models, "2") >= 150, 30)
-    assert helpers.wait_for(lambda: delta.tables(models).feedback.count() >= 150, 30)
+    assert helpers.wait_for(lambda: _landed(models, 150), 30)
     step = online_step(models, champion_info(models))
     assert step is not None and step.action == "retire", step
     assert step.pairs == 150 and step.p_worse < 0.05 / 3 and step.candidate < step.champion
@@ -117,8 +124,7 @@ def test_a_better_canary_is_promoted_and_every_logged_row_says_which_model_answe
     served = _labelled_traffic(models, endpoint, 200, seed=22)
     answered = {row.request_id: row.version for row in served}
     assert set(answered.values()) == {"1", "2"}  # both answer a share of the requests
-    assert helpers.wait_for(lambda: delta.tables(models).feedback.count() >= 350, 30)
-    assert helpers.wait_for(lambda: delta.tables(models).shadow.count() >= 350, 30)  # 150 before this test
+    assert helpers.wait_for(lambda: _landed(models, 350), 30)  # 150 before this test
     logged = delta.tables(models).predictions.read(["request_id", MODEL_VERSION]).to_pylist()
     assert all(answered[r["request_id"]] == r[MODEL_VERSION] for r in logged if r["request_id"] in answered)
     epoch = registry.state().epoch
@@ -154,8 +160,7 @@ def test_a_promotion_that_is_worse_live_is_rolled_back_by_its_guard(models: Lake
     before = delta.tables(models).shadow.count()
     served = _labelled_traffic(models, endpoint, 150, seed=23)
     assert {row.version for row in served} == {"2"}
-    assert helpers.wait_for(lambda: delta.tables(models).shadow.count() >= before + 150, 30)
-    assert helpers.wait_for(lambda: delta.tables(models).feedback.count() >= 500, 30)
+    assert before == 350 and helpers.wait_for(lambda: _landed(models, 500), 30)
     step = online_step(models, champion_info(models))
     assert step is not None and (step.mode, step.action) == ("guard", "rollback"), step
     assert registry.state().version == "1" and registry.version_by_alias(models.gate.online.alias) is None
