@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev]'
+	cluster/install_debian.sh redis-server
 	touch $@
 
 demo: setup
@@ -40,7 +41,7 @@ test-faults: lint
 # Each benchmark writes bench-results/<name>.json; the report merges them into results.md/.json.
 bench: setup
 	$(PIP) -e '.[bench]'
-	benchmarks/install_wrk.sh
+	cluster/install_debian.sh wrk
 	$(BIN)/python -m benchmarks.serve_load
 	$(BIN)/python -m benchmarks.wide_pyfunc
 	$(BIN)/python -m benchmarks.preprocessing

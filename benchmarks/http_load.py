@@ -1,4 +1,4 @@
-"""HTTP load with wrk (Debian's `wrk`; benchmarks/install_wrk.sh installs it): POST one JSON body
+"""HTTP load with wrk (Debian's `wrk`; cluster/install_debian.sh wrk installs it): POST one JSON body
 over `concurrency` keep-alive connections for `seconds`, then req/s, p50/p99 and failed requests."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 def require_wrk() -> str:
     found = shutil.which("wrk")
     if found is None:
-        raise SystemExit("wrk is not installed: run benchmarks/install_wrk.sh (make bench runs it)")
+        raise SystemExit("wrk is not installed: run cluster/install_debian.sh wrk (make bench runs it)")
     return found
 
 

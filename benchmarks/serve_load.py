@@ -11,7 +11,7 @@ Python proxy, with two replicas from the start, and with smaller batches (the al
 shipped defaults are chosen against); a no-op deployment with the shipped options behind the same
 ingress (the framework's floor); `mlflow models serve` with 1 and 2 workers; and a bare
 FastAPI/uvicorn app loading the same pyfunc. The model is registered in a real `mlflow server`; the
-others load the same artifact from disk. Load comes from wrk (benchmarks/install_wrk.sh), one
+others load the same artifact from disk. Load comes from wrk (cluster/install_debian.sh wrk), one
 1-row /invocations body, keep-alive connections. Also: the pyfunc's own predict on 1 and 10,000 rows.
 """
 

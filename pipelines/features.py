@@ -1,6 +1,8 @@
-"""Step: build a point-in-time correct training set from label events and feature views.
+"""Step: build a point-in-time correct training set from label events and feature views, or
+materialize the views' latest values to the online store the replicas look them up in.
 
     lakeloop features build                   # features.labels joined with features.views -> dataset.table
+    lakeloop features materialize             # each view's latest value per entity -> features.online
     lakeloop features build --json
     ray job submit --working-dir . -- python -m pipelines.features build
 
@@ -9,6 +11,10 @@ time are at or before the event's time, within the view's TTL (otherwise missing
 missing value); joined on the cluster, bucketed by entity key. Every source table is read at one
 pinned version; the training set replaces dataset.table as a new Delta version, and
 features.builds_table records it with its sources' versions: `lakeloop train` on it logs them.
+
+`materialize` applies the same rule at one moment (now) to every entity of every view, and writes the
+result as one new online version per view (a Delta table, or Redis): replicas follow it within
+features.online.refresh_interval_s. Run it on a schedule (and after each change of a view's table).
 """
 
 from __future__ import annotations
@@ -21,16 +27,34 @@ from pipelines.step_runner import StepResult, step_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["build"], help="build: write the training set to dataset.table")
+    parser.add_argument(
+        "action",
+        choices=["build", "materialize"],
+        help="build: write the training set to dataset.table; materialize: the latest values to the online store",
+    )
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
+    if args.action == "materialize":
+        return _materialize(config)
     from pipelines.adapters import ray_cluster
     from pipelines.feature_tables.build import build_training_set
 
     with ray_cluster.ray_session(config):
         built = build_training_set(config)
     return StepResult(built.describe(), asdict(built))
+
+
+def _materialize(config: LakeloopConfig) -> StepResult:
+    from pipelines.feature_tables.materialize import materialize
+
+    written = materialize(config)
+    lines = [
+        f"view {m.view}: {m.entities} entities as of {m.as_of} -> {m.store} version {m.version} "
+        f"(from its table's version {m.source_version})"
+        for m in written
+    ]
+    return StepResult("\n".join(lines), {"views": [asdict(m) for m in written]})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,7 @@ from pipelines.adapters.registry import ModelRef, Predictor, Registry
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
 from pipelines.core.model_output import Scored
 from serve.access import Access
+from serve.feature_lookup import FeatureLookup
 from serve.metrics import Reporter, ServingMetrics
 from serve.model_source import ModelSource
 from serve.schemas import (
@@ -101,10 +102,12 @@ def _warm_up(predictor: Predictor, config: LakeloopConfig) -> int:
 
 @dataclass(frozen=True)
 class Pending:
-    """A validated request waiting in the batch: its id (the log's key) and its feature columns."""
+    """A validated request waiting in the batch: its id (the log's key), its feature columns (the
+    model's input), and its entity keys when the features were looked up (logged beside them)."""
 
     request_id: str
     columns: dict[str, np.ndarray]
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _rows(columns: dict[str, np.ndarray]) -> int:
@@ -246,7 +249,9 @@ def _server(api: FastAPI) -> "ModelServer":
 def _add_routes(api: FastAPI, config: LakeloopConfig) -> None:
     """The routes, typed by request models built from the dataset config."""
     limit = config.serving.max_rows_per_request
-    PredictRequest = predict_request_model(config.dataset, limit)
+    PredictRequest = predict_request_model(
+        config.dataset, limit, config.features.entity_keys, config.features.looked_up
+    )
     FeedbackRequest = feedback_request_model(config.dataset, limit)
 
     @api.post("/invocations")
@@ -257,7 +262,8 @@ def _add_routes(api: FastAPI, config: LakeloopConfig) -> None:
 
     @api.post("/predict")
     async def predict(body: PredictRequest, request: Request) -> dict:  # type: ignore[valid-type]
-        """Typed rows of the configured features; null marks a missing value."""
+        """Typed rows of the configured features; null marks a missing value. With feature views: the
+        entity key instead of the views' columns, which are looked up."""
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
         request_id, model, rows = await _server(api).score(records, request)
         return {
@@ -377,12 +383,19 @@ class ModelServer:
         self.config = LakeloopConfig.model_validate_json(config_json)
         self.access = access or Access.of(None, None, self.config.mlflow.registered_model)
         serving = self.config.serving
-        self.validator = RecordValidator(self.config.dataset, serving.max_rows_per_request)
+        features = self.config.features
+        self.validator = RecordValidator(
+            self.config.dataset, serving.max_rows_per_request, features.entity_keys, features.looked_up
+        )
         source = source or Registry.connect(self.config.mlflow.tracking_uri, self.config.mlflow.registered_model)
         owner = f"{_replica_tag()}-{os.getpid()}"
         dataset, log_config = self.config.dataset, serving.prediction_log
         self.predictions = _spool(
-            self.config, log_config.predictions_table, predictions_schema(dataset), owner, prediction_check(dataset)
+            self.config,
+            log_config.predictions_table,
+            predictions_schema(dataset, features.entity_keys),
+            owner,
+            prediction_check(dataset, features.entity_keys),
         )
         self.feedback = _spool(
             self.config,
@@ -396,6 +409,7 @@ class ModelServer:
         self._size_batches()
         self.metrics = ServingMetrics(self.config.mlflow.registered_model, self.config.dataset.task == "classification")
         self.reporter = Reporter(self._report_state, METRICS_EVERY_S)
+        self.features = FeatureLookup(self.config, self.metrics) if features.views else None
         self.shadow_scorer = ShadowScorer(self.shadow, self.metrics, self.config.gate.online.max_shadow_batches).start()
         self.watcher = ModelWatcher(source, self.config, self.metrics.model_loaded)
         self.candidates = ModelWatcher(source, self.config, alias=self.config.gate.online.alias, optional=True)
@@ -530,7 +544,7 @@ class ModelServer:
                 model.ref.name,
                 model.ref.version,
                 datetime.now(UTC),  # per request: the monitor's row windows cut only where it changes
-                _as_lists(request.columns),
+                {**_as_lists(request.keys), **_as_lists(request.columns)},
                 answer,
                 self.config.dataset,
             )
@@ -544,11 +558,13 @@ class ModelServer:
 
     async def score(self, records: Any, request: Request) -> tuple[str, LoadedModel, list[dict]]:
         """Validated records scored in a batch; (request id, the model that answered, one output per row)."""
-        columns = self.validator.columns(records)
+        columns, keys = self.validator.columns(records), {}
         if self.watcher.current is None:
             raise RequestError(503, "no model loaded yet; see GET /health", retry_after_s=5)
+        if self.features is not None:
+            columns, keys = await self.features.fill(columns)
         request_id = request_id_of(request)
-        model, answer = await self._score_batch(Pending(request_id, columns))
+        model, answer = await self._score_batch(Pending(request_id, columns, keys))
         if isinstance(answer, Exception):
             raise RequestError(422, f"the model cannot score these rows: {str(answer)[:300]}")
         return request_id, model, answer
@@ -589,6 +605,16 @@ class ModelServer:
             "last_error": self.candidates.last_error,
         }
 
+    def describe_features(self) -> dict | None:
+        """With feature views: per view, the online version held, its last refresh error, and the rows
+        this replica looked up by result."""
+        if self.features is None:
+            return None
+        described = self.features.describe()
+        for (view, result), rows in self.metrics.looked_up.items():
+            described[view].setdefault("lookups", {})[result] = rows
+        return described
+
     def describe(self) -> tuple[dict, int]:
         current = self.watcher.current
         if current is None:
@@ -603,6 +629,7 @@ class ModelServer:
             "health_reason": ref.health_reason or None,
             "loaded_at": current.loaded_at,
             "candidate": self.describe_candidate(),
+            "features": self.describe_features(),
             "log": {
                 "predictions": self.predictions.snapshot(),
                 "feedback": self.feedback.snapshot(),
@@ -627,6 +654,8 @@ class ModelServer:
         self.watcher.stop()
         self.candidates.stop()
         self.shadow_scorer.stop()
+        if self.features is not None:
+            self.features.close()
         self.predictions.close()
         self.feedback.close()
         self.shadow.close()

@@ -16,6 +16,9 @@ each carries the application, deployment and replica tags; Ray prefixes every na
                                       (champion | candidate | guard) and how (served | shadow)
     lakeloop_candidate_errors_total   counter: requests the online candidate failed (the client still gets an answer)
     lakeloop_shadow_dropped_rows_total counter: rows not scored in shadow (the replica's shadow queue was full)
+    lakeloop_feature_lookups_total    counter: rows looked up in the online store, by view and result
+                                      (hit | miss: entity not in the store | unavailable: no online version)
+    lakeloop_feature_age_seconds      histogram: age of each looked-up value (its feature time to the lookup), by view
 
 Gauges (the version, the log's backlog) are set by a thread every `every_s`, never on the request path.
 """
@@ -30,6 +33,7 @@ from ray.serve import metrics
 from pipelines.core.model_output import PREDICTION_COLUMN, PROBABILITY_PREFIX, Scored
 
 SCORE_BOUNDARIES = [round(0.1 * i, 1) for i in range(1, 10)]  # probabilities; values fall in the outer buckets
+AGE_BOUNDARIES = [60.0, 600.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0]  # a minute to a month
 
 
 class ServingMetrics:
@@ -69,6 +73,13 @@ class ServingMetrics:
         self.shadow_dropped = metrics.Counter(
             "lakeloop_shadow_dropped_rows_total", "rows not scored in shadow (queue full)", ("model",)
         )
+        self.lookups = metrics.Counter(
+            "lakeloop_feature_lookups_total", "rows looked up in the online store", ("view", "result")
+        )
+        self.ages = metrics.Histogram(
+            "lakeloop_feature_age_seconds", "age of looked-up feature values", AGE_BOUNDARIES, ("view",)
+        )
+        self.looked_up: dict[tuple[str, str], int] = {}  # what this replica counted, for GET /model
         self._version: str | None = None
         self._seen: dict[tuple[str, str], int] = {}
 
@@ -109,6 +120,15 @@ class ServingMetrics:
 
     def dropped_shadow_rows(self, rows: int) -> None:
         self.shadow_dropped.inc(rows, {"model": self.model_name})
+
+    def feature_lookups(self, view: str, result: str, rows: int) -> None:
+        if rows:
+            self.lookups.inc(rows, {"view": view, "result": result})
+            self.looked_up[(view, result)] = self.looked_up.get((view, result), 0) + rows
+
+    def feature_ages(self, view: str, ages_s) -> None:
+        for age in ages_s.tolist():
+            self.ages.observe(age, {"view": view})
 
     def unknown_categories(self, output: Scored) -> None:
         """What the model counted while encoding (lakeloop models count; other pyfuncs do not)."""

@@ -7,7 +7,7 @@ Every request path ends in the same record validation, so an error always names 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -57,22 +57,31 @@ def _encodable(text: str) -> str:
 Text = Annotated[StrictStr, AfterValidator(_encodable)]
 
 
-def record_model(dataset: DatasetConfig) -> type[BaseModel]:
+def record_model(dataset: DatasetConfig, keys: Sequence[str] = (), looked_up: Sequence[str] = ()) -> type[BaseModel]:
     """One row of raw features: every configured feature, nothing else. null means missing
-    (imputed like in training); NaN, infinities and values of the wrong type are refused."""
-    fields: dict[str, Any] = {}
+    (imputed like in training); NaN, infinities and values of the wrong type are refused. With
+    feature views (`keys`): the entity key instead of the `looked_up` features, which the replica
+    looks up (a key is an integer or text, required)."""
+    fields: dict[str, Any] = dict.fromkeys(keys, (Text | StrictInt, ...))
     for feature in dataset.features:
+        if feature.name in looked_up or feature.name in fields:
+            continue
         if feature.kind == "numeric":
             fields[feature.name] = (Annotated[float | None, Field(strict=True)], ...)
         else:
             fields[feature.name] = (Text | StrictInt | StrictBool | None, ...)
     config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    known = frozenset(dataset.feature_names)
+    known, from_views = frozenset(fields), frozenset(looked_up)
 
     def only_features(cls: type, record: Any) -> Any:
         """Unknown keys as one error per record, before any field is validated: a 1 MB record of
         80,000 unknown keys held a replica's event loop for 0.5 s as 80,000 errors."""
         if isinstance(record, dict) and not known.issuperset(record):
+            sent = sorted(k for k in record if k in from_views)
+            if sent:
+                raise ValueError(
+                    f"{', '.join(map(repr, sent[:5]))}: looked up by {', '.join(keys)} (features.views); do not send"
+                )
             unknown = sorted(k for k in record if k not in known)
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise ValueError(f"unknown fields (not configured features): {', '.join(map(repr, unknown[:5]))}{more}")
@@ -89,9 +98,11 @@ def capped(details: list[str]) -> list[str]:
     return [*details[:MAX_DETAILS], f"... and {len(details) - MAX_DETAILS} more errors"]
 
 
-def predict_request_model(dataset: DatasetConfig, max_rows: int) -> type[BaseModel]:
+def predict_request_model(
+    dataset: DatasetConfig, max_rows: int, keys: Sequence[str] = (), looked_up: Sequence[str] = ()
+) -> type[BaseModel]:
     """The typed /predict body (more than max_rows records is 413, checked before row validation)."""
-    record = record_model(dataset)
+    record = record_model(dataset, keys, looked_up)
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
@@ -124,15 +135,19 @@ def feedback_request_model(dataset: DatasetConfig, max_rows: int) -> type[BaseMo
 
 
 class RecordValidator:
-    def __init__(self, dataset: DatasetConfig, max_rows: int) -> None:
+    def __init__(
+        self, dataset: DatasetConfig, max_rows: int, keys: Sequence[str] = (), looked_up: Sequence[str] = ()
+    ) -> None:
         self.dataset = dataset
         self.max_rows = max_rows
-        self._records = TypeAdapter(list[record_model(dataset)])
+        self._records = TypeAdapter(list[record_model(dataset, keys, looked_up)])
+        self.keys = list(keys)
+        self.sent = [*self.keys, *(n for n in dataset.feature_names if n not in looked_up and n not in keys)]
 
     def columns(self, records: Any) -> dict[str, np.ndarray]:
-        """Validated records -> the feature columns, in config order (the model's frame and the log's
-        rows are both built from these: going back from a DataFrame to lists cost a tenth of a
-        replica's time at 32 concurrent requests)."""
+        """Validated records -> the columns sent (the entity keys, then the features in config order;
+        the model's frame and the log's rows are both built from these: going back from a DataFrame to
+        lists cost a tenth of a replica's time at 32 concurrent requests)."""
         if not isinstance(records, list):
             raise RequestError(422, "records must be a list of objects")
         if not records:
@@ -149,7 +164,7 @@ class RecordValidator:
         numeric = set(self.dataset.numeric)
         return {
             name: np.array([getattr(row, name) for row in rows], dtype=float if name in numeric else object)
-            for name in self.dataset.feature_names
+            for name in self.sent
         }
 
 
@@ -217,12 +232,15 @@ def feedback_check(dataset: DatasetConfig, max_rows: int, issued: Callable[[str]
     return check
 
 
-def prediction_check(dataset: DatasetConfig):
+def prediction_check(dataset: DatasetConfig, keys: Sequence[str] = ()):
     """A spooled prediction row (adopted) checked for what /predict guarantees of a served row: each
-    numeric feature a finite number or null, each categorical a string or null."""
+    numeric feature a finite number or null, each categorical a string or null, each entity key text."""
     numeric = set(dataset.numeric)
 
     def check(row: dict) -> str | None:
+        for key in keys:
+            if not isinstance(row.get(key), str):
+                return f"{key}: {row.get(key)!r} is not an entity key"
         for name in dataset.feature_names:
             value = row.get(name)
             if value is None:

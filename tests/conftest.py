@@ -81,6 +81,17 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's package) on loopback, stopped by pid; yields its URL."""
+    from pipelines.adapters.local_services import stop_pid
+    from tests.servers import start_redis
+
+    pid, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop_pid(pid)
+
+
+@pytest.fixture(scope="session")
 def mlflow_at_scale(tmp_path_factory: pytest.TempPathFactory, object_store) -> Iterator[str]:
     """A real `mlflow server` as a cluster runs it: PostgreSQL 15 as the tracking and registry
     store, artifacts on the object store. Yields its URL."""

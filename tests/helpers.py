@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import yaml
 
@@ -24,6 +25,72 @@ def demo_raw_config(data_root: Path) -> dict:
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     raw["storage"]["root"] = str(data_root)
     return raw
+
+
+def features_section(buckets: int = 4) -> dict:
+    """The worked example's `features:` (pipelines/scenarios/feature_tables.py): a profile view of
+    snapshots and a usage view with late corrections, both keyed by customer_id."""
+    from pipelines.scenarios.feature_tables import PROFILE_COLUMNS, TABLES, USAGE_COLUMNS
+
+    return {
+        "labels": {"table": TABLES["labels"], "event_time": "event_time"},
+        "views": [
+            {
+                "name": "profile",
+                "table": TABLES["profile"],
+                "keys": ["customer_id"],
+                "event_time": "updated_at",
+                "columns": PROFILE_COLUMNS,
+            },
+            {
+                "name": "usage",
+                "table": TABLES["usage"],
+                "keys": ["customer_id"],
+                "event_time": "day",
+                "created_time": "computed_at",
+                "ttl_s": 90 * 86400,
+                "columns": USAGE_COLUMNS,
+            },
+        ],
+        "buckets": buckets,
+    }
+
+
+def landed_feature_tables(raw: dict, tables):
+    """`raw` with the worked example's features section (keeping its features.online), and `tables`
+    (FeatureTables) written to its storage; the config."""
+    from pipelines.adapters import delta
+    from pipelines.core.config import parse_config
+    from pipelines.scenarios.feature_tables import TABLES
+
+    raw["dataset"]["table"] = "training_set"
+    online = raw.get("features", {}).get("online", {})  # where the caller put the online store
+    raw["features"] = {**features_section(), "online": online}
+    config = parse_config(raw)
+    for part, name in TABLES.items():
+        delta.tables(config).named(name).append(getattr(tables, part))
+    return config
+
+
+def newest_event(tables) -> datetime:
+    return pd.Timestamp(tables.labels.column("event_time").to_pandas().max()).to_pydatetime()
+
+
+def customers_of(tables) -> list[str]:
+    return sorted(set(tables.labels.column("customer_id").to_pylist()))
+
+
+def offline_values(config, tables, at: datetime, customers: list[str]) -> pd.DataFrame:
+    """The training-set rule (the point-in-time join) for an event of each customer at `at`: what an
+    online lookup after a materialization at `at` must give."""
+    from pipelines.core.point_in_time import as_of_join
+    from pipelines.feature_tables.build import view_join
+
+    events = pd.DataFrame({"customer_id": customers, "event_time": pd.Timestamp(at)})
+    for view in config.features.views:
+        source = getattr(tables, view.name).to_pandas()  # the example's views are named as its tables' parts
+        events = as_of_join(events, source, "event_time", view_join(view))
+    return events
 
 
 def write_config(raw: dict, path: Path) -> Path:

@@ -1,7 +1,8 @@
 """Real servers the storage tests start and own: an S3-protocol object store (moto's standalone
-server, S3 and DynamoDB over HTTP) and a PostgreSQL 15 server, each on loopback, each a process in a
-session of its own, stopped by pid. Credentials and the endpoint reach lakeloop, deltalake, Ray and
-MLflow the way they reach them in production: the standard AWS environment variables."""
+server, S3 and DynamoDB over HTTP), a PostgreSQL 15 server and a Redis server (Debian's redis-server,
+which `make setup` installs), each on loopback, each a process in a session of its own, stopped by
+pid. Credentials and the endpoint reach lakeloop, deltalake, Ray and MLflow the way they reach them in
+production: the standard AWS environment variables."""
 
 from __future__ import annotations
 
@@ -77,6 +78,24 @@ def start_object_store(log: Path, bucket: str = "lakeloop") -> ObjectStore:
         region_name=env["AWS_REGION"],
     ).create_bucket(Bucket=bucket)
     return store
+
+
+def start_redis(directory: Path) -> tuple[int, str]:
+    """redis-server on a free loopback port, nothing persisted; (pid, redis:// URL)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed: `make setup` installs it (cluster/install_debian.sh)")
+    port = free_port()
+    with (directory / "redis.log").open("w") as out:
+        process = subprocess.Popen(
+            [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            start_new_session=True,
+        )
+    _wait_for_port(port, process, "redis-server")
+    return process.pid, f"redis://127.0.0.1:{port}/0"
 
 
 @dataclass

@@ -38,8 +38,11 @@ SCORED_BY = [
 ANSWER = [pa.field(PREDICTION, pa.string()), pa.field(OUTPUT, pa.string())]  # output: the row's whole answer, JSON
 
 
-def predictions_schema(dataset: DatasetConfig) -> pa.Schema:
-    return pa.schema([*SCORED_BY, *(feature_field(f.name, f.kind) for f in dataset.features), *ANSWER])
+def predictions_schema(dataset: DatasetConfig, keys: Sequence[str] = ()) -> pa.Schema:
+    """The served rows: who scored them, the entity keys a request sent (as text; with feature views),
+    the features the model saw (looked up or sent), and the answer."""
+    key_fields = [pa.field(k, pa.string()) for k in keys if k not in dataset.feature_names]
+    return pa.schema([*SCORED_BY, *key_fields, *(feature_field(f.name, f.kind) for f in dataset.features), *ANSWER])
 
 
 SHADOW_SCHEMA = pa.schema(

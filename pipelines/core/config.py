@@ -539,6 +539,15 @@ class LabelEventsConfig(StrictModel):
     event_time: str = Field(min_length=1)
 
 
+class OnlineStoreConfig(StrictModel):
+    """Where `lakeloop features materialize` writes each view's latest values and replicas look them up."""
+
+    store: Literal["delta", "redis"] = "delta"  # delta: a versioned table per view, held in each replica's memory
+    table_prefix: str = Field("online_", min_length=1)  # delta: the table of view v is <prefix><v> under storage.root
+    redis_url: str = "redis://127.0.0.1:6379/0"  # redis: one server every replica reaches (several nodes)
+    refresh_interval_s: float = Field(5.0, gt=0)  # replicas re-check each view's online version this often
+
+
 class FeatureTablesConfig(StrictModel):
     """Training sets built by joining label events to feature views point-in-time (`lakeloop features
     build` writes one to dataset.table). No views: dataset.table is one wide table, as it always was."""
@@ -547,6 +556,17 @@ class FeatureTablesConfig(StrictModel):
     views: list[FeatureViewConfig] = Field(default_factory=list)
     buckets: int = Field(16, ge=1)  # the join's partitions, by a hash of each view's entity key
     builds_table: str = "feature_builds"  # one row per build: the training set's version and its sources'
+    online: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+
+    @property
+    def entity_keys(self) -> list[str]:
+        """Every view's key columns, once each: what a request sends instead of the views' columns."""
+        return list(dict.fromkeys(k for view in self.views for k in view.keys))
+
+    @property
+    def looked_up(self) -> list[str]:
+        """The views' feature columns: looked up at serving time, never sent."""
+        return [c for view in self.views for c in view.columns]
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureTablesConfig:

@@ -150,3 +150,22 @@ def as_of_join(events: pd.DataFrame, features: pd.DataFrame, event_time: str, vi
     for column in view.columns:
         joined[column] = _column(features[column].to_numpy(), rows, targets, len(events))
     return joined
+
+
+FEATURE_TIME = "feature_time"  # in an online table: the event time of each entity's value (its freshness)
+
+
+def latest_as_of(features: pd.DataFrame, view: ViewJoin, at: pd.Timestamp) -> pd.DataFrame:
+    """Each entity's values as a label event at `at` would see them (the same join, one event per
+    entity): the keys, FEATURE_TIME (the chosen row's event time) and the view's columns. Entities
+    with no visible row within the TTL are left out (a lookup of them is a miss)."""
+    keys = list(view.keys)
+    if FEATURE_TIME in (*keys, *view.columns):
+        raise ValueError(f"point-in-time: a view column may not be named {FEATURE_TIME}")
+    entities = features[keys].dropna().drop_duplicates().reset_index(drop=True)
+    events = entities.assign(**{FEATURE_TIME + "_at": pd.Series(at, index=entities.index)})
+    with_time = ViewJoin(view.keys, view.event_time, (*view.columns, view.event_time), view.created_time, view.ttl)
+    joined = as_of_join(events, features, FEATURE_TIME + "_at", with_time)
+    found = joined[view.event_time].notna()
+    latest = joined.loc[found, [*keys, view.event_time, *view.columns]]
+    return latest.rename(columns={view.event_time: FEATURE_TIME}).reset_index(drop=True)

@@ -48,15 +48,20 @@ def view_join(view: FeatureViewConfig) -> ViewJoin:
     return ViewJoin(tuple(view.keys), view.event_time, tuple(view.columns), view.created_time, ttl)
 
 
-def _opened(table: delta.Table, needed: list[str], what: str) -> tuple[int, pa.Schema]:
+def needed_columns(join: ViewJoin) -> list[str]:
+    """What a join reads of a view's table: its keys, times and feature columns."""
+    return list(dict.fromkeys([*join.keys, join.event_time, *filter(None, [join.created_time]), *join.columns]))
+
+
+def opened(table: delta.Table, needed: list[str], what: str) -> tuple[int, pa.Schema]:
     """The table's current version and schema, once the schema holds `needed` (else an error naming them)."""
-    opened = table.open()
-    table.require_readable(opened)
-    schema = delta.arrow_dataset(opened).schema
+    current = table.open()
+    table.require_readable(current)
+    schema = delta.arrow_dataset(current).schema
     missing = [c for c in needed if c not in schema.names]
     if missing:
         raise ConfigError(f"{what} ({table.uri}) has no column {', '.join(missing)}")
-    return opened.version(), schema
+    return current.version(), schema
 
 
 def _same_key_types(labels: pa.Schema, view: pa.Schema, keys: list[str], name: str) -> None:
@@ -86,9 +91,9 @@ def _pin_views(config: LakeloopConfig, label_schema: pa.Schema) -> list[PinnedVi
     features, tables, pinned = config.features, delta.tables(config), []
     for view in features.views:
         join = view_join(view)
-        needed = list(dict.fromkeys([*join.keys, join.event_time, *filter(None, [join.created_time]), *join.columns]))
+        needed = needed_columns(join)
         table = tables.named(view.table)
-        version, schema = _opened(table, needed, f"features.views '{view.name}'")
+        version, schema = opened(table, needed, f"features.views '{view.name}'")
         _same_key_types(label_schema, schema, view.keys, view.name)
         pinned.append(PinnedView(join, table, version, needed))
     provided = {*label_schema.names, *(c for view in features.views for c in view.columns)}
@@ -107,7 +112,7 @@ def build_training_set(config: LakeloopConfig) -> Build:
     tables, labels = delta.tables(config), features.labels
     source = tables.named(labels.table)
     keys = list(dict.fromkeys(k for view in features.views for k in view.keys))
-    version, label_schema = _opened(source, [labels.event_time, *keys], "features.labels.table")
+    version, label_schema = opened(source, [labels.event_time, *keys], "features.labels.table")
     views = _pin_views(config, label_schema)
     data = source.ray_read(version)
     for view in views:

@@ -20,36 +20,11 @@ from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import ConfigError
 from pipelines.feature_tables.build import build_training_set
 from pipelines.monitoring.loop_status import describe, gather
-from pipelines.scenarios.feature_tables import PROFILE_COLUMNS, TABLES, USAGE_COLUMNS, feature_tables
+from pipelines.scenarios.feature_tables import TABLES, USAGE_COLUMNS, feature_tables
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config
+from tests.helpers import demo_raw_config, features_section
 
 pytestmark = pytest.mark.integration
-
-
-def features_section(buckets: int = 4) -> dict:
-    return {
-        "labels": {"table": TABLES["labels"], "event_time": "event_time"},
-        "views": [
-            {
-                "name": "profile",
-                "table": TABLES["profile"],
-                "keys": ["customer_id"],
-                "event_time": "updated_at",
-                "columns": PROFILE_COLUMNS,
-            },
-            {
-                "name": "usage",
-                "table": TABLES["usage"],
-                "keys": ["customer_id"],
-                "event_time": "day",
-                "created_time": "computed_at",
-                "ttl_s": 90 * 86400,
-                "columns": USAGE_COLUMNS,
-            },
-        ],
-        "buckets": buckets,
-    }
 
 
 @pytest.fixture(scope="module")
