@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 from pipelines.core.config import LakeloopConfig
 from pipelines.step_runner import StepResult, step_main
@@ -32,11 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["build", "materialize"],
         help="build: write the training set to dataset.table; materialize: the latest values to the online store",
     )
+    parser.add_argument(
+        "--as-of",
+        type=_moment,
+        help="materialize: the values a label event at this ISO moment would see (default: now)",
+    )
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     if args.action == "materialize":
-        return _materialize(config)
+        return _materialize(config, getattr(args, "as_of", None))
     from pipelines.adapters import ray_cluster
     from pipelines.feature_tables.build import build_training_set
 
@@ -45,10 +51,18 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     return StepResult(built.describe(), asdict(built))
 
 
-def _materialize(config: LakeloopConfig) -> StepResult:
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date and time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _materialize(config: LakeloopConfig, as_of: datetime | None) -> StepResult:
     from pipelines.feature_tables.materialize import materialize
 
-    written = materialize(config)
+    written = materialize(config, as_of)
     lines = [
         f"view {m.view}: {m.entities} entities as of {m.as_of} -> {m.store} version {m.version} "
         f"(from its table's version {m.source_version})"

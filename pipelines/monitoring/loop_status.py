@@ -13,6 +13,7 @@ import httpx
 import pyarrow.compute as pc
 
 from pipelines.adapters import delta, local_services, ray_serve
+from pipelines.adapters.online_store import describe_views
 from pipelines.adapters.registry import ONLINE_EVIDENCE_TAG, ONLINE_MODE_TAG, ONLINE_TAG, Registry, mlflow_errors
 from pipelines.core import drift_policy, retraining_policy
 from pipelines.core.config import LakeloopConfig
@@ -189,19 +190,43 @@ def _tables(config: LakeloopConfig) -> list[dict]:
 
 
 def _features(config: LakeloopConfig) -> dict:
-    """The feature views with their tables' current versions, and the newest training set build."""
+    """The feature views with their tables' current versions and their online versions, and the newest
+    training set build."""
     tables = delta.tables(config)
+    online = _online_views(config) if config.features.views else {}
     views = []
     for view in config.features.views:
         table = tables.named(view.table)
-        views.append({"name": view.name, "table": table.uri, "version": table.version() if table.exists() else None})
+        version = table.version() if table.exists() else None
+        views.append({"name": view.name, "table": table.uri, "version": version, "online": online.get(view.name)})
     return {"views": views, "last_build": last_build(config) if views else None}
+
+
+def _online_views(config: LakeloopConfig) -> dict:
+    try:
+        return describe_views(config)
+    except Exception as exc:  # noqa: BLE001 - the online store down: said, the rest of the status stands
+        return {view.name: {"error": f"{type(exc).__name__}: {exc}"} for view in config.features.views}
+
+
+def _online_line(online: dict | None) -> str:
+    if online is None:
+        return "             online: not materialized yet: lakeloop features materialize"
+    if "error" in online:
+        return f"             online: unreadable: {online['error']}"
+    return (
+        f"             online: {online['store']} version {online['version']} "
+        f"({online['entities']} entities, written {online['written_at']})"
+    )
 
 
 def _feature_lines(features: dict) -> list[str]:
     if "error" in features:
         return [f"features     {features['error']}"]
-    lines = [f"feature view {v['name']}: {v['table']} version {v['version']}" for v in features["views"]]
+    lines = []
+    for view in features["views"]:
+        lines.append(f"feature view {view['name']}: {view['table']} version {view['version']}")
+        lines.append(_online_line(view["online"]))
     build = features["last_build"]
     if features["views"]:
         lines.append(

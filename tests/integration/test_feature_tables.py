@@ -1,13 +1,17 @@
 """Feature tables on a real Ray cluster, Delta tables and MLflow server: `lakeloop features build`
-joins label events to a profile view and a usage view with late corrections, point-in-time, and a
-training run on the result logs every source it was built from."""
+joins label events to a profile view and a usage view with late corrections, point-in-time; a
+training run on the result logs every source it was built from; and the Serve app, after `features
+materialize`, answers requests that send only the entity key, logging the values it looked up."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -15,14 +19,16 @@ from mlflow import MlflowClient
 
 from pipelines import features as features_step
 from pipelines.adapters import delta
+from pipelines.adapters.local_services import free_port
 from pipelines.adapters.ray_serve import DEFAULT_SERVE_CONFIG
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import ConfigError
 from pipelines.feature_tables.build import build_training_set
 from pipelines.monitoring.loop_status import describe, gather
-from pipelines.scenarios.feature_tables import TABLES, USAGE_COLUMNS, feature_tables
+from pipelines.scenarios import endpoint as shipped_endpoint
+from pipelines.scenarios.feature_tables import TABLES, USAGE_COLUMNS, FeatureTables, feature_tables
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config, features_section
+from tests.helpers import customers_of, demo_raw_config, features_section, newest_event, offline_values, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +36,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def landed(
     tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray_local: str
-) -> tuple[LakeloopConfig, pd.DataFrame]:
-    """The three tables of the worked example (2,000 events of 500 customers) and the wide rows they
-    were cut from."""
+) -> tuple[LakeloopConfig, FeatureTables]:
+    """The three tables of the worked example (2,000 events of 500 customers), as landed, and the wide
+    rows they were cut from."""
     raw = demo_raw_config(tmp_path_factory.mktemp("features") / "data")
     raw["dataset"]["table"] = "training_set"
     raw["features"] = features_section()
@@ -42,7 +48,7 @@ def landed(
     generated = feature_tables(2000, 5, customers=500)
     for part, name in TABLES.items():
         delta.tables(config).named(name).append(getattr(generated, part))
-    return config, generated.wide.to_pandas()
+    return config, generated
 
 
 def _sorted(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -50,7 +56,8 @@ def _sorted(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def test_the_built_training_set_is_the_wide_table_and_no_late_correction_leaks(landed) -> None:
-    config, wide = landed
+    config, generated = landed
+    wide = generated.wide.to_pandas()
     outcome = features_step.run(argparse.Namespace(action="build"), config)
     built = delta.tables(config).named("training_set")
     rows = built.read().to_pandas()
@@ -71,10 +78,16 @@ def test_the_built_training_set_is_the_wide_table_and_no_late_correction_leaks(l
     assert f"last build: {built.uri} version {built.version()} (2000 rows)" in shown
 
 
-def test_a_run_on_the_training_set_logs_every_source_it_was_built_from(landed) -> None:
+@pytest.fixture(scope="module")
+def trained(landed):
+    """A build (a new version of the training set) and the champion trained on it."""
     config, _ = landed
-    built = build_training_set(config)  # a second build: a new version of the training set
-    trained = train_and_register(config)
+    return build_training_set(config), train_and_register(config)
+
+
+def test_a_run_on_the_training_set_logs_every_source_it_was_built_from(landed, trained) -> None:
+    config, _ = landed
+    built, trained = trained
     run = MlflowClient(config.mlflow.tracking_uri).get_run(trained.run_id)
     assert json.loads(run.data.tags["lakeloop.feature_sources"]) == built.sources
     assert f"training_set version {built.version}" in run.data.tags["lakeloop.tables"].replace(
@@ -103,3 +116,52 @@ def test_a_missing_column_or_a_key_of_another_type_is_refused_by_name_before_a_b
     with pytest.raises(ConfigError, match="key 'customer_id' is int64 in the view but string in features.labels"):
         build_training_set(parse_config(raw))
     assert training_set.version() == before  # nothing written by a refused build
+
+
+def test_the_endpoint_looks_up_the_views_by_key_and_logs_what_the_model_saw(landed, trained, ray_local: str) -> None:
+    config, generated = landed
+    raw = json.loads(config.model_dump_json())
+    raw["serving"].update(poll_interval_s=0.5)
+    raw["serving"]["prediction_log"].update(flush_rows=10, flush_interval_s=0.5)
+    raw["features"]["online"]["refresh_interval_s"] = 0.5
+    config = parse_config(raw)
+    at = newest_event(generated) + timedelta(days=1)  # within the usage view's TTL; some corrections visible
+    args = argparse.Namespace(action="materialize", as_of=at)
+    materialized = features_step.run(args, config).data["views"]
+    shown = describe(gather(config, DEFAULT_SERVE_CONFIG))
+    online_usage = materialized[1]
+    assert f"online: {online_usage['store']} version {online_usage['version']} (500 entities" in shown
+    customers = customers_of(generated)[:20]
+    with shipped_endpoint.serving(config, ray_local, free_port()) as url:
+        answer = httpx.post(f"{url}/predict", json={"records": [{"customer_id": c} for c in [*customers, "nobody"]]})
+        assert answer.status_code == 200, answer.text
+        refused = httpx.post(f"{url}/predict", json={"records": [{"customer_id": 7}]})
+        assert refused.status_code == 422 and "keys are text; got 7" in refused.json()["error"]
+        lookups = httpx.get(f"{url}/model").json()["features"]["usage"]["lookups"]
+        assert lookups == {"hit": 20, "miss": 1}
+        wanted = ("ray_lakeloop_feature_lookups_total", "ray_lakeloop_feature_age_seconds_bucket")
+        assert wait_for(lambda: all(_metric(name) for name in wanted), timeout=90)
+        assert any('result="miss"' in line and 'view="usage"' in line for line in _metric(wanted[0]))
+    request_id = answer.json()["request_id"]
+    log = delta.tables(config).predictions
+    assert wait_for(lambda: log.exists() and request_id in log.read()["request_id"].to_pylist(), 60)
+    logged = log.read().to_pandas().query("request_id == @request_id").sort_values("row")
+    assert logged["customer_id"].tolist() == [*customers, "nobody"]
+    expected = offline_values(config, generated, at, customers)  # the training set's rule at `at`
+    for column in config.dataset.feature_names:
+        if column in config.dataset.numeric:
+            np.testing.assert_allclose(logged[column].iloc[:20], expected[column], err_msg=column)
+        else:
+            assert logged[column].tolist()[:20] == expected[column].tolist(), column
+    assert logged.iloc[20][config.dataset.feature_names].isna().all()  # a missing entity: imputed
+
+
+def _metric(name: str) -> list[str]:
+    import ray
+
+    text = "\n".join(
+        httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+        for node in ray.nodes()
+        if node["Alive"]
+    )
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
