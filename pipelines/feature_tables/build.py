@@ -64,16 +64,18 @@ def opened(table: delta.Table, needed: list[str], what: str) -> tuple[int, pa.Sc
     return current.version(), schema
 
 
-def _same_key_types(labels: pa.Schema, view: pa.Schema, keys: list[str], name: str) -> None:
+def _same_key_types(events: pa.Schema, view: pa.Schema, keys: list[str], name: str, what: str) -> None:
     """A key that is a number on one side and text on the other would never match: refused, named."""
     for key in keys:
+        if key not in events.names:
+            raise ConfigError(f"features.views '{name}': key '{key}' is not a column of {what}")
         kinds = [
-            pa.types.is_integer(t) or pa.types.is_floating(t) for t in (labels.field(key).type, view.field(key).type)
+            pa.types.is_integer(t) or pa.types.is_floating(t) for t in (events.field(key).type, view.field(key).type)
         ]
         if kinds[0] != kinds[1]:
             raise ConfigError(
                 f"features.views '{name}': key '{key}' is {view.field(key).type} in the view but "
-                f"{labels.field(key).type} in features.labels.table"
+                f"{events.field(key).type} in {what}"
             )
 
 
@@ -85,24 +87,28 @@ class PinnedView:
     columns: list[str]  # what the join reads of it
 
 
-def _pin_views(config: LakeloopConfig, label_schema: pa.Schema) -> list[PinnedView]:
-    """Every view's table at its current version, each checked (columns, key types) before any row
-    is read; and the dataset's columns checked against what the label table and the views provide."""
-    features, tables, pinned = config.features, delta.tables(config), []
-    for view in features.views:
+def pin_views(config: LakeloopConfig, events: pa.Schema, what: str) -> list[PinnedView]:
+    """Every view's table at its current version, each checked (columns, key types against the
+    `events` they will be joined to, named `what`) before any row is read."""
+    tables, pinned = delta.tables(config), []
+    for view in config.features.views:
         join = view_join(view)
         needed = needed_columns(join)
         table = tables.named(view.table)
         version, schema = opened(table, needed, f"features.views '{view.name}'")
-        _same_key_types(label_schema, schema, view.keys, view.name)
+        _same_key_types(events, schema, view.keys, view.name, what)
         pinned.append(PinnedView(join, table, version, needed))
-    provided = {*label_schema.names, *(c for view in features.views for c in view.columns)}
+    return pinned
+
+
+def _check_provided(config: LakeloopConfig, label_schema: pa.Schema) -> None:
+    """Every dataset column comes from the label table or a view."""
+    provided = {*label_schema.names, *config.features.looked_up}
     missing = [c for c in config.dataset.required_columns if c not in provided]
     if missing:
         raise ConfigError(
             f"dataset column {', '.join(missing)}: neither features.labels.table nor any features.views provides it"
         )
-    return pinned
 
 
 def build_training_set(config: LakeloopConfig) -> Build:
@@ -111,9 +117,9 @@ def build_training_set(config: LakeloopConfig) -> Build:
         raise ConfigError("features.views is empty: there is nothing to join (dataset.table is one wide table)")
     tables, labels = delta.tables(config), features.labels
     source = tables.named(labels.table)
-    keys = list(dict.fromkeys(k for view in features.views for k in view.keys))
-    version, label_schema = opened(source, [labels.event_time, *keys], "features.labels.table")
-    views = _pin_views(config, label_schema)
+    version, label_schema = opened(source, [labels.event_time, *features.entity_keys], "features.labels.table")
+    views = pin_views(config, label_schema, "features.labels.table")
+    _check_provided(config, label_schema)
     data = source.ray_read(version)
     for view in views:
         data = join_view(

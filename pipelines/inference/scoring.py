@@ -6,7 +6,9 @@
     lakeloop predict --input PATH [--version N] --output PATH
     ray job submit --working-dir . -- python -m pipelines.predict --input ... --output ...
 
-The same model as serving (feature pipeline + estimator) scores every row. The driver resolves the
+The same model as serving (feature pipeline + estimator) scores every row. With feature views
+configured, an input without the views' columns is joined to them point-in-time at each row's event
+time (pipelines/feature_tables/enrich.py), as its training set was. The driver resolves the
 version once and loads the model once (and keeps it for the next call). An input of at most
 `batch_inference.inline_rows` rows is scored right here, in the driver: on a small cluster a pool
 cannot win on so few rows. Larger inputs are scored by a
@@ -39,6 +41,7 @@ from pipelines.adapters import delta
 from pipelines.adapters.registry import ModelRef, Registry, require_tracking_server
 from pipelines.core.config import LakeloopConfig, load_config
 from pipelines.core.errors import LakeloopError
+from pipelines.feature_tables import enrich
 from pipelines.inference.scoring_actor import ScoringActor, module_archive, score_batch, score_block
 
 logger = logging.getLogger(__name__)
@@ -250,6 +253,12 @@ def predict(
     inline = _inline_input(source, version, config)
     data = None if inline is not None else _as_dataset(source, version, config)
     names = inline.column_names if inline is not None else data.schema().names
+    if enrich.needs_views(config, names):  # the views' values as of each row's event time
+        if inline is not None:
+            inline = enrich.joined_table(config, inline)
+        else:
+            data = enrich.joined_dataset(config, data)
+        names = inline.column_names if inline is not None else data.schema().names
     missing = [c for c in features if c not in names]
     if missing:
         raise LakeloopError(f"input lacks feature columns: {', '.join(missing)}")

@@ -165,3 +165,23 @@ def _metric(name: str) -> list[str]:
         if node["Alive"]
     )
     return [line for line in text.splitlines() if line.startswith(name + "{")]
+
+
+def test_batch_scoring_joins_each_row_to_the_views_as_of_its_own_event_time(landed, trained) -> None:
+    """Label events scored by the batch API, in the driver and on the cluster, give the predictions of
+    the wide rows they were cut from: each row saw the values known at its event time."""
+    from pipelines.inference.scoring import predict
+
+    config, generated = landed
+    key = ["customer_id", "event_time"]
+    expected = predict(generated.wide.to_pandas(), config=config).to_pandas().set_index(key).sort_index()
+    events = delta.tables(config).named(TABLES["labels"]).uri
+    in_driver = predict(events, config=config).to_pandas().set_index(key).sort_index()
+    on_cluster_config = parse_config({**json.loads(config.model_dump_json()), "batch_inference": {"inline_rows": 0}})
+    on_cluster = predict(events, config=on_cluster_config).to_pandas().set_index(key).sort_index()
+    for scored in (in_driver, on_cluster):
+        assert len(scored) == 2000
+        np.testing.assert_allclose(scored["probability_1"], expected["probability_1"], rtol=1e-6)
+    without_time = generated.labels.drop_columns(["event_time"]).to_pandas()
+    with pytest.raises(ConfigError, match="the input has no column event_time"):
+        predict(without_time, config=config)
