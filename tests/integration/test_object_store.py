@@ -178,26 +178,34 @@ def test_the_log_and_the_monitor_reach_the_store_through_the_configs_storage_opt
     assert labelled.pending == 1  # the label joined its served row, read from the store
 
 
-def test_train_and_batch_inference_reach_the_store_through_the_configs_storage_options(
-    object_store, mlflow_server: str, raw_config: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`lakeloop train` and `lakeloop predict` as a user runs them, with the endpoint only in
-    `storage.storage_options` and the credentials in the environment: Ray Data's reads and writes and
-    Ray Train's checkpoints must all use the options (Train's checkpoints went to AWS itself before)."""
-    from tests.helpers import lakeloop, user_environment
+def _options_only(object_store, mlflow_server: str, raw_config: dict, tmp_path, prefix: str) -> tuple[str, dict]:
+    """A user's environment for lakeloop commands with the store's endpoint only in
+    `storage.storage_options` (the credentials in the environment); (storage root, environment)."""
+    from tests.helpers import user_environment
 
-    root = object_store.uri(f"train-{uuid.uuid4().hex[:8]}")
+    root = object_store.uri(f"{prefix}-{uuid.uuid4().hex[:8]}")
     raw_config["storage"].update(
         root=root, storage_options={"AWS_ENDPOINT_URL": object_store.endpoint, "AWS_ALLOW_HTTP": "true"}
     )
-    raw_config["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"s3opt-{uuid.uuid4().hex[:8]}")
+    raw_config["mlflow"].update(tracking_uri=mlflow_server, registered_model=f"{prefix}-{uuid.uuid4().hex[:8]}")
     raw_config["train"].update(num_workers=1, max_epochs=2, source="events")
     env = user_environment(raw_config, tmp_path)
     for name in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "MLFLOW_S3_ENDPOINT_URL"):
         env.pop(name, None)
     env |= {k: v for k, v in object_store.env.items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     env |= {"MLFLOW_TRACKING_URI": mlflow_server, "AWS_REGION": "us-east-1"}
+    return root, env
 
+
+def test_train_and_batch_inference_reach_the_store_through_the_configs_storage_options(
+    object_store, mlflow_server: str, raw_config: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lakeloop train` and `lakeloop predict` as a user runs them, with the endpoint only in
+    `storage.storage_options` and the credentials in the environment: Ray Data's reads and writes and
+    Ray Train's checkpoints must all use the options (Train's checkpoints went to AWS itself before)."""
+    from tests.helpers import lakeloop
+
+    root, env = _options_only(object_store, mlflow_server, raw_config, tmp_path, "train")
     generated = lakeloop("data", "generate", "--rows", "800", env=env)
     assert generated.returncode == 0, generated.stderr
     trained = lakeloop("train", "--json", env=env)
@@ -209,3 +217,53 @@ def test_train_and_batch_inference_reach_the_store_through_the_configs_storage_o
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
         monkeypatch.setenv(name, env[name])
     assert delta.Table(f"{root}/scored", raw_config["storage"]["storage_options"]).count() == 800
+
+
+def test_the_feature_tables_path_runs_on_the_store(
+    object_store, mlflow_server: str, raw_config: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worked example as a user runs it, every table on the S3 server (the endpoint only in
+    `storage.storage_options`): generate the feature tables, build the training set on Ray, train on
+    it, materialize the online store, score the label events in batch (joined point-in-time), and a
+    replica that looks the views up by key."""
+    from fastapi.testclient import TestClient
+
+    from pipelines.core.config import parse_config
+    from serve.app import create_api
+    from tests.fakes import FakeSource, UnbatchedServer
+    from tests.helpers import features_section, lakeloop, write_config
+
+    root, env = _options_only(object_store, mlflow_server, raw_config, tmp_path, "features")
+    raw_config["dataset"]["table"] = "training_set"
+    raw_config["features"] = features_section(buckets=2)
+    write_config(raw_config, tmp_path / "lakeloop.yaml")
+    steps = [
+        ("data", "generate", "--feature-tables", "--rows", "800"),
+        ("features", "build", "--json"),
+        ("train", "--json"),
+        ("features", "materialize", "--json"),
+        ("predict", "--input", "label_events", "--output", "scored", "--json"),
+    ]
+    outcomes = {}
+    for step in steps:
+        ran = lakeloop(*step, env=env)
+        assert ran.returncode == 0, (step, ran.stderr[-2000:])
+        outcomes[step[:2]] = ran.stdout
+    assert json.loads(outcomes[("features", "build")])["rows"] == 800
+    materialized = json.loads(outcomes[("features", "materialize")])["views"]
+    assert [m["store"] for m in materialized] == [f"{root}/online_profile", f"{root}/online_usage"]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(name, env[name])
+    options = raw_config["storage"]["storage_options"]
+    assert delta.Table(f"{root}/scored", options).count() == 800
+    config = parse_config(raw_config)
+    server = UnbatchedServer(config.model_dump_json(), FakeSource())
+    try:
+        api = create_api(config, server.access)
+        api.state.server, api.state.metrics = server, server.metrics
+        customer = delta.Table(f"{root}/label_events", options).read(["customer_id"]).column(0)[0].as_py()
+        answer = TestClient(api).post("/predict", json={"records": [{"customer_id": customer}]})
+        assert answer.status_code == 200, answer.text
+        assert server.describe_features()["profile"]["lookups"] == {"hit": 1}
+    finally:
+        server.close()
