@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.wide_pyfunc
 	$(BIN)/python -m benchmarks.preprocessing
 	$(BIN)/python -m benchmarks.point_in_time
+	$(BIN)/python -m benchmarks.online_lookup
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.batch_inference
 	$(BIN)/python -m benchmarks.drift_stats

@@ -272,6 +272,7 @@ SECTIONS = {
     "wide_pyfunc": _targets("wide table"),
     "preprocessing": _preprocessing,
     "point_in_time": _point_in_time,
+    "online_lookup": _targets("feature tables"),
     "training": _training,
     "batch_inference": _batch,
     "drift_stats": _drift,

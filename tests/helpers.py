@@ -27,41 +27,12 @@ def demo_raw_config(data_root: Path) -> dict:
     return raw
 
 
-def features_section(buckets: int = 4) -> dict:
-    """The worked example's `features:` (pipelines/scenarios/feature_tables.py): a profile view of
-    snapshots and a usage view with late corrections, both keyed by customer_id."""
-    from pipelines.scenarios.feature_tables import PROFILE_COLUMNS, TABLES, USAGE_COLUMNS
-
-    return {
-        "labels": {"table": TABLES["labels"], "event_time": "event_time"},
-        "views": [
-            {
-                "name": "profile",
-                "table": TABLES["profile"],
-                "keys": ["customer_id"],
-                "event_time": "updated_at",
-                "columns": PROFILE_COLUMNS,
-            },
-            {
-                "name": "usage",
-                "table": TABLES["usage"],
-                "keys": ["customer_id"],
-                "event_time": "day",
-                "created_time": "computed_at",
-                "ttl_s": 90 * 86400,
-                "columns": USAGE_COLUMNS,
-            },
-        ],
-        "buckets": buckets,
-    }
-
-
 def landed_feature_tables(raw: dict, tables):
     """`raw` with the worked example's features section (keeping its features.online), and `tables`
     (FeatureTables) written to its storage; the config."""
     from pipelines.adapters import delta
     from pipelines.core.config import parse_config
-    from pipelines.scenarios.feature_tables import TABLES
+    from pipelines.scenarios.feature_tables import TABLES, features_section
 
     raw["dataset"]["table"] = "training_set"
     online = raw.get("features", {}).get("online", {})  # where the caller put the online store

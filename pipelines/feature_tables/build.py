@@ -160,6 +160,20 @@ def sources_of(config: LakeloopConfig, training_set: str, version: int) -> dict[
         raise LakeloopError(f"{builds.uri}: a build record of {training_set} is unreadable: {exc}") from None
 
 
+def is_stale(config: LakeloopConfig) -> bool:
+    """With feature views: whether the label table or a view moved since the last build (or there was
+    none), so that a training run must build its training set first."""
+    if not config.features.views or config.features.labels is None:
+        return False
+    built = last_build(config)
+    if built is None:
+        return True
+    tables = delta.tables(config)
+    names = [config.features.labels.table, *(view.table for view in config.features.views)]
+    current = {table.uri: table.version() for table in map(tables.named, names)}
+    return current != built["sources"]
+
+
 def last_build(config: LakeloopConfig) -> dict | None:
     """The newest build recorded in features.builds_table (None: never built)."""
     builds = delta.tables(config).named(config.features.builds_table).read()

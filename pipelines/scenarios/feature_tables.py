@@ -59,3 +59,30 @@ def feature_tables(rows: int, seed: int, customers: int | None = None) -> Featur
         usage,
         pa.Table.from_pandas(wide, preserve_index=False),
     )
+
+
+def features_section(buckets: int = 4) -> dict:
+    """The configuration's `features:` for these tables: a profile view of snapshots and a usage view
+    with late corrections (a 90-day TTL), both keyed by customer_id."""
+    return {
+        "labels": {"table": TABLES["labels"], "event_time": "event_time"},
+        "views": [
+            {
+                "name": "profile",
+                "table": TABLES["profile"],
+                "keys": ["customer_id"],
+                "event_time": "updated_at",
+                "columns": PROFILE_COLUMNS,
+            },
+            {
+                "name": "usage",
+                "table": TABLES["usage"],
+                "keys": ["customer_id"],
+                "event_time": "day",
+                "created_time": "computed_at",
+                "ttl_s": 90 * 86400,
+                "columns": USAGE_COLUMNS,
+            },
+        ],
+        "buckets": buckets,
+    }

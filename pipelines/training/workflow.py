@@ -4,6 +4,7 @@ Tune search, which imports the plain fit: never the reverse)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -38,6 +39,7 @@ from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import Trained
 from pipelines.core.gate import GateDecision, decide
 from pipelines.core.retraining_policy import CANDIDATE, MANUAL
+from pipelines.feature_tables.build import build_training_set, is_stale
 from pipelines.training import families, plots, ray_train
 from pipelines.training.code_version import MANIFEST_ARTIFACT, current_manifest, family_code
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
@@ -325,19 +327,25 @@ def train_and_register(
     submission id and `trigger` why it runs (drift, retry, learn, release, manual), recorded on the
     run and the model version; `pinned`: exact (table URI, version) pairs to train on instead of
     `table`/train.source (a release retrains on the champion's); `check`: what a candidate that
-    passed the gate must also pass before promotion. The run and version are tagged with the code's
-    fingerprint, and the run carries its manifest."""
+    passed the gate must also pass before promotion. With feature views, a training set whose
+    sources moved since its build (or never built) is built first (features build). The run and
+    version are tagged with the code's fingerprint, and the run carries its manifest."""
     manifest = current_manifest(config)
     tags = {
         TRIGGER_KIND_TAG: trigger,
         FINGERPRINT_TAG: manifest.fingerprint,
         **({TRIGGER_TAG: trigger_id} if trigger_id else {}),
     }
-    with mlflow_errors(config.mlflow.tracking_uri):
+    with mlflow_errors(config.mlflow.tracking_uri), contextlib.ExitStack() as session:
+        built = None
+        if not pinned and table is None and is_stale(config):  # new label events or feature values
+            session.enter_context(ray_cluster.ray_session(config))  # the one Ray session of this run
+            built = build_training_set(config)
         if pinned:
             reports, notes = [validate_table(config, uri, v) for uri, v in pinned], []
         else:
             reports, notes = training_tables(config, table, version)  # before any Ray or MLflow work
+        notes = [built.describe(), *notes] if built else notes
         return _train_and_register(config, fitter, job, reports, notes, regime_start, tags, manifest, check)
 
 

@@ -3,7 +3,9 @@
 with every table on the object store (s3://..., reached through the standard AWS variables the
 test sets) and MLflow on PostgreSQL with its artifacts on the same store: no step may depend on a
 node's local disk. It trains with one worker per node, batch-scores across nodes into a table on
-the store, serves two replicas, closes the loop (drifted traffic and labels logged to the store, the
+the store, runs the feature tables path (a training set built by a join bucketed over the nodes, the
+views materialized to Redis, an app whose replicas on both worker nodes look them up by key), serves
+two replicas, closes the loop (drifted traffic and labels logged to the store, the
 monitor reads them and resubmits training through the Jobs API), then removes the node under one
 replica while a client keeps calling, and prints what happened as JSON."""
 
@@ -17,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import ray
 from mlflow import MlflowClient
 from ray import serve
@@ -25,13 +28,16 @@ from ray.cluster_utils import Cluster
 from pipelines.adapters import delta, ray_serve
 from pipelines.adapters.local_services import free_port
 from pipelines.core.config import LakeloopConfig, parse_config
+from pipelines.feature_tables.build import build_training_set
+from pipelines.feature_tables.materialize import materialize
 from pipelines.inference import scoring
 from pipelines.monitoring import retraining
 from pipelines.monitoring.check import run_once
 from pipelines.scenarios import endpoint as shipped_endpoint
 from pipelines.scenarios import synthetic
+from pipelines.scenarios.feature_tables import TABLES, feature_tables, features_section
 from pipelines.training.workflow import train_and_register
-from tests.helpers import demo_raw_config
+from tests.helpers import customers_of, demo_raw_config, newest_event, offline_values
 
 RECORD = synthetic.EXAMPLE_ROW
 
@@ -51,7 +57,7 @@ def replicas(url: str, calls: int = 40) -> dict[str, str]:
     return found
 
 
-def main(root: str, tracking_uri: str) -> None:
+def main(root: str, tracking_uri: str, redis_url: str) -> None:
     dashboard_port = free_port()
     cluster = Cluster(
         initialize_head=True,
@@ -88,23 +94,9 @@ def main(root: str, tracking_uri: str) -> None:
         facts["scored_rows"] = scored.count()
         facts["scored_rows_on_store"] = delta.Table(config.storage.resolve("scored")).count()
 
-        # conf/serve.yaml, deployed the one way lakeloop deploys, with two fixed replicas on the worker nodes
-        app = shipped_endpoint.variant(
-            config,
-            "lakeloop",
-            "/",
-            num_replicas=2,
-            autoscaling_config=None,
-            ray_actor_options={"num_cpus": 0.25, "resources": {"worker": 0.1}},
-        )
-        url = ray_serve.deploy(
-            {
-                "proxy_location": "HeadOnly",
-                "http_options": {"host": "127.0.0.1", "port": free_port()},
-                "applications": [app],
-            },
-            f"http://127.0.0.1:{dashboard_port}",
-        )
+        http_port = free_port()
+        facts["features"] = _feature_tables(config, redis_url, dashboard_port, http_port)
+        url = _deploy_on_workers(config, dashboard_port, http_port)
         assert ray_serve.wait_ready(url, 180), "the endpoint never loaded the champion"
         facts.update(_close_the_loop(config, url))
         before = set(replicas(url).values())
@@ -144,6 +136,85 @@ def main(root: str, tracking_uri: str) -> None:
         ray.shutdown()
         cluster.shutdown()
     print(json.dumps(facts))
+
+
+def _serve_config(config: LakeloopConfig, http_port: int, name: str, route: str) -> dict:
+    """conf/serve.yaml with two fixed replicas on the worker nodes, as the only application (on the
+    one HTTP port Serve keeps for its life)."""
+    app = shipped_endpoint.variant(
+        config,
+        name,
+        route,
+        num_replicas=2,
+        autoscaling_config=None,
+        ray_actor_options={"num_cpus": 0.25, "resources": {"worker": 0.1}},
+    )
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "applications": [app],
+    }
+
+
+def _deploy_on_workers(
+    config: LakeloopConfig, dashboard_port: int, http_port: int, name: str = "lakeloop", route: str = "/"
+) -> str:
+    """The application deployed the one way lakeloop deploys; its URL."""
+    base = ray_serve.deploy(_serve_config(config, http_port, name, route), f"http://127.0.0.1:{dashboard_port}")
+    return base + route.rstrip("/")
+
+
+def _feature_tables(config: LakeloopConfig, redis_url: str, dashboard_port: int, http_port: int) -> dict:
+    """The worked example's tables on the store; the training set built on the cluster (the join's
+    buckets spread over the nodes); the views materialized to Redis; the champion (its features are
+    the example's) served by replicas on both worker nodes that take only the entity key."""
+    raw = json.loads(config.model_dump_json())
+    raw["dataset"]["table"] = "training_set"
+    raw["features"] = {**features_section(buckets=4), "online": {"store": "redis", "redis_url": redis_url}}
+    raw["serving"]["prediction_log"].update(  # its own logs: the loop below counts and reads the demo's
+        predictions_table="feature_predictions", feedback_table="feature_feedback", shadow_table="feature_shadow"
+    )
+    features_config = parse_config(raw)
+    generated = feature_tables(1200, 9, customers=300)
+    for part, name in TABLES.items():
+        delta.tables(features_config).named(name).append(getattr(generated, part))
+    built = build_training_set(features_config)
+    materialized = materialize(features_config, newest_event(generated))
+    url = _deploy_on_workers(features_config, dashboard_port, http_port, "features", "/features")
+    assert ray_serve.wait_ready(url, 180), "the feature tables' endpoint never loaded the champion"
+    customers = customers_of(generated)
+    expected = offline_values(features_config, generated, newest_event(generated), customers)
+    answered, replicas_seen = 0, {}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for first in range(0, 300, 10):
+            chunk = customers[first : first + 10]
+            answer = http.post("/predict", json={"records": [{"customer_id": c} for c in chunk]})
+            assert answer.status_code == 200, answer.text
+            answered += len(chunk)
+        for _ in range(20):  # each replica's own lookup counts, and its node
+            model = http.get("/model").json()
+            replicas_seen[model["replica"]] = (model["node_id"], model["features"]["usage"].get("lookups", {}))
+    log = delta.tables(features_config).predictions
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and log.count() < answered:
+        time.sleep(0.5)
+    ray_serve.remove_application(
+        f"http://127.0.0.1:{dashboard_port}",
+        _serve_config(features_config, http_port, "features", "/features"),
+        "features",
+    )
+    logged = log.read().to_pandas().drop_duplicates("customer_id").set_index("customer_id")
+    served = logged.loc[customers, "monthly_charges"].to_numpy(dtype=float)
+    mismatched = int((~np.isclose(served, expected["monthly_charges"].to_numpy(dtype=float), equal_nan=True)).sum())
+    return {
+        "built_rows": built.rows,
+        "online_versions": [m.version for m in materialized],
+        "online_entities": [m.entities for m in materialized],
+        "answered_rows": answered,
+        "logged_rows": int(log.count()),
+        "lookup_mismatches": mismatched,
+        "replica_nodes": sorted(node for node, lookups in replicas_seen.values() if lookups.get("hit")),
+    }
 
 
 def _close_the_loop(config: LakeloopConfig, url: str) -> dict:
@@ -216,4 +287,4 @@ def _running_replicas() -> int:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -23,12 +23,12 @@ from pipelines.adapters.local_services import free_port
 from pipelines.adapters.ray_serve import DEFAULT_SERVE_CONFIG
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import ConfigError
-from pipelines.feature_tables.build import build_training_set
+from pipelines.feature_tables.build import build_training_set, last_build
 from pipelines.monitoring.loop_status import describe, gather
 from pipelines.scenarios import endpoint as shipped_endpoint
-from pipelines.scenarios.feature_tables import TABLES, USAGE_COLUMNS, FeatureTables, feature_tables
+from pipelines.scenarios.feature_tables import TABLES, USAGE_COLUMNS, FeatureTables, feature_tables, features_section
 from pipelines.training.workflow import train_and_register
-from tests.helpers import customers_of, demo_raw_config, features_section, newest_event, offline_values, wait_for
+from tests.helpers import customers_of, demo_raw_config, newest_event, offline_values, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +185,21 @@ def test_batch_scoring_joins_each_row_to_the_views_as_of_its_own_event_time(land
     without_time = generated.labels.drop_columns(["event_time"]).to_pandas()
     with pytest.raises(ConfigError, match="the input has no column event_time"):
         predict(without_time, config=config)
+
+
+def test_training_builds_first_when_label_events_or_feature_values_arrived(landed, trained) -> None:
+    """New label events and feature rows land: the next training run (as the monitor's retraining
+    job runs it) builds a new training set from them first and logs those sources; a run with
+    nothing new does not build."""
+    config, _ = landed
+    more = feature_tables(400, 6, customers=100)
+    tables = delta.tables(config)
+    for part, name in TABLES.items():
+        tables.named(name).append(getattr(more, part))
+    outcome = train_and_register(config)
+    built = last_build(config)
+    assert outcome.notes[0].startswith(f"built {built['training_set']} version {built['version']} (2400 rows)")
+    assert built["sources"] == {tables.named(n).uri: tables.named(n).version() for n in TABLES.values()}
+    assert outcome.lineage["feature_sources"] == built["sources"]
+    again = train_and_register(config)
+    assert not any(note.startswith("built ") for note in again.notes) and last_build(config) == built

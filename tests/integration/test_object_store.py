@@ -229,9 +229,10 @@ def test_the_feature_tables_path_runs_on_the_store(
     from fastapi.testclient import TestClient
 
     from pipelines.core.config import parse_config
+    from pipelines.scenarios.feature_tables import features_section
     from serve.app import create_api
     from tests.fakes import FakeSource, UnbatchedServer
-    from tests.helpers import features_section, lakeloop, write_config
+    from tests.helpers import lakeloop, write_config
 
     root, env = _options_only(object_store, mlflow_server, raw_config, tmp_path, "features")
     raw_config["dataset"]["table"] = "training_set"
