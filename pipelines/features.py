@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pipelines.core.config import LakeloopConfig
-from pipelines.step_runner import StepResult, step_main
+from pipelines.step_runner import StepResult, iso_moment, step_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--as-of",
-        type=_moment,
+        type=iso_moment,
         help="materialize: the values a label event at this ISO moment would see (default: now)",
     )
 
@@ -49,14 +49,6 @@ def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
     with ray_cluster.ray_session(config):
         built = build_training_set(config)
     return StepResult(built.describe(), asdict(built))
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date and time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _materialize(config: LakeloopConfig, as_of: datetime | None) -> StepResult:

@@ -20,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,15 @@ class StepResult:
     summary: str
     data: dict[str, Any] = field(default_factory=dict)
     exit_code: int = 0
+
+
+def iso_moment(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time (UTC when it names no zone)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from datetime import UTC, datetime
 
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.retraining_policy import TRIGGERS
-from pipelines.step_runner import StepResult, step_main
+from pipelines.step_runner import StepResult, iso_moment, step_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, help="table version to train on (default: latest, pinned once)")
     parser.add_argument(
         "--regime-start",
-        type=_moment,
+        type=iso_moment,
         metavar="ISO-TIME",
         help="when drift began (the monitor passes it): rows since then split on their own (train.regime)",
     )
@@ -34,14 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="manual",
         help="why this run trains, recorded on the model version: drift, retry, learn (the monitor), release, manual",
     )
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def run(args: argparse.Namespace, config: LakeloopConfig) -> StepResult:
