@@ -7,7 +7,8 @@ usage view with late corrections, `--customers` entities) materialized to both o
 one Serve deployment (HAProxy, conf/serve.yaml's options) with three applications: `wide` (requests
 send every feature, no lookup: the baseline), `delta` (requests send the entity key; the embedded
 store, in each replica's memory) and `redis` (the key; a redis-server on loopback that this benchmark
-starts and stops). wrk at c=1 sends /invocations bodies of 1 and of 100 rows to each, `--rounds`
+starts and stops). wrk at c=1 sends /invocations bodies of 1 and of 100 rows to each (the same
+entities: keys, or their values as the stores hold them), `--rounds`
 times in rotating order; the added cost is a store's p50 minus the wide app's p50 in the same round,
 and the result is the median over rounds (the spread beside it).
 """
@@ -21,7 +22,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RECORD, registered_model, write_result
+from benchmarks.common import registered_model, write_result
 from benchmarks.http_load import load, require_wrk
 
 TARGET_ADDED_MS = 0.2  # embedded store, 1 row, c=1
@@ -29,12 +30,14 @@ SIZES = (1, 100)
 APPS = ("wide", "delta", "redis")
 
 
-def _bodies(customers: list[str]) -> dict[tuple[str, int], str]:
+def _bodies(customers: list[str], values) -> dict[tuple[str, int], str]:
+    """Per app and size, an /invocations body: the wide app gets the entities' feature values as the
+    stores hold them (the same rows the model scores either way), the stores' apps their keys."""
+    records = values.astype(object).where(values.notna(), None).to_dict(orient="records")
     bodies = {}
     for size in SIZES:
-        wide = [RECORD] * size
+        bodies[("wide", size)] = json.dumps({"dataframe_records": records[:size]})
         keyed = [{"customer_id": c} for c in customers[:size]]
-        bodies[("wide", size)] = json.dumps({"dataframe_records": wide})
         for app in ("delta", "redis"):
             bodies[(app, size)] = json.dumps({"dataframe_records": keyed})
     return bodies
@@ -78,7 +81,7 @@ def measure(seconds: float, rounds: int, customers: int) -> dict:
     from pipelines.adapters.ray_serve import wait_ready
     from pipelines.feature_tables.materialize import materialize
     from pipelines.scenarios import endpoint
-    from tests.helpers import customers_of, newest_event
+    from tests.helpers import customers_of, newest_event, offline_values
     from tests.servers import start_redis
 
     require_wrk()
@@ -89,9 +92,12 @@ def measure(seconds: float, rounds: int, customers: int) -> dict:
         try:
             configs = _configs(demo_config(Path(tmp) / "data", model.tracking_uri), redis_url)
             generated = _land(configs["delta"], customers)
+            at = newest_event(generated)
             for app in ("delta", "redis"):
-                materialize(configs[app], newest_event(generated))
-            bodies = _bodies(customers_of(generated)[::-1])  # other entities than the first written
+                materialize(configs[app], at)
+            customers = customers_of(generated)[::-1][: max(SIZES)]  # other entities than the first written
+            values = offline_values(configs["delta"], generated, at, customers)
+            bodies = _bodies(customers, values[configs["wide"].dataset.feature_names])
             context = ray.init(
                 address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                 dashboard_port=free_port(), logging_level="ERROR",

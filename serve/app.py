@@ -644,6 +644,7 @@ class ModelServer:
         return body, 200
 
     def _report_state(self) -> None:
+        self.metrics.report_lookups()
         self.metrics.report_version()
         for table, spool in (("predictions", self.predictions), ("feedback", self.feedback), ("shadow", self.shadow)):
             self.metrics.log_state(table, spool.snapshot())

@@ -18,9 +18,11 @@ each carries the application, deployment and replica tags; Ray prefixes every na
     lakeloop_shadow_dropped_rows_total counter: rows not scored in shadow (the replica's shadow queue was full)
     lakeloop_feature_lookups_total    counter: rows looked up in the online store, by view and result
                                       (hit | miss: entity not in the store | unavailable: no online version)
-    lakeloop_feature_age_seconds      histogram: age of each looked-up value (its feature time to the lookup), by view
+    lakeloop_feature_age_seconds      histogram: per request and view, the oldest looked-up value's age (its
+                                      feature time to the lookup)
 
-Gauges (the version, the log's backlog) are set by a thread every `every_s`, never on the request path.
+Gauges (the version, the log's backlog) and the feature lookups' counts and ages are reported by a thread
+every `every_s`, never on the request path.
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ class ServingMetrics:
             "lakeloop_feature_lookups_total", "rows looked up in the online store", ("view", "result")
         )
         self.ages = metrics.Histogram(
-            "lakeloop_feature_age_seconds", "age of looked-up feature values", AGE_BOUNDARIES, ("view",)
+            "lakeloop_feature_age_seconds", "per request, the oldest looked-up value's age", AGE_BOUNDARIES, ("view",)
         )
         self.looked_up: dict[tuple[str, str], int] = {}  # what this replica counted, for GET /model
+        self._lookups_reported: dict[tuple[str, str], int] = {}
+        self._ages: list[tuple[str, float]] = []
         self._version: str | None = None
         self._seen: dict[tuple[str, str], int] = {}
 
@@ -122,12 +126,23 @@ class ServingMetrics:
         self.shadow_dropped.inc(rows, {"model": self.model_name})
 
     def feature_lookups(self, view: str, result: str, rows: int) -> None:
+        """Counted here; reported by the reporter thread (report_lookups): Ray's inc and observe cost
+        ~4 us each, a third of a 1-row lookup's time when made on the request path."""
         if rows:
-            self.lookups.inc(rows, {"view": view, "result": result})
             self.looked_up[(view, result)] = self.looked_up.get((view, result), 0) + rows
 
-    def feature_ages(self, view: str, ages_s) -> None:
-        for age in ages_s.tolist():
+    def feature_age(self, view: str, age_s: float) -> None:
+        self._ages.append((view, age_s))
+
+    def report_lookups(self) -> None:
+        """The lookups counted and the ages seen since the last call, to Ray's metrics."""
+        for (view, result), rows in list(self.looked_up.items()):
+            grown = rows - self._lookups_reported.get((view, result), 0)
+            if grown > 0:
+                self.lookups.inc(grown, {"view": view, "result": result})
+                self._lookups_reported[(view, result)] = rows
+        ages, self._ages = self._ages, []  # one reference swap: a request appending meanwhile lands in either
+        for view, age in ages:
             self.ages.observe(age, {"view": view})
 
     def unknown_categories(self, output: Scored) -> None:
