@@ -20,6 +20,7 @@ from pipelines.adapters.online_store import DeltaOnlineStore
 from pipelines.core.config import LakeloopConfig, parse_config
 from pipelines.core.errors import ConfigError
 from pipelines.feature_tables.materialize import materialize
+from pipelines.monitoring import check
 from pipelines.scenarios.feature_tables import TABLES, USAGE_COLUMNS, FeatureTables, feature_tables
 from serve.app import create_api
 from tests.fakes import FakeSource, UnbatchedServer
@@ -83,22 +84,26 @@ def test_a_lookup_equals_the_offline_as_of_value_at_the_materialization_time(
 def test_the_replica_looks_up_by_key_and_logs_the_row_the_model_saw(
     online: LakeloopConfig, tables: FeatureTables, client: TestClient, server: UnbatchedServer
 ) -> None:
-    customers = customers_of(tables)[:5]
+    customers = customers_of(tables)[:9]
     answer = client.post("/predict", json={"records": [{"customer_id": c} for c in [*customers, "nobody"]]})
     assert answer.status_code == 200, answer.text
     described = client.get("/model").json()["features"]
-    assert described["profile"]["lookups"] == {"hit": 5, "miss": 1}
+    assert described["profile"]["lookups"] == {"hit": 9, "miss": 1}
     server.close()  # commits what is spooled
     logged = delta.tables(online).predictions.read().to_pandas().sort_values("row")
     assert logged["customer_id"].tolist() == [*customers, "nobody"]
     expected = offline_values(online, tables, newest_event(tables), customers)
     for column in online.dataset.feature_names:
-        got, want = logged[column].tolist()[:5], expected[column].tolist()
+        got, want = logged[column].tolist()[:9], expected[column].tolist()
         if column in online.dataset.numeric:
             np.testing.assert_allclose(got, want, err_msg=column)
         else:
             assert got == [None if v != v else str(v) for v in want], column
-        assert logged[column].isna().iloc[5], f"{column}: a missing entity's value is missing (imputed)"
+        assert logged[column].isna().iloc[9], f"{column}: a missing entity's value is missing (imputed)"
+    # the monitor's windows are of these rows: drift is checked on the looked-up features
+    monitored = parse_config({**online.model_dump(), "monitor": {**online.monitor.model_dump(), "window_rows": 10}})
+    window = check._traffic(monitored).windows[0].rows.sort_values("row")
+    np.testing.assert_allclose(window["monthly_charges"].iloc[:9], logged["monthly_charges"].iloc[:9])
 
 
 @pytest.mark.parametrize(
