@@ -170,7 +170,7 @@ def _metric(name: str) -> list[str]:
 def test_batch_scoring_joins_each_row_to_the_views_as_of_its_own_event_time(landed, trained) -> None:
     """Label events scored by the batch API, in the driver and on the cluster, give the predictions of
     the wide rows they were cut from: each row saw the values known at its event time."""
-    from pipelines.inference.scoring import predict
+    from pipelines.inference.scoring import predict, release_pools
 
     config, generated = landed
     key = ["customer_id", "event_time"]
@@ -178,7 +178,10 @@ def test_batch_scoring_joins_each_row_to_the_views_as_of_its_own_event_time(land
     events = delta.tables(config).named(TABLES["labels"]).uri
     in_driver = predict(events, config=config).to_pandas().set_index(key).sort_index()
     on_cluster_config = parse_config({**json.loads(config.model_dump_json()), "batch_inference": {"inline_rows": 0}})
-    on_cluster = predict(events, config=on_cluster_config).to_pandas().set_index(key).sort_index()
+    try:
+        on_cluster = predict(events, config=on_cluster_config).to_pandas().set_index(key).sort_index()
+    finally:
+        release_pools()  # the warm pool's actors hold a CPU of the shared cluster until released
     for scored in (in_driver, on_cluster):
         assert len(scored) == 2000
         np.testing.assert_allclose(scored["probability_1"], expected["probability_1"], rtol=1e-6)
