@@ -1,14 +1,15 @@
 """Point-in-time joins: lakeloop's join (on Ray, and its per-bucket join in one process) against
 DuckDB's ASOF JOIN and polars' join_asof, on the same rows.
 
-    python -m benchmarks.point_in_time [--labels 1000000 10000000] [--entities 1000000] [--versions 10]
+    python -m benchmarks.point_in_time [--labels 1000000 10000000] [--entities 1000000] [--versions 10] [--rounds 3]
 
 The feature view holds `versions` rows per entity at distinct times (no two rows of an entity share a
 time, so every engine's answer is defined: the latest row at or before the label's time); labels are
 for random entities (a tenth of them unknown to the view) at random times, some before any feature
 row. Each engine runs in a fresh process: it loads the Parquet files (not timed), joins, and writes
 the feature value each label got, in label order; the parent checks that every engine gave the same
-values exactly. Peak memory is the engine process tree's resident memory (Ray's workers included).
+values exactly. Every engine runs `rounds` times, the rounds interleaved; the ratios compare medians.
+Peak memory is the engine process tree's resident memory (Ray's workers included), the highest round.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--entities", type=int, default=1_000_000)
     parser.add_argument("--versions", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", choices=ENGINES)
     parser.add_argument("--data")
     args = parser.parse_args()
@@ -154,20 +156,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
             make_data(directory, labels, args.entities, args.versions)
-            for number, engine in enumerate(ENGINES):
-                result = child_json(
-                    "benchmarks.point_in_time", ["--child", engine, "--data", tmp], f"{engine} at {labels} labels"
+            runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
+            for round_ in range(args.rounds):  # rounds interleave the engines: the machine's speed drifts
+                for number, engine in enumerate(ENGINES):
+                    result = child_json(
+                        "benchmarks.point_in_time", ["--child", engine, "--data", tmp], f"{engine} at {labels} labels"
+                    )
+                    values = np.load(directory / f"values-{number}.npy")
+                    reference = np.load(directory / "values-0.npy")
+                    result["same_values_as_lakeloop_ray"] = bool(np.array_equal(values, reference, equal_nan=True))
+                    runs[engine].append(result)
+                    print(
+                        f"round {round_ + 1}: {engine:>28} {labels:>11,} labels: {result['seconds']:7.2f} s, "
+                        f"peak {result['peak_mb']:,.0f} MB, same values: {result['same_values_as_lakeloop_ray']}",
+                        flush=True,
+                    )
+            for engine, results in runs.items():
+                rows.append(
+                    {
+                        "engine": engine,
+                        "labels": labels,
+                        "seconds": float(np.median([r["seconds"] for r in results])),
+                        "seconds_per_round": [r["seconds"] for r in results],
+                        "peak_mb": max(r["peak_mb"] for r in results),
+                        "same_values_as_lakeloop_ray": all(r["same_values_as_lakeloop_ray"] for r in results),
+                    }
                 )
-                values = np.load(directory / f"values-{number}.npy")
-                reference = np.load(directory / "values-0.npy")
-                same = bool(np.array_equal(values, reference, equal_nan=True))
-                rows.append({"engine": engine, "labels": labels, **result, "same_values_as_lakeloop_ray": same})
-                print(
-                    f"{engine:>28} {labels:>11,} labels: {result['seconds']:7.2f} s, peak {result['peak_mb']:,.0f} MB, "
-                    f"same values: {same}",
-                    flush=True,
-                )
-    ratios = {
+    ratios = {  # medians over the rounds
         str(labels): {
             r["engine"]: r["seconds"]
             / next(d["seconds"] for d in rows if d["engine"] == "duckdb" and d["labels"] == labels)
@@ -178,7 +193,13 @@ def main() -> None:
     }
     write_result(
         "point_in_time",
-        {"entities": args.entities, "versions": args.versions, "rows": rows, "seconds_vs_duckdb": ratios},
+        {
+            "entities": args.entities,
+            "versions": args.versions,
+            "rounds": args.rounds,
+            "rows": rows,
+            "seconds_vs_duckdb": ratios,
+        },
     )
     print(json.dumps(ratios, indent=2))
 

@@ -7,13 +7,13 @@ within the view's time-to-live. Among rows with the same event time the one crea
 With no such row the event's feature values are missing (imputed downstream like any missing value).
 
 How, in O(n log n) and in numpy: a feature row becomes visible at max(event time, created time).
-Entity keys become integer codes (both sides together) and times dense ranks, so that (entity,
-moment) is one sortable integer. Sorted by it, each entity's running best row (by event time, then
-created time: a running maximum of that rank, offset per entity) is what an event at that moment
-sees; one binary search per event finds the last moment of its entity at or before its time. A
-pairwise join of events with every feature row of their entity grew with events x versions before
-this; pandas' merge_asof with its copies took 13.5 s for 1M events against 10M feature rows, where
-this takes a few (benchmarks/point_in_time.py).
+Only the feature rows are sorted, by entity and then that moment (Arrow's stable sort); along that
+order each entity's best row so far (by event time, then created time) is a running maximum, offset
+per entity. Each event finds its entity's rows by hashing its key, and the last of them visible at its
+time by a binary search within them. A pairwise join of events with every feature row of their entity
+grew with events x versions; pandas' merge_asof with its copies took 13.5 s for 1M events against
+10M feature rows; sorting events and feature rows together took 0.25 s per bucket of 1.25M rows
+where this takes 0.19 s (benchmarks/point_in_time.py).
 
 This is the per-bucket step of a distributed join (pipelines/feature_tables): callers split both
 sides by a hash of the entity key, so that every entity's rows meet in one bucket, and join each
@@ -98,6 +98,22 @@ def _stable_order(first: np.ndarray, then: np.ndarray) -> np.ndarray:
     return pc.sort_indices(table, sort_keys=[("first", "ascending"), ("then", "ascending")]).to_numpy()
 
 
+def _first_after(moments: np.ndarray, low: np.ndarray, high: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """For each query, the first position in [low, high) whose moment is after its time (high if none):
+    a binary search per query over its entity's sorted rows, all queries in step (as many rounds as
+    the longest entity's rows take to halve)."""
+    low, high = low.copy(), high.copy()
+    active = np.flatnonzero(low < high)
+    while active.size:
+        lo, hi = low[active], high[active]
+        middle = (lo + hi) // 2
+        after = moments[middle] > times[active]
+        high[active] = np.where(after, middle, hi)
+        low[active] = np.where(after, lo, middle + 1)
+        active = active[low[active] < high[active]]
+    return low
+
+
 def _column(values: np.ndarray, rows: np.ndarray, targets: np.ndarray, size: int) -> np.ndarray:
     """values[rows] placed at `targets` of an array of `size`, missing elsewhere (numbers as floats)."""
     if values.dtype.kind in "iuf":
@@ -122,27 +138,31 @@ def as_of_join(events: pd.DataFrame, features: pd.DataFrame, event_time: str, vi
     present = [side[keys].notna().all(axis=1).to_numpy() for side in (events, features)]
     usable = np.flatnonzero(present[1] & (seen != NULL_TIME) & (created != NULL_TIME))
     asked = np.flatnonzero(present[0] & (at != NULL_TIME))
-    # One sweep over both sides sorted by entity, then moment (a feature row before an event at the
-    # same moment: "at or before"), then original position: at each event, the best feature row of
-    # its entity swept so far, a running maximum (offset per entity) of each row's place in "best"
-    # order. Without a created time that order is the sweep's own; with one, (event time, created time).
-    moment = np.maximum(seen, created)[usable]
-    entity = np.concatenate([entity_f[usable], entity_e[asked]])
-    sweep = _stable_order(entity, np.concatenate([moment * 2, at[asked] * 2 + 1]))
-    entity, is_event = entity[sweep], sweep >= len(usable)
-    if view.created_time:  # the best: highest rank in (event time, created time) order
+    # The feature rows in sweep order: by entity, then the moment they became visible, then their
+    # original position. Along it, each entity's best row so far is a running maximum (offset per
+    # entity) of each row's place in "best" order: without a created time the sweep's own order (the
+    # last row swept wins), with one (event time, created time).
+    visible = np.maximum(seen, created)
+    swept = usable[_stable_order(entity_f[usable], visible[usable])]
+    entity, moment = entity_f[swept], visible[swept]
+    if view.created_time:
         order = _stable_order(seen, created)  # order[r]: the feature row ranked r
         rank = np.empty(len(features), np.int64)
         rank[order] = np.arange(len(features))
-        value = rank[usable[np.where(is_event, 0, sweep)]] if len(usable) else np.zeros(len(sweep), np.int64)
-    else:  # the best: the last row swept (moment = event time; ties in original order)
-        order, value = usable[sweep[~is_event]], np.cumsum(~is_event) - 1
-    value = np.where(is_event, -1, value)
-    segment = np.concatenate([[0], np.cumsum(entity[1:] != entity[:-1])]) * (len(sweep) + len(features) + 1)
-    best = np.maximum.accumulate(value + segment) - segment  # -1: no row of this entity swept yet
-    events_at = sweep[is_event] - len(usable)
-    hit = best[is_event] >= 0
-    targets, rows = asked[events_at[hit]], order[best[is_event][hit]]
+        value = rank[swept]
+    else:
+        order, value = swept, np.arange(len(swept))
+    starts = np.flatnonzero(np.diff(entity, prepend=entity[:1] - 1)) if len(swept) else np.zeros(0, np.int64)
+    segment = np.repeat(np.arange(len(starts)), np.diff(starts, append=len(swept))) * (len(features) + 1)
+    best = np.maximum.accumulate(value + segment) - segment if len(swept) else value
+    # Each event: its entity's rows [first, end) in the sweep, found by hashing (a binary search over
+    # every row of the sweep took twice as long: cache misses), then the last of them visible at its time.
+    found = pd.Index(entity[starts]).get_indexer(entity_e[asked])
+    bounds = np.append(starts, len(swept))
+    first = np.where(found >= 0, bounds[found], 0)
+    end = _first_after(moment, first, np.where(found >= 0, bounds[found + 1], 0), at[asked])
+    hit = end > first
+    targets, rows = asked[hit], order[best[end[hit] - 1]]
     if view.ttl is not None:
         fresh = at[targets] - seen[rows] <= view.ttl // timedelta(microseconds=1)
         targets, rows = targets[fresh], rows[fresh]
