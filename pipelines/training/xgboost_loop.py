@@ -48,6 +48,12 @@ def _matrix(features: np.ndarray, target: np.ndarray, weight: np.ndarray | None,
     return xgboost.DMatrix(features, target, weight=weight, feature_types=types, enable_categorical=True)
 
 
+def stopping_metric(gate_metric: str, classes: int) -> str:
+    """xgboost's early-stopping metric for a gate metric (log loss is mlogloss beyond two classes)."""
+    stopping = STOPPING_METRIC[gate_metric]
+    return "mlogloss" if stopping == "logloss" and classes > 2 else stopping
+
+
 def booster_params(cfg: dict) -> dict:
     settings, task, classes = cfg["settings"], cfg["task"], cfg["classes"]
     objective = (
@@ -57,12 +63,9 @@ def booster_params(cfg: dict) -> dict:
         if classes == 2
         else {"objective": "multi:softprob", "num_class": classes}
     )
-    stopping = STOPPING_METRIC[cfg["gate_metric"]]
-    if stopping == "logloss" and classes > 2:
-        stopping = "mlogloss"
     return {
         **objective,
-        "eval_metric": stopping,
+        "eval_metric": stopping_metric(cfg["gate_metric"], classes),
         "tree_method": "hist",
         "device": "cuda" if cfg["use_gpu"] else "cpu",
         "grow_policy": "lossguide",
@@ -192,14 +195,13 @@ def train_loop_per_worker(cfg: dict) -> None:
 def loop_config(
     config: LakeloopConfig, settings: dict, pipeline: FeaturePipeline, run_id: str | None, threads: int
 ) -> dict:
-    stopping = STOPPING_METRIC[config.gate.metric]
     return {
         "settings": settings,
         "layout": pipeline.layout,
         "task": config.dataset.task,
         "classes": len(config.dataset.classes or []),
         "gate_metric": config.gate.metric,
-        "stopping_metric": "mlogloss" if stopping == "logloss" and len(config.dataset.classes or []) > 2 else stopping,
+        "stopping_metric": stopping_metric(config.gate.metric, len(config.dataset.classes or [])),
         "max_rounds": settings["max_rounds"],
         "seed": config.train.seed,
         "use_gpu": config.train.use_gpu,
