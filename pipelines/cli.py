@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from types import ModuleType
 
-from pipelines.step_runner import add_common_arguments, execute
+from pipelines.step_runner import add_common_arguments, execute, exit_program
 
 # the command tree: a group maps words to steps; a step is its module
 GROUPS: dict[str, tuple[str, dict[str, str]]] = {
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     module = args._module
     step = " ".join(["lakeloop", args.command, *([args.step] if getattr(args, "step", None) else [])])
-    sys.exit(execute(module.run, args, getattr(module, "JOINS_STACK", True), step))
+    code = execute(module.run, args, getattr(module, "JOINS_STACK", True), step)
+    if argv is None:  # run as a program, not called from Python
+        exit_program(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -426,7 +426,9 @@ class PredictionLogConfig(StrictModel):
 
 class ServingConfig(StrictModel):
     alias: str = "champion"
-    poll_interval_s: float = Field(5.0, gt=0)
+    # A poll is one registry lookup per alias: 7.8 ms, 2.1 ms of the replica's CPU, here. Every 5 s
+    # left a promoted model waiting 2.5 s on average before it served.
+    poll_interval_s: float = Field(1.0, gt=0)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.0, ge=0)  # 0: batches form from what queued during the last one
     max_rows_per_request: int = Field(1000, ge=1)

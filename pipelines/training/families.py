@@ -5,30 +5,42 @@ same for all of them. The search (pipelines.training.search) samples families th
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable
-from typing import Any
-
-from ray.train import Checkpoint
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import Trained
-from pipelines.training import sklearn_fit, torch_loop, xgboost_loop
-from pipelines.training.features import FeaturePipeline
 
-Fit = Callable[..., Trained]
-TRAINERS: dict[str, Fit] = {
-    "mlp": torch_loop.fit,
-    "torch": torch_loop.fit,
-    "xgboost": xgboost_loop.fit,
-    "sklearn": sklearn_fit.fit,
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
+
+    from pipelines.training.features import FeaturePipeline
+
+# Each kind's module (its `fit` and `trained_from`), imported when the kind is used: importing torch
+# took 1.1 s of every xgboost retraining job's start here, and that job never needs it.
+MODULES = {
+    "mlp": "pipelines.training.torch_loop",
+    "torch": "pipelines.training.torch_loop",
+    "xgboost": "pipelines.training.xgboost_loop",
+    "sklearn": "pipelines.training.sklearn_fit",
 }
-FROM_CHECKPOINT: dict[str, Callable[[Checkpoint, str, dict], Trained]] = {
-    "mlp": torch_loop.trained_from,
-    "torch": torch_loop.trained_from,
-    "xgboost": xgboost_loop.trained_from,
-    "sklearn": sklearn_fit.trained_from,
-}
+
+
+# Kinds whose fit, once their module is imported, imports nothing in the driver while Ray Train runs
+# (checked by listing sys.modules around the fit): the driver may import something else meanwhile.
+# The torch kinds import torch.utils.serialization as results come back, sklearn its estimator's modules.
+QUIET_DRIVER_KINDS = frozenset({"xgboost"})
+
+
+def driver_quiet_while_fitting(config: LakeloopConfig, family: str) -> bool:
+    return config.train.families[family].kind in QUIET_DRIVER_KINDS
+
+
+def family_module(config: LakeloopConfig, family: str) -> ModuleType:
+    """The module that trains `family` (imported on first use)."""
+    return importlib.import_module(MODULES[config.train.families[family].kind])
 
 
 def fit(
@@ -43,7 +55,8 @@ def fit(
 ) -> Trained:
     """Train `family` with its configured params (and `overrides`: a Tune trial's)."""
     spec = config.train.families[family]
-    return TRAINERS[spec.kind](config, family, spec.settings(overrides), datasets, pipeline, run_id, name, callbacks)
+    trainer = family_module(config, family).fit
+    return trainer(config, family, spec.settings(overrides), datasets, pipeline, run_id, name, callbacks)
 
 
 def fit_configured(config: LakeloopConfig, datasets: dict, pipeline: FeaturePipeline, run_id: str) -> Trained:
@@ -52,7 +65,7 @@ def fit_configured(config: LakeloopConfig, datasets: dict, pipeline: FeaturePipe
 
 
 def trained_from(config: LakeloopConfig, family: str, settings: dict, checkpoint: Checkpoint) -> Trained:
-    return FROM_CHECKPOINT[config.train.families[family].kind](checkpoint, family, settings)
+    return family_module(config, family).trained_from(checkpoint, family, settings)
 
 
 def reports(config: LakeloopConfig, family: str) -> int:

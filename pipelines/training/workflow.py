@@ -43,7 +43,7 @@ from pipelines.feature_tables.build import build_training_set, is_stale
 from pipelines.training import families, plots, ray_train
 from pipelines.training.code_version import MANIFEST_ARTIFACT, current_manifest, family_code
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
-from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
+from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite, import_alibi_detect_meanwhile
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.fitted_model import LakeloopModel, evaluate_predictions
 from pipelines.training.labelled_feedback import NoLabelledRows, refresh_training_table
@@ -377,7 +377,14 @@ def _train_and_register(
             mlflow.log_text(manifest.to_json(), MANIFEST_ARTIFACT)
             if notes:
                 mlflow.set_tag("lakeloop.notes", " | ".join(notes)[:5000])
+            importing = None
+            family = config.train.family
+            if fitter is families.fit_configured and families.driver_quiet_while_fitting(config, family):
+                families.family_module(config, family)  # imported before the thread starts
+                importing = import_alibi_detect_meanwhile()
             trained = fitter(config, _datasets(prepared), prepared.pipeline, run.info.run_id)
+            if importing:
+                importing.join()
             clock.lap("fit")
             nodes = ray_train.worker_nodes(mlflow.get_run(run.info.run_id).data.tags)
             mlflow.set_tag("lakeloop.worker_nodes", ",".join(nodes))  # where it trained, in rank order

@@ -1,5 +1,6 @@
 """Run by test_training in a fresh process and Ray cluster: train, SIGKILL the Train workers after
-the first checkpoints, and print the run's outcome as JSON."""
+the first checkpoints, and print the run's outcome as JSON, with the modules the driver imported
+while the fit ran (a fresh process: nothing was imported by an earlier test)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main(root: str, family: str) -> None:
     prepared = prepare(config)
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
     outcome: dict = {}
+    families.family_module(config, family)
+    before = set(sys.modules)
     thread = threading.Thread(
         target=lambda: outcome.update(
             trained=families.fit(config, family, datasets, prepared.pipeline, None, name="kill-test")
@@ -83,6 +86,7 @@ def main(root: str, family: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     thread.join(timeout=400)
+    imported = sorted(set(sys.modules) - before)
     trained = outcome["trained"]
     print(
         json.dumps(
@@ -91,6 +95,7 @@ def main(root: str, family: str) -> None:
                 "resumed_from_epoch": trained.resumed_from_epoch,
                 "epochs": [h["epoch"] for h in trained.history],
                 "reports": reports,
+                "imported_during_fit": imported,
             }
         )
     )

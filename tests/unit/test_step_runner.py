@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines.core.errors import ConfigError
 from pipelines.step_runner import StepResult, execute
-from tests.helpers import write_config
+from tests.helpers import ROOT, write_config
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +69,39 @@ def test_a_user_error_keeps_its_own_exit_code(tmp_path: Path, raw_config: dict, 
 
     assert execute(bad_config, _args(tmp_path, raw_config), joins_stack=False) == 2
     assert capsys.readouterr().err == "error: conf/lakeloop.yaml: train.max_epochs: must be at least 1\n"
+
+
+def _program(source: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_a_program_exits_with_its_code_after_its_output_and_atexit_handlers() -> None:
+    done = _program(
+        "import atexit, sys\n"
+        "from pipelines.step_runner import exit_program\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "print('{\"ok\": true}', end='')\n"  # unflushed, no newline: lost if the stream were not flushed
+        "exit_program(3)\n"
+    )
+    assert (done.returncode, done.stdout, done.stderr.strip()) == (3, '{"ok": true}', "atexit ran")
+
+
+def test_a_program_with_a_thread_still_running_waits_for_it() -> None:
+    done = _program(
+        "import threading\n"
+        "from pipelines.step_runner import exit_program\n"
+        "go = threading.Event()\n"
+        "worker = threading.Thread(target=lambda: (go.wait(), print('thread finished')))\n"
+        "worker.start()\n"
+        "threading.Timer(0.2, go.set).start()\n"
+        "exit_program(0)\n"
+    )
+    assert (done.returncode, done.stdout) == (0, "thread finished\n")
+
+
+def test_the_training_driver_does_not_import_a_family_it_does_not_train() -> None:
+    """torch took 1.1 s of an xgboost retraining job's start; the torch families import it when used."""
+    done = _program(
+        "import sys, pipelines.training.workflow\nprint(sorted(m for m in ('torch', 'xgboost') if m in sys.modules))"
+    )
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
