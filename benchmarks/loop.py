@@ -6,7 +6,8 @@
 Stages: detect (the monitor's checks of the drifted windows, reports written), submit (the Jobs
 API call), train (the retraining job's prepare, fit and evaluation, from its own timings), gate
 (champion scoring, registration, promotion), swap (from the job's end until the endpoint answers
-with the new version), and the job's start-up (the job's wall time not covered by its stages).
+with the new version), and the job's start-up (the job's wall time not covered by its stages; the
+monitor's MLflow logging, after the submission, overlaps it).
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ def one_round() -> dict:
         raise SystemExit(f"lakeloop demo failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout)
     stages = {s["stage"]: s["seconds"] for s in summary["stages"]}
-    job = summary["retrained"]["stages"]
+    job, monitor = summary["retrained"]["stages"], summary["monitor_seconds"]
+    # the monitor logs its pages to MLflow after submitting, while the job starts: from the submission
+    # to the job's end is that logging plus the demo's "retraining job" stage (which follows the pass)
+    job_elapsed = monitor["log"] + stages["retraining job"]
     loop = {
-        "detect": summary["monitor_seconds"]["detect"],
-        "submit": summary["monitor_seconds"]["submit"],
-        "job start-up": stages["retraining job"] - sum(job.values()),
+        "detect": monitor["detect"],
+        "submit": monitor["submit"],
+        "job start-up": job_elapsed - sum(job.values()),
         "train: prepare (read, split, fit the features)": job["prepare"],
         "train: fit (Ray Train)": job["fit"],
         "train: evaluate (test scores, drift detectors, the model logged)": job["evaluate"],

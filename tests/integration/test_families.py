@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 
 from pipelines.adapters import delta, ray_serve
 from pipelines.adapters.local_services import free_port, stop_pid
+from pipelines.adapters.registry import Registry
 from pipelines.core.config import parse_config
 from pipelines.inference.scoring import predict, release_pools
 from pipelines.scenarios import endpoint, synthetic
@@ -108,6 +109,24 @@ def test_the_family_trains_on_ray_train_and_passes_the_gate(trained) -> None:
         config.mlflow.registered_model, outcome.model_version
     )
     assert version.tags["lakeloop.family"] == family
+
+
+def test_a_lakeloop_process_downloads_the_model_without_its_own_package(trained) -> None:
+    """The model's copy of `pipelines` is never read by a process that imported lakeloop; the
+    user's module is still downloaded with the model."""
+    config, outcome = trained
+    registry = Registry.from_config(config)
+    code = registry.download_model(outcome.model_version) / "code"
+    user_module = FAMILIES[config.train.family].get("class_path", "").split(":")[0]
+    expected = {user_module.split(".")[0]} if user_module else set()
+    downloaded = {p.name for p in code.iterdir()} if code.exists() else set()
+    assert downloaded == expected
+    assert (
+        registry.load_version(outcome.model_version)
+        .predict_frame(delta.tables(config).events.open().to_pandas().head(3)[config.dataset.feature_names])
+        .shape[0]
+        == 3
+    )
 
 
 def test_pyfunc_serve_mlflow_models_serve_and_batch_agree(
