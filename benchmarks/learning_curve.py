@@ -38,6 +38,8 @@ from benchmarks.streams import STREAMS, Stream, stream_raw_config
 from pipelines.scenarios.synthetic import EVENT_TIME
 
 OLD_ROWS, HELDOUT_ROWS = 4000, 5000
+# variants of a built-in family for comparisons (--families): its shipped params with these changed
+VARIANTS = {"xgboost-no-refit": ("xgboost", {"refit": False})}
 RIVER = "river==0.26.1"
 
 
@@ -54,6 +56,10 @@ def lakeloop_fit(stream: Stream, family: str, old: pd.DataFrame, new: pd.DataFra
     from pipelines.training.fitted_model import LakeloopModel
 
     raw = stream_raw_config(stream, workdir / f"{stream.name}-{family}-{len(new)}", "http://127.0.0.1:9")
+    if family in VARIANTS:
+        kind, params = VARIANTS[family]
+        shipped = raw["train"]["families"][kind]
+        raw["train"]["families"][family] = {"kind": kind, "params": {**shipped["params"], **params}}
     raw["train"].update(family=family, source="events")
     config = parse_config(raw)
     rows = pd.concat([old, new], ignore_index=True)
@@ -168,7 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_curve")
     parser.add_argument("--streams", default="churn,sea,agrawal")
     parser.add_argument("--points", default="500,1000,2000,4000")
-    parser.add_argument("--families", default="xgboost,mlp", help="the first is the default family")
+    parser.add_argument(
+        "--families", default="xgboost,mlp", help=f"the first is the default family; variants: {', '.join(VARIANTS)}"
+    )
     args = parser.parse_args()
     points = [int(p) for p in args.points.split(",")]
     family_names = args.families.split(",")

@@ -72,8 +72,9 @@ class TorchEstimator:
 
 
 class XGBoostEstimator:
-    """A gradient-boosted tree ensemble (xgboost), cut at its best round. A few rows at a time (a
-    request, a 1-row pyfunc call) run through the same trees compiled to Python."""
+    """A gradient-boosted tree ensemble (xgboost): the early-stopped round count, refitted on the
+    training and validation rows (or the early-stopped booster cut at its best round). A few rows at a
+    time (a request, a 1-row pyfunc call) run through the same trees compiled to Python."""
 
     encoding: Encoding = "slots"
 

@@ -2,7 +2,8 @@
 worker holds a shard of the training split; xgboost's collective allreduces the histograms), the
 encoded matrix with each categorical slot a native categorical feature, early stopping on the
 validation split, a checkpoint every `rounds_per_report` rounds (a worker killed mid-training resumes
-from the last one), and the GPU when train.use_gpu is set."""
+from the last one), then (`refit`) the chosen number of rounds boosted again on the training and
+validation rows together, and the GPU when train.use_gpu is set."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ class _Progress(xgboost.callback.TrainingCallback):
             state["stale"] += 1
         done = state["stale"] >= self.cfg["settings"]["early_stopping_rounds"] or rounds >= self.cfg["max_rounds"]
         if done or rounds % self.cfg["settings"]["rounds_per_report"] == 0:
-            self._report(model, rounds, done)
+            # "done" marks the last report (Tune stops a trial at it): the refit's, when one follows
+            self._report(model, rounds, done and not refits(self.cfg, self.target))
         return done
 
     def _report(self, model: xgboost.Booster, rounds: int, done: bool) -> None:
@@ -129,11 +131,22 @@ class _Progress(xgboost.callback.TrainingCallback):
             "done": done,
         }
         state["history"].append({k: v for k, v in report.items() if k != "done"})
+        self._send(report, model, epoch)
+
+    def report_refit(self, model: xgboost.Booster) -> None:
+        """The refitted booster's report: the last report's validation metrics (the early-stopped
+        model's: the refit has seen these rows) with the refit's round count."""
+        epoch = len(self.state["history"])
+        last = self.state["history"][-1] if self.state["history"] else {}
+        report = {**last, "epoch": epoch, "refit_rounds": self.state["refit_rounds"], "done": True}
+        self._send(report, model, epoch)
+
+    def _send(self, report: dict, model: xgboost.Booster, epoch: int) -> None:
         checkpoint = None
         if self.rank == 0:
             directory = Path(tempfile.mkdtemp(prefix="lakeloop-checkpoint-"))
             model.save_model(directory / BOOSTER_FILE)
-            (directory / PROGRESS_FILE).write_text(_dump_progress(state))
+            (directory / PROGRESS_FILE).write_text(_dump_progress(self.state))
             checkpoint = Checkpoint.from_directory(str(directory))
         ray.train.report(report, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
         if self.rank == 0:
@@ -155,9 +168,10 @@ def _load(checkpoint: Checkpoint) -> tuple[xgboost.Booster, dict]:
 
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on every worker; resumes from the latest checkpoint after a failure."""
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     features, target, weight = ray_train.shard_arrays(ray.train.get_dataset_shard("train"))
-    val_features, val_target, _ = ray_train.shard_arrays(ray.train.get_dataset_shard("validation"))
+    val_features, val_target, val_weight = ray_train.shard_arrays(ray.train.get_dataset_shard("validation"))
     train = _matrix(features, target, weight, cfg)
     validation = _matrix(val_features, val_target, None, cfg)
     state = {
@@ -166,6 +180,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         "stale": 0,
         "history": [],
         "resumed_from_epoch": 0,
+        "refit_rounds": 0,
         "task": cfg["task"],
         "classes": cfg["classes"],
     }
@@ -173,23 +188,47 @@ def train_loop_per_worker(cfg: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         booster, progress = _load(checkpoint)
-        state = {**progress, "resumed_from_epoch": len(progress["history"])}
-    remaining = cfg["max_rounds"] - (booster.num_boosted_rounds() if booster else 0)
-    if remaining <= 0 or (booster and state["stale"] >= cfg["settings"]["early_stopping_rounds"]):
-        return
+        state = {**state, **progress, "resumed_from_epoch": len(progress["history"])}
     progress = _Progress(cfg, validation, val_target, state, rank)
     try:
-        xgboost.train(
-            booster_params(cfg),
-            train,
-            num_boost_round=remaining,
-            evals=[(validation, "validation")],
-            xgb_model=booster,
-            callbacks=[progress],
-            verbose_eval=False,
-        )
+        if not _stopped(cfg, state, booster):
+            booster = xgboost.train(
+                booster_params(cfg),
+                train,
+                num_boost_round=cfg["max_rounds"] - (booster.num_boosted_rounds() if booster else 0),
+                evals=[(validation, "validation")],
+                xgb_model=booster,
+                callbacks=[progress],
+                verbose_eval=False,
+            )
+        if refits(cfg, val_target) and not state["refit_rounds"]:
+            # every rank sees the whole validation split: each adds its own stripe of it
+            stripe = slice(rank, None, context.get_world_size())
+            together = _matrix(
+                np.concatenate([features, val_features[stripe]]),
+                np.concatenate([target, val_target[stripe]]),
+                np.concatenate([weight, val_weight[stripe]]),
+                cfg,
+            )
+            rounds = max(state["best_rounds"], 1)
+            refitted = xgboost.train(booster_params(cfg), together, num_boost_round=rounds, verbose_eval=False)
+            state["refit_rounds"] = rounds
+            progress.report_refit(refitted)
     finally:
         progress.logger.close()
+
+
+def refits(cfg: dict, validation_target: np.ndarray) -> bool:
+    return bool(cfg["settings"]["refit"]) and len(validation_target) > 0
+
+
+def _stopped(cfg: dict, state: dict, booster: xgboost.Booster | None) -> bool:
+    """Whether a resumed run had already finished boosting (early stopping or max_rounds)."""
+    if booster is None:
+        return False
+    return (
+        booster.num_boosted_rounds() >= cfg["max_rounds"] or state["stale"] >= cfg["settings"]["early_stopping_rounds"]
+    )
 
 
 def loop_config(
@@ -232,8 +271,9 @@ def fit(
 
 
 def trained_from(checkpoint: Checkpoint, family: str, settings: dict) -> Trained:
-    """The booster in a checkpoint (whose progress names the task), cut at its best round."""
+    """The booster in a checkpoint (whose progress names the task): the refitted one, or the
+    early-stopped one cut at its best round."""
     booster, progress = _load(checkpoint)
-    best = booster[: max(progress["best_rounds"], 1)]
+    best = booster if progress.get("refit_rounds") else booster[: max(progress["best_rounds"], 1)]
     estimator = XGBoostEstimator(family, best.save_raw("ubj"), progress["task"], progress["classes"])
     return Trained(estimator, progress["history"], 0, settings)

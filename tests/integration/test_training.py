@@ -176,6 +176,39 @@ def test_tune_searches_each_family_with_its_own_space_as_child_runs(
     assert len(best) == 1  # the model registered is the best trial's
 
 
+def test_xgboost_refits_the_early_stopped_round_count_on_training_and_validation_rows(
+    raw_config: dict, ray_local: str
+) -> None:
+    from pipelines.training import families
+    from pipelines.training.data import prepare
+    from pipelines.training.ray_train import shard_arrays
+
+    raw_config["train"].update(family="xgboost")
+    raw_config["train"]["families"]["xgboost"]["params"].update(max_rounds=200, early_stopping_rounds=10)
+    config = parse_config(raw_config)
+    delta.tables(config).events.append(synthetic.generate(3000, 4))
+    prepared = prepare(config)
+    datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
+    fitted = {}
+    for refit in (False, True):
+        raw_config["train"]["families"]["xgboost"]["params"]["refit"] = refit
+        fitted[refit] = families.fit(
+            parse_config(raw_config), "xgboost", datasets, prepared.pipeline, None, name=f"refit-{uuid.uuid4().hex[:6]}"
+        )
+    best_rounds = fitted[False].history[-1]["best_rounds"]
+    assert 1 <= best_rounds < fitted[False].history[-1]["rounds"]  # early stopping chose the count
+    for trained in fitted.values():
+        assert trained.estimator.booster.num_boosted_rounds() == best_rounds
+    # the refitted trees learned from the validation rows: they fit them better than trees that never saw them
+    features, labels, _ = shard_arrays(datasets["validation"])
+    target = labels.astype(np.int64)
+    log_loss = {
+        refit: -np.mean(np.log(np.clip(trained.estimator.outputs(features)[np.arange(len(target)), target], 1e-9, 1)))
+        for refit, trained in fitted.items()
+    }
+    assert log_loss[True] < log_loss[False] - 0.01, log_loss
+
+
 @pytest.mark.parametrize("family", ["mlp", "xgboost"])
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path, family: str) -> None:
     """In a fresh process with its own local cluster, so no state from earlier tests interferes."""
