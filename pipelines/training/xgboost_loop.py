@@ -98,6 +98,7 @@ class _Progress(xgboost.callback.TrainingCallback):
         self.cfg, self.validation, self.target, self.state, self.rank = cfg, validation, target, state, rank
         self.logger = ray_train.epoch_logger(cfg, rank)
         self.started = time.perf_counter()
+        self.pending: dict | None = None  # the last report, held for the refitted booster
 
     def after_iteration(self, model: xgboost.Booster, epoch: int, evals_log: dict) -> bool:
         score = float(evals_log["validation"][self.cfg["stopping_metric"]][-1])
@@ -108,8 +109,7 @@ class _Progress(xgboost.callback.TrainingCallback):
             state["stale"] += 1
         done = state["stale"] >= self.cfg["settings"]["early_stopping_rounds"] or rounds >= self.cfg["max_rounds"]
         if done or rounds % self.cfg["settings"]["rounds_per_report"] == 0:
-            # "done" marks the last report (Tune stops a trial at it): the refit's, when one follows
-            self._report(model, rounds, done and not refits(self.cfg, self.target))
+            self._report(model, rounds, done)
         return done
 
     def _report(self, model: xgboost.Booster, rounds: int, done: bool) -> None:
@@ -131,15 +131,19 @@ class _Progress(xgboost.callback.TrainingCallback):
             "done": done,
         }
         state["history"].append({k: v for k, v in report.items() if k != "done"})
+        if done and refits(cfg, self.target):
+            # the last report goes out with the refitted booster (one report less: each waits for the
+            # controller's poll); a worker killed during the refit resumes from the report before
+            self.pending = report
+            return
         self._send(report, model, epoch)
 
     def report_refit(self, model: xgboost.Booster) -> None:
-        """The refitted booster's report: the last report's validation metrics (the early-stopped
-        model's: the refit has seen these rows) with the refit's round count."""
-        epoch = len(self.state["history"])
-        last = self.state["history"][-1] if self.state["history"] else {}
-        report = {**last, "epoch": epoch, "refit_rounds": self.state["refit_rounds"], "done": True}
-        self._send(report, model, epoch)
+        """The last report, with the refitted booster: the early-stopped model's validation metrics
+        (the refit has seen these rows) and the refit's round count."""
+        history = self.state["history"]
+        report = self.pending or {**(history[-1] if history else {}), "done": True}
+        self._send({**report, "refit_rounds": self.state["refit_rounds"]}, model, report.get("epoch", len(history)))
 
     def _send(self, report: dict, model: xgboost.Booster, epoch: int) -> None:
         checkpoint = None
