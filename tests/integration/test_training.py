@@ -179,6 +179,7 @@ def test_tune_searches_each_family_with_its_own_space_as_child_runs(
 def test_xgboost_refits_the_early_stopped_round_count_on_training_and_validation_rows(
     raw_config: dict, ray_local: str
 ) -> None:
+    from pipelines.core import metrics
     from pipelines.training import families
     from pipelines.training.data import prepare
     from pipelines.training.ray_train import shard_arrays
@@ -203,7 +204,7 @@ def test_xgboost_refits_the_early_stopped_round_count_on_training_and_validation
     features, labels, _ = shard_arrays(datasets["validation"])
     target = labels.astype(np.int64)
     log_loss = {
-        refit: -np.mean(np.log(np.clip(trained.estimator.outputs(features)[np.arange(len(target)), target], 1e-9, 1)))
+        refit: metrics.classification_metric("log_loss", target, trained.estimator.outputs(features))
         for refit, trained in fitted.items()
     }
     assert log_loss[True] < log_loss[False] - 0.01, log_loss
