@@ -483,32 +483,49 @@ def two_live_replicas(stack: Stack) -> list[int]:
 
 def test_a_60_s_storage_outage_keeps_serving_bounds_memory_and_loses_no_row(stack: Stack, monitor) -> None:
     pids = two_live_replicas(stack)
-    rss_before = {pid: rss_mb(pid) for pid in pids}
-    pending_peak, rss_peak = 0, dict(rss_before)
-    with Load(stack.url, clients=2, seed=1) as load, unwritable(stack.predictions):
-        outage_start = time.monotonic()
-        while time.monotonic() - outage_start < 60:
-            time.sleep(5)  # sampling the replicas through the outage
-            replicas = [httpx.get(f"{stack.url}/model", timeout=10).json()["log"]["predictions"] for _ in range(4)]
-            pending_peak = max(pending_peak, *(r["pending"] for r in replicas))
-            for pid in pids:
-                rss_peak[pid] = max(rss_peak[pid], rss_mb(pid))
-        outage_end = time.monotonic()
+    samples: dict[int, list[float]] = {pid: [] for pid in pids}
+    pending_peak, spooled_peak = 0, 0
+
+    def sample() -> None:
+        nonlocal pending_peak, spooled_peak
+        time.sleep(5)
+        replicas = [httpx.get(f"{stack.url}/model", timeout=10).json()["log"]["predictions"] for _ in range(4)]
+        pending_peak = max(pending_peak, *(r["pending"] for r in replicas))
+        spooled_peak = max(spooled_peak, *(r["spooled_bytes"] for r in replicas))
+        for pid in pids:
+            samples[pid].append(round(rss_mb(pid), 1))
+
+    with Load(stack.url, clients=2, seed=1) as load:
+        # The same load with storage up first: a replica started by the kill tests just before grows
+        # by tens of MB over its first requests (allocator arenas, lazy imports), which is not the spool.
+        warm_until = time.monotonic() + 30
+        while time.monotonic() < warm_until:
+            sample()
+        warm = {pid: len(samples[pid]) for pid in pids}
+        with unwritable(stack.predictions):
+            outage_start = time.monotonic()
+            while time.monotonic() - outage_start < 60:
+                sample()
+            outage_end = time.monotonic()
     during = load.between(outage_start, outage_end)
+    growth = {pid: max(samples[pid][warm[pid] :]) - samples[pid][warm[pid] - 1] for pid in pids}
     figures = {
         "requests_during_outage": len(during),
         "failed_during_outage": sum(a.status != 200 for a in during),
         "pending_rows_peak_per_replica": pending_peak,
-        "rss_mb_before": sorted(round(v) for v in rss_before.values()),
-        "rss_growth_mb_max": round(max(rss_peak[p] - rss_before[p] for p in pids), 1),
+        "spooled_mb_peak_per_replica": round(spooled_peak / 2**20, 1),
+        "rss_mb_every_5_s": {str(pid): samples[pid] for pid in pids},
+        "rss_growth_mb_max": round(max(growth.values()), 1),
         **check_every_served_row_logged(stack, load.served()),
         "dead_lettered": delta.Table(stack.predictions).dead_letter().count(),
     }
     record("storage_outage", figures)
     assert figures["failed_during_outage"] == 0 and figures["pending_rows_peak_per_replica"] > 0
     assert figures["rows_lost"] == 0 and figures["rows_duplicated"] == 0 and figures["dead_lettered"] == 0
-    assert len(pids) == 2 and min(rss_before.values()) > 0  # two live replicas were measured
-    assert figures["rss_growth_mb_max"] < 64  # the rows wait on disk, not in memory
+    assert len(pids) == 2 and min(min(s) for s in samples.values()) > 0  # two live replicas were measured
+    # The rows wait on disk, not in memory: ~27,000 rows as dicts would take ~30 MB (11 MB as JSON).
+    # Against the warm baseline the replicas' memory fell by ~5 MB here.
+    assert figures["rss_growth_mb_max"] < 24
 
 
 def serve_client(stack: Stack):
