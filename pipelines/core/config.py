@@ -307,9 +307,12 @@ class RegimeConfig(StrictModel):
     # validation and test; older rows only train, with a weight. A time split over everything put every
     # new-regime row into validation and test, and the model learned only the old rule.
     min_rows: int = Field(300, ge=20)  # fewer rows since the drift began: one time split over everything
-    # Older rows together weigh this share of the new rows: 0.1 kept a 280-row new regime within 1 point
-    # of training on the new rows alone, 0.5 cost 3-4 points, an unweighted union 20 (benchmarks/recovery.py).
-    old_rows_weight_share: float = Field(0.1, ge=0)
+    # Older rows together weigh as much as this many new rows: a prior that counts while the regime is
+    # small and fades as its own rows accumulate. At 280 new rows, 0.1 of them (28) gained a point over
+    # the new rows alone, 0.5 cost 3-4 points, an unweighted union 20 (benchmarks/recovery.py). Against
+    # older rows worth 0.1 of the new ones however many there were, a worth of 30 scored higher at 8 of
+    # the learning curve's 12 points (up to +0.007), lower at 3 (up to -0.004) (benchmarks/learning_curve.py).
+    old_rows_worth: float = Field(30.0, ge=0)
     max_old_rows: int = Field(50_000, ge=0)  # only the newest older rows are kept
 
 

@@ -92,8 +92,8 @@ def plan_split(
     micros: np.ndarray, split: SplitConfig, regime_start: datetime | None, regime: RegimeConfig
 ) -> SplitPlan:
     """The split of rows with these event times (epoch us). With a regime start, the rows since then
-    split on their own and older rows only train, together weighing regime.old_rows_weight_share of the
-    new rows; with too few new rows, one split over everything, and the note says so."""
+    split on their own and older rows only train, together weighing as much as regime.old_rows_worth new
+    rows; with too few new rows, one split over everything, and the note says so."""
     time_based = split.strategy == "time"
     if regime_start is None:
         return SplitPlan(time_cutoffs(micros, split) if time_based else None)
@@ -108,7 +108,7 @@ def plan_split(
         return SplitPlan(time_cutoffs(micros, split) if time_based else None, note=note, new_rows=new_rows)
     older = np.sort(micros[~new])
     kept = older[max(0, len(older) - regime.max_old_rows) :] if regime.max_old_rows else older[:0]
-    weight = min(1.0, regime.old_rows_weight_share * new_rows / len(kept)) if len(kept) else 1.0
+    weight = min(1.0, regime.old_rows_worth / len(kept)) if len(kept) else 1.0
     return SplitPlan(
         cutoffs=time_cutoffs(micros[new], split) if time_based else None,
         regime_start=start,

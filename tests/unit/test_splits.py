@@ -60,7 +60,7 @@ def test_regime_split_puts_new_rows_in_every_split_and_weighs_old_ones() -> None
     start = frame["event_time"].iloc[2000]  # the newest 1,000 rows are the new regime
     micros = _micros(frame)
     plan = splits.plan_split(
-        micros, SplitConfig(), start, RegimeConfig(min_rows=300, old_rows_weight_share=0.1, max_old_rows=1500)
+        micros, SplitConfig(), start, RegimeConfig(min_rows=300, old_rows_worth=40, max_old_rows=1500)
     )
     codes, weights = splits.assign(micros, None, SplitConfig(), plan)
     labels = names(codes)
@@ -72,9 +72,23 @@ def test_regime_split_puts_new_rows_in_every_split_and_weighs_old_ones() -> None
     assert set(labels[old]) == {"train", "dropped"}
     assert (labels[old] == "train").sum() == 1500  # only the newest older rows are kept
     assert labels[old][-1] == "train" and labels[old][0] == "dropped"
-    assert weights[old & (labels == "train")].sum() == pytest.approx(0.1 * 1000, rel=1e-4)
+    assert weights[old & (labels == "train")].sum() == pytest.approx(40, rel=1e-4)  # worth 40 new rows
     assert (weights[new.to_numpy()] == 1).all()
     assert plan.describe()["policy"] == "regime" and plan.describe()["regime_rows"] == 1000
+
+
+def test_older_rows_weigh_the_same_however_many_rows_the_regime_has() -> None:
+    """A prior: what the older rows are worth is fixed, so their share fades as the regime grows."""
+    frame = synthetic.generate(5000, 1).to_pandas()
+    micros = _micros(frame)
+    totals = {}
+    for new_rows in (500, 2000):
+        start = frame["event_time"].iloc[len(frame) - new_rows]
+        plan = splits.plan_split(micros, SplitConfig(), start, RegimeConfig(old_rows_worth=30))
+        codes, weights = splits.assign(micros, None, SplitConfig(), plan)
+        older_training = (micros < splits.to_micros(start)) & (names(codes) == "train")
+        totals[new_rows] = weights[older_training].sum()
+    assert totals[500] == pytest.approx(30, rel=1e-4) and totals[2000] == pytest.approx(30, rel=1e-4)
 
 
 def test_too_few_rows_since_the_drift_fall_back_to_one_split_and_say_so() -> None:
