@@ -11,9 +11,7 @@ alibi-detect is imported lazily: importing it takes seconds. It is licensed BSL 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,24 +80,6 @@ class FeatureEncoder:
     @classmethod
     def from_json(cls, text: str) -> FeatureEncoder:
         return cls(**json.loads(text))
-
-
-def import_alibi_detect_meanwhile() -> threading.Thread:
-    """Start importing alibi-detect on a thread; join it before the detectors are fitted. Its import
-    took 3.2 s of a retraining job here (it imports transformers and torch's models), while the
-    job's driver mostly waits on Ray as the model trains. Overlap it only with work during which the
-    main thread imports nothing (two threads importing the same package can each see the other's
-    half-initialised modules): families.driver_quiet_while_fitting says which fits qualify; Tune's
-    driver imports boto3 and tensorboardX as it searches. A failed import is raised again, with its
-    cause, by the detectors' own import."""
-
-    def load() -> None:
-        with contextlib.suppress(ImportError):
-            import alibi_detect.cd  # noqa: F401
-
-    thread = threading.Thread(target=load, name="import-alibi-detect", daemon=True)
-    thread.start()
-    return thread
 
 
 @dataclass

@@ -5,10 +5,12 @@ Tune search, which imports the plain fit: never the reverse)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,10 +42,10 @@ from pipelines.core.estimators import Trained
 from pipelines.core.gate import GateDecision, decide
 from pipelines.core.retraining_policy import CANDIDATE, MANUAL
 from pipelines.feature_tables.build import build_training_set, is_stale
-from pipelines.training import families, plots, ray_train
-from pipelines.training.code_version import MANIFEST_ARTIFACT, current_manifest, family_code
+from pipelines.training import families, ray_train
+from pipelines.training.code_version import MANIFEST_ARTIFACT, current_manifest, family_code, model_code
 from pipelines.training.data import Lineage, PreparedData, current_regime, prepare, to_frame
-from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite, import_alibi_detect_meanwhile
+from pipelines.training.detectors import DRIFT_ARTIFACT, DriftSuite
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.fitted_model import LakeloopModel, evaluate_predictions
 from pipelines.training.labelled_feedback import NoLabelledRows, refresh_training_table
@@ -56,6 +58,10 @@ Fitter = Callable[[LakeloopConfig, dict, FeaturePipeline, str], Trained]
 Check = Callable[[str, pd.DataFrame], str | None]
 
 log = logging.getLogger("lakeloop.training")
+# What the evaluation imports and the fit does not: alibi-detect (3.2 s of a retraining job here: it
+# imports transformers and torch's models) and the figures (matplotlib: 0.35 s). `_import_meanwhile`
+# loads them while Ray Train fits and the driver waits.
+EVALUATION_MODULES = ("alibi_detect.cd", "pipelines.training.plots")
 MODEL_ARTIFACT = "model"
 PIP_REQUIREMENTS = [
     "torch==2.13.0",
@@ -210,9 +216,9 @@ def requirements(config: LakeloopConfig, family: str) -> list[str]:
 def log_model(
     model: LakeloopModel, test: pd.DataFrame, scores: dict, config: LakeloopConfig, registry: Registry, tags: dict
 ) -> str:
-    """Log the pyfunc (preprocessor + network + package code), register it with `tags`, and log its
-    test scores to the run and to the logged model (after it exists: MLflow 3's model page shows only
-    metrics linked to the model); return the version."""
+    """Log the pyfunc (preprocessor, estimator, and the package code it imports: MODEL_CODE), register
+    it with `tags`, and log its test scores to the run and to the logged model (after it exists: MLflow
+    3's model page shows only metrics linked to the model); return the version."""
     example = test[config.dataset.feature_names].head(5).reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         directory = model.save(Path(tmp) / "model")
@@ -220,14 +226,11 @@ def log_model(
             name=MODEL_ARTIFACT,
             python_model=LakeloopPyfunc(),
             artifacts={"model": str(directory)},
-            code_paths=[str(Path(pipelines.__file__).parent), *family_code(config, model.family)],
+            code_paths=[str(model_code(Path(tmp) / "code")), *family_code(config, model.family)],
             signature=model_signature(example, model.predict_frame(example)),
             metadata=model_metadata(config),
             input_example=example,
-            pip_requirements=[
-                *PIP_REQUIREMENTS,
-                *FAMILY_REQUIREMENTS.get(config.train.families[model.family].kind, []),
-            ],
+            pip_requirements=requirements(config, model.family),
         )
         mlflow.log_artifact(str(directory / "pipeline.pkl"), artifact_path="preprocessor")
     mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()}, model_id=info.model_id)
@@ -244,6 +247,24 @@ def log_drift_reference(model: LakeloopModel, prepared: PreparedData, config: La
         mlflow.log_artifacts(str(suite.save(Path(tmp) / DRIFT_ARTIFACT)), artifact_path=DRIFT_ARTIFACT)
 
 
+def _import_meanwhile(modules: tuple[str, ...]) -> threading.Thread:
+    """Start importing `modules` on a thread; join it before they are used. Overlap it only with work
+    during which the main thread imports nothing (two threads importing the same package can each see
+    the other's half-initialised modules): families.driver_quiet_while_fitting says which fits
+    qualify; Tune's driver imports boto3 and tensorboardX as it searches. A failed import is raised
+    again, with its cause, where the module is used. (Importing the family's module and the figures
+    on a thread while the data was prepared made preparing slower by as much: both hold the GIL.)"""
+
+    def load() -> None:
+        for module in modules:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name="import-meanwhile", daemon=True)
+    thread.start()
+    return thread
+
+
 def _datasets(prepared: PreparedData) -> dict:
     return {name: prepared.splits[name].materialize() for name in ("train", "validation")}
 
@@ -257,6 +278,8 @@ def _evaluate(
     test = to_frame(prepared.raw["test"])
     predictions = model.predict_frame(test[dataset.feature_names])
     scores = evaluate_predictions(predictions, test[dataset.label], dataset)  # logged with the model
+    from pipelines.training import plots  # imported during the fit where it could be (EVALUATION_MODULES)
+
     plots.log_evaluation_figures(trained.history, predictions, test[dataset.label], dataset)
     log_drift_reference(model, prepared, config)
     return model, test, scores
@@ -381,7 +404,7 @@ def _train_and_register(
             family = config.train.family
             if fitter is families.fit_configured and families.driver_quiet_while_fitting(config, family):
                 families.family_module(config, family)  # imported before the thread starts
-                importing = import_alibi_detect_meanwhile()
+                importing = _import_meanwhile(EVALUATION_MODULES)
             trained = fitter(config, _datasets(prepared), prepared.pipeline, run.info.run_id)
             if importing:
                 importing.join()

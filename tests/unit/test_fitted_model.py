@@ -4,6 +4,10 @@ tests/integration/test_families.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -15,6 +19,7 @@ from pipelines.core.estimators import SklearnEstimator, TorchEstimator, XGBoostE
 from pipelines.core.feature_transform import FittedTransform, statistics
 from pipelines.core.module_spec import MLP_CLASS, ModuleSpec
 from pipelines.scenarios import synthetic
+from pipelines.training.code_version import model_code
 from pipelines.training.features import FeaturePipeline
 from pipelines.training.fitted_model import LakeloopModel
 from serve.schemas import RecordValidator
@@ -139,3 +144,36 @@ def test_only_a_users_module_is_shipped_to_workers(model: LakeloopModel) -> None
     target = np.arange(200) % 2
     users = SklearnEstimator("nb", GaussianNaiveBayes().fit(matrix, target), "classification", 2, "onehot")
     assert LakeloopModel(model.pipeline, users).code_modules() == [str(ROOT / "tests")]
+
+
+LOAD_FROM_MODEL_CODE = """
+import pathlib, sys
+import pandas as pd
+import pipelines
+from pipelines.training.pyfunc import LakeloopPyfunc  # what MLflow unpickles
+from pipelines.training.fitted_model import LakeloopModel
+assert pathlib.Path(pipelines.__file__).is_relative_to(sys.argv[1]), pipelines.__file__
+model = LakeloopModel.load(sys.argv[2])
+print(model.predict_frame(pd.read_json(sys.argv[3], orient="records"))["prediction"].tolist())
+"""
+
+
+def test_the_model_loads_with_only_the_code_it_carries(model: LakeloopModel, records: list[dict], tmp_path) -> None:
+    """A fresh interpreter whose `pipelines` is the model's copy (MLflow puts the code first on the
+    path, as `mlflow models serve` does): a module the model imports but does not carry fails here."""
+    code = model_code(tmp_path / "code").parent
+    saved = model.save(tmp_path / "model")
+    rows = tmp_path / "rows.json"
+    pd.DataFrame(records[:5]).to_json(rows, orient="records")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(code)}
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_FROM_MODEL_CODE, str(code), str(saved), str(rows)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = model.predict_frame(pd.read_json(rows, orient="records"))["prediction"].tolist()
+    assert done.stdout.strip() == str(expected)
