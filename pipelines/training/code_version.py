@@ -22,7 +22,8 @@ CONSTRAINTS = "constraints.txt"  # the pinned dependency set, beside the package
 # and the pure core they build on. A model carries these (MLflow code_paths), so `mlflow models serve`
 # loads it where lakeloop is not installed; uploading the whole package (97 modules, one HTTP request
 # each) took 0.31-0.48 s of every registration here, these 26 files 0.08-0.12 s.
-# tests/unit/test_model_code.py fails when the pyfunc imports a module left out.
+# tests/unit/test_fitted_model.py (the model loads with only the code it carries) fails when the
+# pyfunc imports a module left out.
 MODEL_CODE = (
     "__init__.py",
     "core",
