@@ -79,7 +79,14 @@ def console_to_log(log: Path) -> Iterator[TextIO]:
     """Everything this process and its children write to stdout and stderr (Ray Data's progress bars,
     Tune's tables, the workers' and HAProxy's logs Ray forwards: 22,852 lines in a demo before) goes
     to `log`; yields the console as it was, for the story. Where stdout is no file (e.g. captured in
-    a test), nothing is redirected."""
+    a test), nothing is redirected.
+
+    When the story ends, stdout is given back for the summary, but stderr stays on the log until the
+    process exits: what prints after the story (finalisers, the redraws of the workers' progress bars
+    that Ray's patched print() makes on every later print, the atexit handlers) is chatter too. (A CI
+    run of the e2e demo test once counted 125 console lines for a story of 25. While the story runs,
+    only the story reaches the console, so the 100 came after it.) If the story ends with an error,
+    stderr is given back as well, for the step runner's message."""
     try:
         console_fd = sys.stdout.fileno()  # with --json, stderr: the step runner redirected stdout there
     except (AttributeError, OSError, ValueError):
@@ -90,16 +97,18 @@ def console_to_log(log: Path) -> Iterator[TextIO]:
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     console = os.fdopen(os.dup(console_fd if console_fd not in (1, 2) else saved[console_fd - 1]), "w", buffering=1)
+    give_back = (1, 2)
     with log.open("ab") as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
             yield console
+            give_back = (1,)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
+            for fd in give_back:
+                os.dup2(saved[fd - 1], fd)
             for fd in saved:
                 os.close(fd)
             console.close()
