@@ -20,6 +20,7 @@ RUNTIME_KEYS = frozenset(
         "train.num_workers",
         "train.rows_per_worker",
         "train.cpus_per_worker",
+        "train.local_mode_rows",
         "train.use_gpu",
         "train.placement_strategy",
         "train.max_failures",

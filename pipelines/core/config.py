@@ -320,6 +320,9 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(2, ge=1)  # at most; a small training split gets one per rows_per_worker rows
     rows_per_worker: int = Field(100_000, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
+    # a training split of at most this many rows, fitted by one worker, is fitted in the process that
+    # runs the training, through Ray Train's local mode (training/ray_train.in_process); 0: never
+    local_mode_rows: int = Field(50_000, ge=0)
     use_gpu: bool = False
     # how workers spread over nodes: PACK fills a node first; SPREAD / STRICT_SPREAD use one node per worker
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.core.config import LakeloopConfig
 from pipelines.core.estimators import Trained
+from pipelines.training import ray_train
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint
@@ -34,8 +35,11 @@ MODULES = {
 QUIET_DRIVER_KINDS = frozenset({"xgboost"})
 
 
-def driver_quiet_while_fitting(config: LakeloopConfig, family: str) -> bool:
-    return config.train.families[family].kind in QUIET_DRIVER_KINDS
+def driver_quiet_while_fitting(config: LakeloopConfig, family: str, datasets: dict) -> bool:
+    """A fit in Ray Train's local mode runs in the driver itself, importing as it goes: never quiet."""
+    if config.train.families[family].kind not in QUIET_DRIVER_KINDS:
+        return False
+    return not ray_train.in_process(config, datasets, ray_train.workers(config, datasets), None)
 
 
 def family_module(config: LakeloopConfig, family: str) -> ModuleType:

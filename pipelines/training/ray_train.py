@@ -8,8 +8,13 @@ import logging
 import math
 import os
 import queue
+import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import ray
@@ -45,6 +50,22 @@ def workers(config: LakeloopConfig, datasets: dict) -> int:
     return max(1, min(config.train.num_workers, math.ceil(rows / config.train.rows_per_worker)))
 
 
+def in_process(config: LakeloopConfig, datasets: dict, num_workers: int, callbacks: list | None) -> bool:
+    """Whether a run of one worker goes through Ray Train's local mode (ScalingConfig(num_workers=0)):
+    the train function runs in this process, with no controller, worker, placement group or dataset
+    manager processes to start. A 5,000-row xgboost fit on a quiet stack: 10.0 s through a 1-worker
+    group, of which the train function 0.6 s; 0.6 s in local mode, the same model. Local mode runs no
+    RunConfig callbacks (a Tune trial keeps its worker group), holds no GPU, and has no worker to
+    restart: a failure fails the run (the monitor retries a failed retraining job). Only a training
+    split of at most train.local_mode_rows rows, where starting the processes is most of the fit."""
+    return (
+        num_workers == 1
+        and not callbacks
+        and not config.train.use_gpu
+        and datasets["train"].count() <= config.train.local_mode_rows
+    )
+
+
 def data_config(num_workers: int) -> DataConfig:
     """Several workers split the training split between them; every worker sees the whole (small)
     validation split, so validation metrics agree across ranks."""
@@ -52,7 +73,10 @@ def data_config(num_workers: int) -> DataConfig:
 
 
 def scaling_config(config: LakeloopConfig, num_workers: int) -> ScalingConfig:
+    """num_workers 0: local mode (in_process)."""
     train = config.train
+    if num_workers == 0:
+        return ScalingConfig(num_workers=0)
     return ScalingConfig(
         num_workers=num_workers,
         use_gpu=train.use_gpu,
@@ -72,6 +96,18 @@ def run_config(config: LakeloopConfig, name: str, callbacks: list | None = None)
     )
 
 
+Loaded = TypeVar("Loaded")
+
+# In a loop's config in local mode: the folder its checkpoints go to, removed after the run (a worker
+# group uploads each checkpoint to storage and Ray deletes the local folder).
+SCRATCH_KEY = "checkpoint_scratch"
+
+
+def checkpoint_directory(cfg: dict) -> Path:
+    """A new folder for a checkpoint the loop is about to report."""
+    return Path(tempfile.mkdtemp(prefix="lakeloop-checkpoint-", dir=cfg.get(SCRATCH_KEY)))
+
+
 def run(
     trainer_class: type,
     train_loop_per_worker,
@@ -79,24 +115,30 @@ def run(
     config: LakeloopConfig,
     datasets: dict,
     name: str,
+    load: Callable[[Checkpoint], Loaded],
     callbacks: list | None = None,
     num_workers: int | None = None,
-) -> tuple[Checkpoint, int]:
+) -> tuple[Loaded, int]:
     """One run of a Ray Train trainer (TorchTrainer, XGBoostTrainer, DataParallelTrainer) over the train
-    and validation splits: its last checkpoint, and the epoch (or report) it resumed from after a failure."""
+    and validation splits: its last checkpoint as `load` reads it, and the epoch (or report) it resumed
+    from after a failure."""
     count = num_workers or workers(config, datasets)
-    trainer = trainer_class(
-        train_loop_per_worker,
-        train_loop_config=cfg,
-        scaling_config=scaling_config(config, count),
-        run_config=run_config(config, name, callbacks),
-        datasets={"train": datasets["train"], "validation": datasets["validation"]},
-        dataset_config=data_config(count),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} finished without a checkpoint")
-    return result.checkpoint, int((result.metrics or {}).get("resumed_from_epoch", 0))
+    with ExitStack() as scratch:
+        if in_process(config, datasets, count, callbacks):
+            count = 0
+            cfg = {**cfg, SCRATCH_KEY: scratch.enter_context(tempfile.TemporaryDirectory(prefix="lakeloop-fit-"))}
+        trainer = trainer_class(
+            train_loop_per_worker,
+            train_loop_config=cfg,
+            scaling_config=scaling_config(config, count),
+            run_config=run_config(config, name, callbacks),
+            datasets={"train": datasets["train"], "validation": datasets["validation"]},
+            dataset_config=data_config(count),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training run {name} finished without a checkpoint")
+        return load(result.checkpoint), int((result.metrics or {}).get("resumed_from_epoch", 0))
 
 
 def monitor_metric(config: LakeloopConfig) -> tuple[str, str]:

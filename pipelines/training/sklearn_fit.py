@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         else metrics.classification(val_target.astype(np.int64), outputs)
     )
     report = {"epoch": 0, **{f"val_{k}": v for k, v in scores.items()}, "train_seconds": time.perf_counter() - started}
-    directory = Path(tempfile.mkdtemp(prefix="lakeloop-checkpoint-"))
+    directory = ray_train.checkpoint_directory(cfg)
     (directory / ESTIMATOR_FILE).write_bytes(pickle.dumps((estimator, [report])))
     ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)))
     logger.log(report, 0)
@@ -80,10 +79,11 @@ def fit(
         "tracking_uri": config.mlflow.tracking_uri,
         "mlflow_run_id": run_id,
     }
-    checkpoint, _ = ray_train.run(  # one worker: one estimator, fitted on the whole training split
-        DataParallelTrainer, train_loop_per_worker, cfg, config, datasets, name, callbacks, num_workers=1
+    load = lambda checkpoint: trained_from(checkpoint, family, settings)
+    trained, _ = ray_train.run(  # one worker: one estimator, fitted on the whole training split
+        DataParallelTrainer, train_loop_per_worker, cfg, config, datasets, name, load, callbacks, num_workers=1
     )
-    return trained_from(checkpoint, family, settings)
+    return trained
 
 
 def trained_from(checkpoint: Checkpoint, family: str, settings: dict) -> Trained:

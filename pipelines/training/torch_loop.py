@@ -10,7 +10,6 @@ that a restarted worker group needs: everything to resume lives in the checkpoin
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,7 +208,7 @@ def _report(report: dict, rank: int, model, optimizer, state: dict, cfg: dict) -
     owns and deletes the local folder) so the next epoch need not wait for storage."""
     checkpoint = None
     if rank == 0:
-        directory = tempfile.mkdtemp(prefix="lakeloop-checkpoint-")
+        directory = ray_train.checkpoint_directory(cfg)
         progress = {k: v for k, v in state.items() if k != "resumed_from_epoch"}
         saved = {
             "model": _unwrap(model).state_dict(),
@@ -315,7 +314,7 @@ def fit(
     spec = config.train.families[family]
     cfg = loop_config(config, spec, settings, pipeline, run_id, train_stats(datasets["train"], config.dataset.task))
     trainer = ray.train.torch.TorchTrainer
-    checkpoint, resumed = ray_train.run(trainer, train_loop_per_worker, cfg, config, datasets, name, callbacks)
-    trained = trained_from(checkpoint, family, settings)
+    load = lambda checkpoint: trained_from(checkpoint, family, settings)
+    trained, resumed = ray_train.run(trainer, train_loop_per_worker, cfg, config, datasets, name, load, callbacks)
     trained.resumed_from_epoch = resumed
     return trained

@@ -402,10 +402,11 @@ def _train_and_register(
                 mlflow.set_tag("lakeloop.notes", " | ".join(notes)[:5000])
             importing = None
             family = config.train.family
-            if fitter is families.fit_configured and families.driver_quiet_while_fitting(config, family):
+            datasets = _datasets(prepared)
+            if fitter is families.fit_configured and families.driver_quiet_while_fitting(config, family, datasets):
                 families.family_module(config, family)  # imported before the thread starts
                 importing = _import_meanwhile(EVALUATION_MODULES)
-            trained = fitter(config, _datasets(prepared), prepared.pipeline, run.info.run_id)
+            trained = fitter(config, datasets, prepared.pipeline, run.info.run_id)
             if importing:
                 importing.join()
             clock.lap("fit")

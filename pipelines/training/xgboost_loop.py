@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -148,7 +147,7 @@ class _Progress(xgboost.callback.TrainingCallback):
     def _send(self, report: dict, model: xgboost.Booster, epoch: int) -> None:
         checkpoint = None
         if self.rank == 0:
-            directory = Path(tempfile.mkdtemp(prefix="lakeloop-checkpoint-"))
+            directory = ray_train.checkpoint_directory(self.cfg)
             model.save_model(directory / BOOSTER_FILE)
             (directory / PROGRESS_FILE).write_text(_dump_progress(self.state))
             checkpoint = Checkpoint.from_directory(str(directory))
@@ -268,8 +267,10 @@ def fit(
     booster cut at its best round."""
     threads = max(1, math.floor(config.train.cpus_per_worker)) if not config.train.use_gpu else 1
     cfg = loop_config(config, settings, pipeline, run_id, threads)
-    checkpoint, resumed = ray_train.run(XGBoostTrainer, train_loop_per_worker, cfg, config, datasets, name, callbacks)
-    trained = trained_from(checkpoint, family, settings)
+    load = lambda checkpoint: trained_from(checkpoint, family, settings)
+    trained, resumed = ray_train.run(
+        XGBoostTrainer, train_loop_per_worker, cfg, config, datasets, name, load, callbacks
+    )
     trained.resumed_from_epoch = resumed
     return trained
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -208,6 +209,42 @@ def test_xgboost_refits_the_early_stopped_round_count_on_training_and_validation
         for refit, trained in fitted.items()
     }
     assert log_loss[True] < log_loss[False] - 0.01, log_loss
+
+
+def test_a_small_fit_runs_in_ray_trains_local_mode_and_gives_the_worker_groups_model(
+    raw_config: dict, ray_local: str
+) -> None:
+    from ray.util.state import list_actors
+
+    from pipelines.training import families
+    from pipelines.training.data import prepare
+    from pipelines.training.ray_train import shard_arrays
+
+    raw_config["train"].update(family="xgboost")
+    delta.tables(parse_config(raw_config)).events.append(synthetic.generate(3000, 4))
+    prepared = prepare(parse_config(raw_config))
+    datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
+    scratch = Path(tempfile.gettempdir())
+
+    def fit(local_mode_rows: int) -> tuple:
+        raw_config["train"]["local_mode_rows"] = local_mode_rows
+        folders = set(scratch.glob("lakeloop-*"))
+        trained = families.fit(
+            parse_config(raw_config), "xgboost", datasets, prepared.pipeline, None, name=f"local-{uuid.uuid4().hex[:6]}"
+        )
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000)
+        return trained, len(workers), set(scratch.glob("lakeloop-*")) - folders
+
+    in_group, workers_before, _ = fit(0)
+    in_process, workers_after, left = fit(50_000)
+    assert workers_before >= 1 and workers_after == workers_before  # local mode started no Train worker
+    assert left == set()  # its checkpoints' folder is removed after the run
+    features, _, _ = shard_arrays(datasets["validation"])
+    np.testing.assert_allclose(in_process.estimator.outputs(features), in_group.estimator.outputs(features))
+    untimed = [
+        [{k: v for k, v in e.items() if k != "train_seconds"} for e in t.history] for t in (in_process, in_group)
+    ]
+    assert untimed[0] == untimed[1]
 
 
 @pytest.mark.parametrize("family", ["mlp", "xgboost"])
