@@ -77,7 +77,7 @@ class Timeline:
 @contextmanager
 def console_to_log(log: Path) -> Iterator[TextIO]:
     """Everything this process and its children write to stdout and stderr (Ray Data's progress bars,
-    Tune's tables, the workers' and HAProxy's logs Ray forwards: 22,852 lines in a demo before) goes
+    the workers' and HAProxy's logs Ray forwards: 22,852 lines in a demo before) goes
     to `log`; yields the console as it was, for the story. Where stdout is no file (e.g. captured in
     a test), nothing is redirected.
 
@@ -184,7 +184,7 @@ def demo_log(config: LakeloopConfig) -> Path:
 def run_demo(args: DemoOptions, config: LakeloopConfig) -> DemoResult:
     log = demo_log(config)
     with console_to_log(log) as console:
-        print(f"Ray, Tune, training and Serve output goes to {log}", file=console, flush=True)
+        print(f"Ray, training and Serve output goes to {log}", file=console, flush=True)
         try:
             return _run_demo(args, config, Timeline(console), log)
         finally:
