@@ -55,10 +55,10 @@ def in_process(config: LakeloopConfig, datasets: dict, num_workers: int, callbac
     the train function runs in this process, with no controller, worker, placement group or dataset
     manager processes to start. Ray Train's run of a 5,000-row xgboost fit on a quiet stack: 9.0 s
     through a 1-worker group, of which the train function 0.6 s; 0.6 s in local mode, the same model
-    (tests/integration/test_training.py). Local mode runs no
-    RunConfig callbacks (a Tune trial keeps its worker group), holds no GPU, and has no worker to
-    restart: a failure fails the run (the monitor retries a failed retraining job). Only a training
-    split of at most train.local_mode_rows rows, where starting the processes is most of the fit."""
+    (tests/integration/test_training.py). Local mode runs no RunConfig callbacks (a Tune trial keeps
+    its worker group), holds no GPU, and has no worker to restart: a failure fails the run (the
+    monitor retries a failed retraining job). Only for a training split of at most
+    train.local_mode_rows rows, where starting the processes is most of the fit."""
     return (
         num_workers == 1
         and not callbacks
