@@ -58,10 +58,19 @@ def trial_overrides(params: dict) -> tuple[str, dict]:
     return family, {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
 
 
+def without_worker_restarts(config: LakeloopConfig) -> LakeloopConfig:
+    """A trial's Train run does not restart its worker group. When ASHA stops a trial its workers die
+    with it, and a controller that restarts them reserves a new placement group just before it is
+    killed too; nothing removes that group. In a CI run one trial's 1-CPU group was left reserved and
+    the next trial's worker group waited on it until Ray Train's startup timeout, then retried without
+    end. A trial whose worker fails fails; the search goes on with the others."""
+    return config.model_copy(update={"train": config.train.model_copy(update={"max_failures": 0})})
+
+
 def _trial(
     params: dict, config_json: str, datasets: dict, pipeline: FeaturePipeline, parent_run_id: str | None
 ) -> None:
-    config = LakeloopConfig.model_validate_json(config_json)
+    config = without_worker_restarts(LakeloopConfig.model_validate_json(config_json))
     family, overrides = trial_overrides(params)
     client = MlflowClient(config.mlflow.tracking_uri)
     run_id = None
