@@ -39,7 +39,7 @@ def driver_quiet_while_fitting(config: LakeloopConfig, family: str, datasets: di
     """A fit in Ray Train's local mode runs in the driver itself, importing as it goes: never quiet."""
     if config.train.families[family].kind not in QUIET_DRIVER_KINDS:
         return False
-    return not ray_train.in_process(config, datasets, ray_train.workers(config, datasets), None)
+    return not ray_train.in_process(config, datasets)
 
 
 def family_module(config: LakeloopConfig, family: str) -> ModuleType:

@@ -50,7 +50,9 @@ def workers(config: LakeloopConfig, datasets: dict) -> int:
     return max(1, min(config.train.num_workers, math.ceil(rows / config.train.rows_per_worker)))
 
 
-def in_process(config: LakeloopConfig, datasets: dict, num_workers: int, callbacks: list | None) -> bool:
+def in_process(
+    config: LakeloopConfig, datasets: dict, callbacks: list | None = None, num_workers: int | None = None
+) -> bool:
     """Whether a run of one worker goes through Ray Train's local mode (ScalingConfig(num_workers=0)):
     the train function runs in this process, with no controller, worker, placement group or dataset
     manager processes to start. Ray Train's run of a 5,000-row xgboost fit on a quiet stack: 9.0 s
@@ -60,7 +62,7 @@ def in_process(config: LakeloopConfig, datasets: dict, num_workers: int, callbac
     monitor retries a failed retraining job). Only for a training split of at most
     train.local_mode_rows rows, where starting the processes is most of the fit."""
     return (
-        num_workers == 1
+        (num_workers or workers(config, datasets)) == 1
         and not callbacks
         and not config.train.use_gpu
         and datasets["train"].count() <= config.train.local_mode_rows
@@ -125,7 +127,7 @@ def run(
     from after a failure."""
     count = num_workers or workers(config, datasets)
     with ExitStack() as scratch:
-        if in_process(config, datasets, count, callbacks):
+        if in_process(config, datasets, callbacks, count):
             count = 0
             cfg = {**cfg, SCRATCH_KEY: scratch.enter_context(tempfile.TemporaryDirectory(prefix="lakeloop-fit-"))}
         trainer = trainer_class(

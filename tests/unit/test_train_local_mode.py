@@ -20,7 +20,7 @@ class Rows:
 
 def _decide(raw_config: dict, rows: int, workers: int = 1, callbacks: list | None = None, **train) -> bool:
     raw_config["train"].update(train)
-    return in_process(parse_config(raw_config), {"train": Rows(rows)}, workers, callbacks)
+    return in_process(parse_config(raw_config), {"train": Rows(rows)}, callbacks, num_workers=workers)
 
 
 def test_a_small_split_fitted_by_one_worker_runs_in_process(raw_config: dict) -> None:
