@@ -111,8 +111,11 @@ def numeric_values(column: Column) -> np.ndarray:
     if isinstance(column, np.ndarray) and column.dtype.kind in "fiub":  # Serve's validated columns: no copy
         return column.astype(np.float64, copy=False)
     if isinstance(column, pd.Series):
-        if isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub":  # numpy-backed: no NA to map
-            return column.to_numpy(np.float64, copy=False)  # (na_value made pandas scan for NA: 30 us a column)
+        # numpy-backed: no NA to map (na_value made pandas scan for NA: 30 us a column), and its array
+        # taken as it is (this call: 1.1 us a column, against 1.9 us through dtype and to_numpy)
+        values = column.values
+        if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+            return values.astype(np.float64, copy=False)
         numbers = column if column.dtype.kind in "fiu" else pd.to_numeric(column, errors="raise")
         return numbers.to_numpy(np.float64, na_value=np.nan)
     return pd.to_numeric(pd.Series(column, dtype=object), errors="raise").to_numpy(np.float64, na_value=np.nan)

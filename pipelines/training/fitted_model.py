@@ -56,12 +56,19 @@ class LakeloopModel:
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The pyfunc's contract: a frame of the feature columns in, a frame of the output columns out."""
-        missing = [c for c in self.feature_names if c not in frame.columns]
+        # the columns in one pass over the frame: a `frame[name]` per feature cost 0.05 of a 0.45 ms
+        # 1-row call on 41 features, `items()` 0.016
+        wanted = set(self.feature_names)
+        columns = {name: column for name, column in frame.items() if name in wanted}
+        missing = [c for c in self.feature_names if c not in columns]
         if missing:
             raise ValueError(f"input is missing feature columns: {', '.join(missing)}")
+        repeated = [] if frame.columns.is_unique else frame.columns[frame.columns.duplicated()]
+        if twice := sorted(wanted.intersection(repeated)):
+            raise ValueError(f"input has feature columns more than once: {', '.join(map(str, twice))}")
         if frame.empty:
             return pd.DataFrame({PREDICTION_COLUMN: []})
-        return pd.DataFrame(self.predict_columns({name: frame[name] for name in self.feature_names}).columns)
+        return pd.DataFrame(self.predict_columns(columns).columns)
 
     def predict_columns(self, columns: Mapping[str, Column]) -> Scored:
         """Feature columns (numpy, Arrow or pandas; Serve's validated columns, batch inference's Arrow

@@ -177,3 +177,17 @@ def test_the_model_loads_with_only_the_code_it_carries(model: LakeloopModel, rec
     assert done.returncode == 0, done.stderr[-2000:]
     expected = model.predict_frame(pd.read_json(rows, orient="records"))["prediction"].tolist()
     assert done.stdout.strip() == str(expected)
+
+
+def test_a_frame_missing_or_repeating_a_feature_is_refused_and_other_columns_are_ignored(
+    model: LakeloopModel, records: list[dict]
+) -> None:
+    frame = pd.DataFrame(records)
+    expected = model.predict_frame(frame)
+    shuffled = frame.assign(request_id=range(len(frame)))[["request_id", *reversed(frame.columns)]]
+    pd.testing.assert_frame_equal(model.predict_frame(shuffled), expected)
+    with pytest.raises(ValueError, match="missing feature columns: age, plan"):
+        model.predict_frame(frame.drop(columns=["plan", "age"]))
+    repeated = pd.concat([frame, frame[["age"]]], axis=1)
+    with pytest.raises(ValueError, match="feature columns more than once: age"):
+        model.predict_frame(repeated)
