@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main(root: str, family: str) -> None:
     datasets = {name: prepared.splits[name].materialize() for name in ("train", "validation")}
     outcome: dict = {}
     families.family_module(config, family)
+    folders = set(Path(tempfile.gettempdir()).glob("lakeloop-*"))
     before = set(sys.modules)
     thread = threading.Thread(
         target=lambda: outcome.update(
@@ -96,6 +98,7 @@ def main(root: str, family: str) -> None:
                 "epochs": [h["epoch"] for h in trained.history],
                 "reports": reports,
                 "imported_during_fit": imported,
+                "left_folders": sorted(map(str, set(Path(tempfile.gettempdir()).glob("lakeloop-*")) - folders)),
             }
         )
     )

@@ -235,10 +235,10 @@ def test_a_small_fit_runs_in_ray_trains_local_mode_and_gives_the_worker_groups_m
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000)
         return trained, len(workers), set(scratch.glob("lakeloop-*")) - folders
 
-    in_group, workers_before, _ = fit(0)
+    in_group, workers_before, left_by_group = fit(0)
     in_process, workers_after, left = fit(50_000)
     assert workers_before >= 1 and workers_after == workers_before  # local mode started no Train worker
-    assert left == set()  # its checkpoints' folder is removed after the run
+    assert left == set() and left_by_group == set()  # the run's checkpoint folder is removed after it
     features, _, _ = shard_arrays(datasets["validation"])
     np.testing.assert_allclose(in_process.estimator.outputs(features), in_group.estimator.outputs(features))
     untimed = [
@@ -254,6 +254,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path, family: str
     assert outcome["killed"], "no train worker was found to kill"
     assert outcome["resumed_from_epoch"] >= 1, "training started over instead of resuming"
     assert outcome["epochs"] == list(range(outcome["reports"]))
+    assert outcome["left_folders"] == [], "the killed worker's checkpoints were left on disk"
     if family in QUIET_DRIVER_KINDS:  # a retraining job imports alibi-detect on a thread meanwhile
         assert outcome["imported_during_fit"] == [], "the driver imported modules while Ray Train ran"
 
