@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -132,9 +133,16 @@ def run(
     count = num_workers or workers(config, datasets)
     if in_process(config, datasets, callbacks, count):
         count = 0
-    # removed once the run is over: by then every upload has finished (ignore_cleanup_errors: a folder
-    # Ray deletes as the removal walks the tree)
-    with tempfile.TemporaryDirectory(prefix="lakeloop-fit-", ignore_cleanup_errors=True) as scratch:
+    # The run's folder is removed once the run is over: by then every upload has finished
+    # (ignore_cleanup_errors: a folder Ray deletes as the removal walks the tree). A Tune trial's
+    # process is ended before its run returns (a search of 4 trials left 4 folders), so a trial's
+    # checkpoints go to the temporary directory itself, where Ray deletes each once it is uploaded.
+    folder = (
+        nullcontext(None)
+        if callbacks
+        else tempfile.TemporaryDirectory(prefix="lakeloop-fit-", ignore_cleanup_errors=True)
+    )
+    with folder as scratch:
         cfg = {**cfg, SCRATCH_KEY: scratch}
         trainer = trainer_class(
             train_loop_per_worker,

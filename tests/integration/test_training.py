@@ -162,7 +162,10 @@ def test_tune_searches_each_family_with_its_own_space_as_child_runs(
     raw_config["tune"].update(num_samples=2, grace_period=1, families=["xgboost", "mlp"])
     config = small_config(raw_config, mlflow_server, num_workers=1, cpus_per_worker=1)
     delta.tables(config).events.append(synthetic.generate(2000, 4))
+    folders = set(Path(tempfile.gettempdir()).glob("lakeloop-fit-*"))
     outcome = train_and_register(config, search.search, "tune")
+    # a trial's process ends before its run could remove a folder of its own: it makes none
+    assert set(Path(tempfile.gettempdir()).glob("lakeloop-fit-*")) - folders == set()
     client = MlflowClient(mlflow_server)
     children = client.search_runs(
         [client.get_run(outcome.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'"
