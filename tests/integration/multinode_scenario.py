@@ -37,7 +37,7 @@ from pipelines.scenarios import endpoint as shipped_endpoint
 from pipelines.scenarios import synthetic
 from pipelines.scenarios.feature_tables import TABLES, feature_tables, features_section
 from pipelines.training.workflow import train_and_register
-from tests.helpers import customers_of, demo_raw_config, newest_event, offline_values
+from tests.helpers import customers_of, demo_raw_config, newest_event, offline_values, wait_for
 
 RECORD = synthetic.EXAMPLE_ROW
 
@@ -182,6 +182,9 @@ def _feature_tables(config: LakeloopConfig, redis_url: str, dashboard_port: int,
     materialized = materialize(features_config, newest_event(generated))
     url = _deploy_on_workers(features_config, dashboard_port, http_port, "features", "/features")
     assert ray_serve.wait_ready(url, 180), "the feature tables' endpoint never loaded the champion"
+    # ready is one replica answering, and the lookups below must reach both: in one CI emulation only
+    # one replica had looked up when the requests were done
+    assert wait_for(lambda: len(replicas(url, calls=10)) == 2, 120), "the two replicas never both answered"
     customers = customers_of(generated)
     expected = offline_values(features_config, generated, newest_event(generated), customers)
     answered, replicas_seen = 0, {}
