@@ -104,6 +104,7 @@ Loaded = TypeVar("Loaded")
 # In a loop's config: the run's folder for its checkpoints, removed after the run. A worker group
 # uploads each checkpoint to storage and Ray deletes its folder, but a killed worker's checkpoints still
 # waiting to upload stayed behind (14 folders of 0.5 MB per kill test); local mode uploads nothing.
+# None in a Tune trial's config (`run` says why).
 SCRATCH_KEY = "checkpoint_scratch"
 
 

@@ -206,7 +206,8 @@ def _epochs(cfg: dict, rank: int, model, optimizer, onehot: OneHot, state: dict,
 def _report(report: dict, rank: int, model, optimizer, state: dict, cfg: dict) -> None:
     """Metrics from every rank, the checkpoint from rank 0, uploaded in the background (Ray then
     owns and deletes the local folder) so the next epoch need not wait for storage; local mode uploads
-    nothing. Either way the folder is in the run's (ray_train.run removes it after the run)."""
+    nothing. Either way the folder is in the run's own (ray_train.run removes it after the run), but
+    a Tune trial's is in the temporary directory, deleted by Ray once uploaded."""
     checkpoint = None
     if rank == 0:
         directory = ray_train.checkpoint_directory(cfg)
