@@ -7,7 +7,9 @@ an installed package."""
 
 from __future__ import annotations
 
+import gc
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,8 +122,23 @@ def test_a_lakeloop_process_downloads_the_model_without_its_own_package(trained,
     user_module = FAMILIES[config.train.family].get("class_path", "").split(":")[0]
     expected = {user_module.split(".")[0]} if user_module else set()
     downloaded = {p.name for p in code.iterdir()} if code.exists() else set()
+    shutil.rmtree(code.parent)
     assert downloaded == expected
     assert len(registry.load_version(outcome.model_version).predict_frame(frame.head(3))) == 3
+
+
+def test_a_loaded_models_directory_goes_with_the_predictor(
+    trained, frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica that swaps models keeps no folder of the versions it no longer serves."""
+    config, outcome = trained
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    predictor = Registry.from_config(config).load_version(outcome.model_version)
+    assert len(list(tmp_path.glob("lakeloop-model-*"))) == 1  # kept while the predictor lives
+    assert len(predictor.predict_frame(frame.head(3))) == 3
+    del predictor
+    gc.collect()
+    assert not list(tmp_path.glob("lakeloop-model-*"))
 
 
 def test_pyfunc_serve_mlflow_models_serve_and_batch_agree(
