@@ -218,10 +218,8 @@ class Registry:
         # caller has validated the rows. Anything else goes through the pyfunc.
         inner = getattr(python_model, "model", None)
         predictor = inner if hasattr(inner, "predict_columns") else _PyfuncPredictor(model)
-        try:
+        with contextlib.suppress(TypeError):  # a predictor that takes no weak reference keeps its directory
             weakref.finalize(predictor, shutil.rmtree, directory, True)
-        except TypeError:  # a predictor that takes no weak reference keeps its directory
-            pass
         return predictor
 
     def download_model(self, version: str) -> Path:
