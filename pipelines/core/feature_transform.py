@@ -112,8 +112,8 @@ def numeric_values(column: Column) -> np.ndarray:
         return column.astype(np.float64, copy=False)
     if isinstance(column, pd.Series):
         # numpy-backed: no NA to map (na_value made pandas scan for NA: 30 us a column), and its array
-        # taken as it is (this call: 1.1 us a column, against 1.9 us through dtype and to_numpy)
-        values = column.values
+        # taken as it is: `_values` 0.2 us a column, `.values` 0.7, dtype and to_numpy 1.9
+        values = column._values
         if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
             return values.astype(np.float64, copy=False)
         numbers = column if column.dtype.kind in "fiu" else pd.to_numeric(column, errors="raise")
@@ -245,6 +245,8 @@ class FittedTransform:
         return len(self.numeric) + sum(self.slots)
 
     def transform(self, columns: Mapping[str, Column]) -> Encoded:
+        """Raw feature columns (other columns are ignored) -> the encoded matrix and unknown-category
+        counts; a value that is not a number in a numeric feature is an error naming the column."""
         names = self.numeric + self.categorical
         rows = len(columns[names[0]]) if names else 0
         matrix = np.empty((rows, self.width), np.float32)
@@ -252,9 +254,7 @@ class FittedTransform:
             # One block, a feature per row, imputed and scaled in place: per column, four numpy calls cost
             # more than the arithmetic on a few rows, and temporaries cost more than it on many (40
             # features: 1 row 0.27 -> 0.15 ms for the whole encoding; 10,000 rows 1.1 -> 0.6 ms for this part).
-            block = np.empty((len(self.numeric), rows), np.float64)
-            for i, name in enumerate(self.numeric):
-                block[i] = numeric_values(columns[name])
+            block = np.array([self._numeric(columns, name) for name in self.numeric], np.float64)  # a copy
             means, scales = self._moments
             np.copyto(block, means, where=np.isnan(block))
             block -= means
@@ -269,6 +269,13 @@ class FittedTransform:
                 codes, unknown[name] = self._codes(*_category_values_and_nulls(column), position)
             matrix[:, len(self.numeric) + position] = np.where(codes >= 0, codes, np.nan)
         return Encoded(matrix, unknown)
+
+    @staticmethod
+    def _numeric(columns: Mapping[str, Column], name: str) -> np.ndarray:
+        try:
+            return numeric_values(columns[name])
+        except (ValueError, TypeError):  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"feature '{name}' must be numeric") from None
 
     def onehot(self, matrix: np.ndarray) -> np.ndarray:
         """`transform`'s matrix with each categorical slot as a column of its own (a slot of NaN: none)."""

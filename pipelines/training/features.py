@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.core.config import DatasetConfig
-from pipelines.core.feature_transform import Column, Encoded, FittedTransform, Statistics, numeric_values, statistics
+from pipelines.core.feature_transform import Column, Encoded, FittedTransform, Statistics, statistics
 from pipelines.core.splits import WEIGHT_COLUMN
 
 if TYPE_CHECKING:
@@ -122,13 +122,7 @@ class FeaturePipeline:
         """Raw feature columns (numpy, Arrow or pandas; a DataFrame works) -> the model inputs and
         unknown-category counts; a value that is not a number in a numeric feature is an error naming
         the column."""
-        numbers = {}
-        for name in self.dataset.numeric:
-            try:
-                numbers[name] = numeric_values(columns[name])
-            except (ValueError, TypeError):  # pyarrow's ArrowInvalid is a ValueError
-                raise ValueError(f"feature '{name}' must be numeric") from None
-        return self._transformer().transform(numbers | {name: columns[name] for name in self.dataset.categorical})
+        return self._transformer().transform(columns)
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw feature records -> the encoded float32 matrix, in-process (serving, pyfunc, tests)."""

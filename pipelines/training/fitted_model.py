@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,24 @@ class LakeloopModel:
             raise ValueError(f"input has feature columns more than once: {', '.join(map(str, twice))}")
         if frame.empty:
             return pd.DataFrame({PREDICTION_COLUMN: []})
-        return pd.DataFrame(self.predict_columns(columns).columns)
+        outputs = self.predict_columns(columns).columns
+        # the frame from its arrays and the names built once: `pd.DataFrame(outputs)` infers an Index
+        # from the names and checks the arrays, 0.07-0.1 ms of a 1-row call, against 0.025
+        return pd.DataFrame._from_arrays(
+            list(outputs.values()), columns=self._output_names, index=pd.RangeIndex(len(frame)), verify_integrity=False
+        )
+
+    # cached on first use: a model pickled before these attributes existed loads as well
+    @cached_property
+    def _output_columns(self) -> tuple[str, ...]:
+        """The output columns in order: the prediction, then (classification) each class's probability."""
+        if self.task == "regression":
+            return (PREDICTION_COLUMN,)
+        return (PREDICTION_COLUMN, *probability_columns(self.pipeline.dataset))
+
+    @cached_property
+    def _output_names(self) -> pd.Index:
+        return pd.Index(self._output_columns, dtype=object)
 
     def predict_columns(self, columns: Mapping[str, Column]) -> Scored:
         """Feature columns (numpy, Arrow or pandas; Serve's validated columns, batch inference's Arrow
@@ -81,10 +99,9 @@ class LakeloopModel:
     def _outputs(self, outputs: np.ndarray) -> dict[str, np.ndarray]:
         if self.task == "regression":
             return {PREDICTION_COLUMN: outputs}
-        probabilities = outputs
-        columns = {PREDICTION_COLUMN: self._classes[probabilities.argmax(axis=1)]}
-        for i, name in enumerate(probability_columns(self.pipeline.dataset)):
-            columns[name] = probabilities[:, i]
+        columns = {PREDICTION_COLUMN: self._classes[outputs.argmax(axis=1)]}
+        for i, name in enumerate(self._output_columns[1:]):
+            columns[name] = outputs[:, i]
         return columns
 
     def save(self, directory: Path) -> Path:

@@ -83,6 +83,7 @@ def test_columns_arrow_and_frames_give_the_same_answer(model: LakeloopModel, rec
             np.testing.assert_allclose(scored.columns[name], frame[name].to_numpy(), rtol=1e-6)
         assert scored.unknown == {"plan": 1}
     assert frame["prediction"].dtype == np.int64  # classes [0, 1]: the pyfunc's column is typed, as before
+    pd.testing.assert_frame_equal(frame, pd.DataFrame(served.columns))  # the frame built from its arrays
     assert served.rows()[0].keys() == set(frame.columns)
 
 
