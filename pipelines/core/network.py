@@ -1,7 +1,9 @@
-"""lakeloop's MLP (the `mlp` family's torch module) and the per-row loss a torch family trains with."""
+"""lakeloop's MLP (the `mlp` family's torch module), its eval-mode forward in numpy for a few rows,
+and the per-row loss a torch family trains with."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +28,32 @@ class TabularMLP(nn.Module):
             if self.training or not isinstance(layer, nn.Dropout):
                 features = layer(features)
         return features
+
+
+LinearLayers = list[tuple[np.ndarray, np.ndarray]]  # (weight as inputs x outputs, bias) per nn.Linear
+
+
+def numpy_layers(module: nn.Module) -> LinearLayers | None:
+    """A TabularMLP's linear layers as numpy arrays (copies); None for any other module, whose forward
+    is the user's own."""
+    if type(module) is not TabularMLP:
+        return None
+    return [
+        (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
+        for layer in module.net
+        if isinstance(layer, nn.Linear)
+    ]
+
+
+def forward_numpy(layers: LinearLayers, features: np.ndarray) -> np.ndarray:
+    """TabularMLP.forward in eval mode (dropout the identity, ReLU after each hidden layer), in numpy."""
+    hidden = features
+    for weight, bias in layers[:-1]:
+        hidden = hidden @ weight
+        hidden += bias
+        np.maximum(hidden, 0, out=hidden)
+    weight, bias = layers[-1]
+    return hidden @ weight + bias
 
 
 def loss_function(task: str) -> nn.Module:
