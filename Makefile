@@ -53,7 +53,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.online_gate
 	$(BIN)/python -m benchmarks.loop
 	$(BIN)/python -m benchmarks.recovery
-	$(BIN)/python -m benchmarks.learning_curve
+	$(BIN)/python -m benchmarks.learning_curve --draws 3
 	$(BIN)/python -m benchmarks.object_store
 	$(BIN)/python -m benchmarks.table_upkeep
 	$(BIN)/python -m benchmarks.report
