@@ -42,7 +42,7 @@ from pipelines.adapters.prediction_log import (
     predictions_schema,
 )
 from pipelines.adapters.ray_serve import FEEDBACK_KEY_ENV, api_key_digest, api_key_from_env
-from pipelines.adapters.registry import ModelRef, Predictor, Registry
+from pipelines.adapters.registry import ModelRef, Predictor, Registry, release_downloads
 from pipelines.core.config import LakeloopConfig, load_config, parse_config_text
 from pipelines.core.model_output import Scored
 from serve.access import Access
@@ -660,6 +660,7 @@ class ModelServer:
         self.predictions.close()
         self.feedback.close()
         self.shadow.close()
+        release_downloads()  # the models' folders (Ray ends a stopped replica without exit handlers)
 
 
 def _role(candidate: LoadedModel) -> str:

@@ -164,6 +164,17 @@ class Claim:
     taken_at: float
 
 
+_DOWNLOADS: list[weakref.finalize] = []  # each loaded version's folder removal (Registry.load), pending
+
+
+def release_downloads() -> None:
+    """Remove the folders of every version this process loaded, now, models still in memory: for a
+    process about to be ended without its exit handlers (Ray ends a stopped Serve replica's process
+    after its drain)."""
+    while _DOWNLOADS:
+        _DOWNLOADS.pop()()
+
+
 @dataclass
 class Registry:
     client: MlflowClient
@@ -219,7 +230,8 @@ class Registry:
         inner = getattr(python_model, "model", None)
         predictor = inner if hasattr(inner, "predict_columns") else _PyfuncPredictor(model)
         with contextlib.suppress(TypeError):  # a predictor that takes no weak reference keeps its directory
-            weakref.finalize(predictor, shutil.rmtree, directory, True)
+            _DOWNLOADS[:] = [pending for pending in _DOWNLOADS if pending.alive]
+            _DOWNLOADS.append(weakref.finalize(predictor, shutil.rmtree, directory, True))
         return predictor
 
     def download_model(self, version: str) -> Path:

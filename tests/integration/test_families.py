@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from pipelines.adapters import delta, ray_serve
 from pipelines.adapters.local_services import free_port, stop_pid
-from pipelines.adapters.registry import Registry
+from pipelines.adapters.registry import Registry, release_downloads
 from pipelines.core.config import parse_config
 from pipelines.inference.scoring import predict, release_pools
 from pipelines.scenarios import endpoint, synthetic
@@ -130,15 +130,21 @@ def test_a_lakeloop_process_downloads_the_model_without_its_own_package(trained,
 def test_a_loaded_models_directory_goes_with_the_predictor(
     trained, frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replica that swaps models keeps no folder of the versions it no longer serves."""
+    """A replica that swaps models keeps no folder of the versions it no longer serves; one that
+    Serve stops removes the rest as it closes."""
     config, outcome = trained
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    predictor = Registry.from_config(config).load_version(outcome.model_version)
+    registry = Registry.from_config(config)
+    predictor = registry.load_version(outcome.model_version)
     assert len(list(tmp_path.glob("lakeloop-model-*"))) == 1  # kept while the predictor lives
     assert len(predictor.predict_frame(frame.head(3))) == 3
     del predictor
     gc.collect()
     assert not list(tmp_path.glob("lakeloop-model-*"))
+    held = registry.load_version(outcome.model_version)
+    release_downloads()
+    assert not list(tmp_path.glob("lakeloop-model-*"))
+    assert len(held.predict_frame(frame.head(3))) == 3  # the model itself stays loaded
 
 
 def test_pyfunc_serve_mlflow_models_serve_and_batch_agree(
