@@ -48,12 +48,15 @@ def test_a_scoring_actor_scores_arrow_and_pandas_blocks_alike() -> None:
     assert described.num_rows == 5 and described.schema.names == from_pandas.column_names  # no task reads it
 
 
-def test_a_users_modules_travel_to_the_actors_as_an_archive(tmp_path) -> None:
+def test_a_users_modules_travel_to_the_actors_as_an_archive(tmp_path, monkeypatch) -> None:
     """A family's module file or package directory, zipped by the driver and unpacked by each actor
     onto its sys.path (the driver may hold it only in the model MLflow downloaded on its node)."""
+    import tempfile
+
     from pipelines.inference.scoring_actor import module_archive, unpack_modules
     from tests.helpers import ROOT
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the unpacked folder under pytest's
     package = tmp_path / "my_models"
     package.mkdir()
     (package / "__init__.py").write_text("")
