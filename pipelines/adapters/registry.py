@@ -211,7 +211,8 @@ class Registry:
     def load(self, ref: ModelRef) -> Predictor:
         """A registered version, ready to predict on raw feature frames. Its downloaded directory is
         removed once the predictor is garbage-collected (a replica that swapped models drops the old
-        one) or at this process's exit, not before: a user family's code may import from it lazily."""
+        one), at this process's exit, or by `release_downloads`, not before: a user family's code may
+        import from it lazily."""
         import mlflow
 
         mlflow.set_tracking_uri(self.client.tracking_uri)
